@@ -1,0 +1,1 @@
+"""Wire contract shared by the gateway and the cloud bridge."""

@@ -1,0 +1,333 @@
+"""Kiosk link codec: framing and message layouts between a peripheral board and the gateway.
+
+Runs unchanged on MicroPython (the board) and CPython (the gateway), so it uses only
+`struct` and plain bytes. One frame on the wire is
+
+    COBS( type:u8 | seq:u16le | payload | crc16:u16le ) 0x00
+
+with CRC-16/CCITT-FALSE over type..payload. COBS removes every zero byte from the frame,
+so 0x00 is an unambiguous delimiter and a receiver resynchronises on the next one after
+line noise. Byte layouts of each message are documented in docs/wire-format.md.
+"""
+
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(value):
+        return value
+
+
+MAX_PAYLOAD = const(250)
+# type + seq + payload + crc, before COBS; COBS adds at most one byte per 254.
+MAX_FRAME = const(255)
+MAX_ENCODED = const(260)
+
+# Message types.
+MSG_HELLO = const(0x01)
+MSG_READING = const(0x02)
+MSG_ACK = const(0x03)
+MSG_NAK = const(0x04)
+MSG_STATUS = const(0x05)
+MSG_DEVICE_ERROR = const(0x06)
+MSG_ECG_CHUNK = const(0x07)
+MSG_TIME_SYNC = const(0x08)
+
+MESSAGE_NAMES = {
+    MSG_HELLO: "hello",
+    MSG_READING: "reading",
+    MSG_ACK: "ack",
+    MSG_NAK: "nak",
+    MSG_STATUS: "status",
+    MSG_DEVICE_ERROR: "device_error",
+    MSG_ECG_CHUNK: "ecg_chunk",
+    MSG_TIME_SYNC: "time_sync",
+}
+
+# NAK reasons.
+NAK_BAD_CRC = const(1)
+NAK_BAD_COBS = const(2)
+NAK_TOO_SHORT = const(3)
+NAK_BAD_PAYLOAD = const(4)
+NAK_REJECTED = const(5)  # well-formed but refused (validation); do not retransmit
+NAK_BUSY = const(6)  # gateway cannot store now (disk full); retransmit later
+
+# Measurement kinds.
+KIND_BP = const(1)
+KIND_GLUCOSE = const(2)
+KIND_ECG = const(3)
+KIND_SPO2 = const(4)
+KIND_TEMPERATURE = const(5)
+KIND_WEIGHT = const(6)
+
+KIND_NAMES = {
+    KIND_BP: "bp",
+    KIND_GLUCOSE: "glucose",
+    KIND_ECG: "ecg",
+    KIND_SPO2: "spo2",
+    KIND_TEMPERATURE: "temperature",
+    KIND_WEIGHT: "weight",
+}
+
+# Measurement fields; the unit of each comes from the device profile.
+FIELD_SYSTOLIC = const(1)
+FIELD_DIASTOLIC = const(2)
+FIELD_MEAN_ARTERIAL = const(3)
+FIELD_PULSE_RATE = const(4)
+FIELD_GLUCOSE = const(10)
+FIELD_SPO2 = const(20)
+FIELD_BODY_TEMPERATURE = const(30)
+FIELD_BODY_WEIGHT = const(40)
+
+FIELD_NAMES = {
+    FIELD_SYSTOLIC: "systolic",
+    FIELD_DIASTOLIC: "diastolic",
+    FIELD_MEAN_ARTERIAL: "mean_arterial",
+    FIELD_PULSE_RATE: "pulse_rate",
+    FIELD_GLUCOSE: "glucose",
+    FIELD_SPO2: "spo2",
+    FIELD_BODY_TEMPERATURE: "body_temperature",
+    FIELD_BODY_WEIGHT: "body_weight",
+}
+
+# Reading flag bits.
+FLAG_IRREGULAR_PULSE = const(0x0001)
+FLAG_BODY_MOVEMENT = const(0x0002)
+FLAG_CUFF_LOOSE = const(0x0004)
+
+FLAG_NAMES = {
+    FLAG_IRREGULAR_PULSE: "irregular_pulse",
+    FLAG_BODY_MOVEMENT: "body_movement",
+    FLAG_CUFF_LOOSE: "cuff_loose",
+}
+
+# Device error codes (MSG_DEVICE_ERROR payload: kind:u8 code:u8).
+ERROR_CUFF_LEAK = const(1)
+ERROR_MOTION = const(2)
+ERROR_OVER_PRESSURE = const(3)
+ERROR_SENSOR_TIMEOUT = const(4)
+
+ERROR_NAMES = {
+    ERROR_CUFF_LEAK: "cuff_leak",
+    ERROR_MOTION: "motion",
+    ERROR_OVER_PRESSURE: "over_pressure",
+    ERROR_SENSOR_TIMEOUT: "sensor_timeout",
+}
+
+
+class LinkError(ValueError):
+    """A frame or payload that cannot be decoded; `reason` is one of the NAK_* codes."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _make_crc_table():
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return tuple(table)
+
+
+_CRC_TABLE = _make_crc_table()
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF); check value of b"123456789" is 0x29B1."""
+    table = _CRC_TABLE
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ byte) & 0xFF]
+    return crc
+
+
+def cobs_encode(data):
+    """Consistent Overhead Byte Stuffing: returns bytes with no 0x00 (delimiter not added)."""
+    out = bytearray(len(data) + len(data) // 254 + 1)
+    code_index = 0
+    out_index = 1
+    code = 1
+    for byte in data:
+        if byte == 0:
+            out[code_index] = code
+            code_index = out_index
+            out_index += 1
+            code = 1
+        else:
+            out[out_index] = byte
+            out_index += 1
+            code += 1
+            if code == 0xFF:
+                out[code_index] = code
+                code_index = out_index
+                out_index += 1
+                code = 1
+    out[code_index] = code
+    return bytes(out[:out_index])
+
+
+def cobs_decode(data):
+    """Inverse of cobs_encode; raises LinkError on a zero byte or a code past the end."""
+    out = bytearray()
+    index = 0
+    length = len(data)
+    while index < length:
+        code = data[index]
+        if code == 0:
+            raise LinkError(NAK_BAD_COBS, "zero byte inside COBS frame")
+        index += 1
+        end = index + code - 1
+        if end > length:
+            raise LinkError(NAK_BAD_COBS, "COBS code runs past end of frame")
+        out.extend(data[index:end])
+        index = end
+        if code != 0xFF and index < length:
+            out.append(0)
+    return bytes(out)
+
+
+def encode_frame(msg_type, seq, payload=b""):
+    """Build one delimited frame ready to write to the UART."""
+    if len(payload) > MAX_PAYLOAD:
+        raise LinkError(NAK_BAD_PAYLOAD, "payload too long: %d" % len(payload))
+    body = struct.pack("<BH", msg_type, seq & 0xFFFF) + bytes(payload)
+    body += struct.pack("<H", crc16(body))
+    return cobs_encode(body) + b"\x00"
+
+
+def decode_frame(encoded):
+    """Decode one frame without its 0x00 delimiter -> (msg_type, seq, payload)."""
+    body = cobs_decode(encoded)
+    if len(body) < 5:
+        raise LinkError(NAK_TOO_SHORT, "frame too short: %d bytes" % len(body))
+    (expected,) = struct.unpack("<H", body[-2:])
+    actual = crc16(body[:-2])
+    if expected != actual:
+        raise LinkError(NAK_BAD_CRC, "CRC mismatch: frame says %04x, computed %04x" % (expected, actual))
+    msg_type, seq = struct.unpack("<BH", body[:3])
+    return msg_type, seq, body[3:-2]
+
+
+class FrameSplitter:
+    """Cuts a byte stream into delimited frames; drops oversize garbage until the next 0x00."""
+
+    def __init__(self, max_encoded=MAX_ENCODED):
+        self._buf = bytearray()
+        self._max = max_encoded
+        self._overflowed = False
+        self.dropped_bytes = 0
+
+    def feed(self, data):
+        """Return a list of complete frames (without delimiter) found so far."""
+        frames = []
+        for byte in data:
+            if byte == 0:
+                if self._overflowed:
+                    self._overflowed = False
+                elif self._buf:
+                    frames.append(bytes(self._buf))
+                self._buf = bytearray()
+            elif self._overflowed:
+                self.dropped_bytes += 1
+            elif len(self._buf) >= self._max:
+                self.dropped_bytes += len(self._buf) + 1
+                self._buf = bytearray()
+                self._overflowed = True
+            else:
+                self._buf.append(byte)
+        return frames
+
+
+def _pack_str(text):
+    raw = text.encode("utf-8")
+    if len(raw) > 63:
+        raise LinkError(NAK_BAD_PAYLOAD, "string too long")
+    return bytes((len(raw),)) + raw
+
+
+def _unpack_str(payload, offset):
+    if offset >= len(payload):
+        raise LinkError(NAK_BAD_PAYLOAD, "string length missing")
+    length = payload[offset]
+    end = offset + 1 + length
+    if end > len(payload):
+        raise LinkError(NAK_BAD_PAYLOAD, "string runs past end of payload")
+    return bytes(payload[offset + 1 : end]).decode("utf-8"), end
+
+
+def encode_hello(boot_id, device_id, model, firmware_version):
+    """HELLO: boot_id:u32 then device id, model and firmware version as u8-length strings."""
+    return (
+        struct.pack("<I", boot_id)
+        + _pack_str(device_id)
+        + _pack_str(model)
+        + _pack_str(firmware_version)
+    )
+
+
+def decode_hello(payload):
+    """-> (boot_id, device_id, model, firmware_version)."""
+    if len(payload) < 4:
+        raise LinkError(NAK_BAD_PAYLOAD, "hello too short")
+    (boot_id,) = struct.unpack("<I", payload[:4])
+    device_id, offset = _unpack_str(payload, 4)
+    model, offset = _unpack_str(payload, offset)
+    firmware_version, offset = _unpack_str(payload, offset)
+    if offset != len(payload):
+        raise LinkError(NAK_BAD_PAYLOAD, "trailing bytes after hello")
+    return boot_id, device_id, model, firmware_version
+
+
+_READING_HEAD = "<BHIB"  # kind, flags, device_time (s since 1970, 0 = clock not set), count
+_READING_FIELD = "<BbI"  # field, decimal exponent, mantissa (two's complement i32)
+
+
+def encode_reading(kind, flags, device_time, fields):
+    """READING: fields is a sequence of (field, mantissa, exponent); value = mantissa * 10**exponent."""
+    out = bytearray(struct.pack(_READING_HEAD, kind, flags, device_time, len(fields)))
+    for field, mantissa, exponent in fields:
+        out += struct.pack(_READING_FIELD, field, exponent, mantissa & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def decode_reading(payload):
+    """-> (kind, flags, device_time, [(field, mantissa, exponent), ...])."""
+    head = struct.calcsize(_READING_HEAD)
+    item = struct.calcsize(_READING_FIELD)
+    if len(payload) < head:
+        raise LinkError(NAK_BAD_PAYLOAD, "reading too short")
+    kind, flags, device_time, count = struct.unpack(_READING_HEAD, payload[:head])
+    if len(payload) != head + count * item:
+        raise LinkError(NAK_BAD_PAYLOAD, "reading says %d fields, payload has %d bytes" % (count, len(payload)))
+    fields = []
+    for index in range(count):
+        start = head + index * item
+        field, exponent, raw = struct.unpack(_READING_FIELD, payload[start : start + item])
+        mantissa = raw - 0x100000000 if raw & 0x80000000 else raw
+        fields.append((field, mantissa, exponent))
+    return kind, flags, device_time, fields
+
+
+def encode_device_error(kind, code):
+    return struct.pack("<BB", kind, code)
+
+
+def decode_device_error(payload):
+    if len(payload) != 2:
+        raise LinkError(NAK_BAD_PAYLOAD, "device error must be 2 bytes")
+    return struct.unpack("<BB", payload)
+
+
+def encode_nak(reason):
+    return struct.pack("<B", reason)
+
+
+def decode_nak(payload):
+    if len(payload) != 1:
+        raise LinkError(NAK_BAD_PAYLOAD, "nak must be 1 byte")
+    return payload[0]

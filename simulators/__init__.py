@@ -1,0 +1,1 @@
+"""Simulated peripherals, links and patients: the hardware CI does not have."""
