@@ -55,7 +55,7 @@ def run(link_uart, cuff_uart, device_id, max_ms=None, log=print):
     """Main loop; returns after max_ms (tests) or never (board)."""
     client = LinkClient(link_uart)
     cuff = BpCuff(cuff_uart)
-    client.send(link.MSG_HELLO, link.encode_hello(new_boot_id(), device_id, MODEL, FIRMWARE_VERSION))
+    client.hello(link.encode_hello(new_boot_id(), device_id, MODEL, FIRMWARE_VERSION))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     poller.register(pollable(cuff_uart), select.POLLIN)

@@ -53,6 +53,7 @@ NAK_TOO_SHORT = const(3)
 NAK_BAD_PAYLOAD = const(4)
 NAK_REJECTED = const(5)  # well-formed but refused (validation); do not retransmit
 NAK_BUSY = const(6)  # gateway cannot store now (disk full); retransmit later
+NAK_HELLO_REQUIRED = const(7)  # gateway does not know this device (it restarted): send hello again
 
 # Measurement kinds.
 KIND_BP = const(1)

@@ -1,0 +1,181 @@
+"""Read-only FHIR API over the bridge's embedded store, plus health and metrics for operators.
+
+Each request opens its own SQLite connection (no connection shared across threads) and marks it
+query-only: this API can never write the store the bridge's consumer is writing. Unsupported
+search parameters are refused (400) rather than ignored, so a result never looks filtered when
+it is not.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from pydantic import ValidationError
+
+from cloud_bridge.fhir_map import parse_token
+from cloud_bridge.fhir_store import open_store, read, search, to_json
+
+__all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
+
+FHIR_JSON = "application/fhir+json"
+FHIR_VERSION = "4.3.0"  # the R4B models every resource is validated against
+CAPABILITY_DATE = "2026-11-25"  # change with the capabilities below
+RESOURCE_TYPES = ("Patient", "Device", "Observation", "Provenance")
+# Search parameters per resource type -> FHIR parameter type. A reference parameter also takes
+# the `:identifier` modifier (`subject:identifier=system|value`).
+SEARCH_PARAMS: dict[str, dict[str, str]] = {
+    "Observation": {"subject": "reference"},
+    "Patient": {"identifier": "token"},
+}
+_STORE_ARGUMENT = {
+    "identifier": "identifier",
+    "subject": "subject",
+    "subject:identifier": "subject_identifier",
+}
+
+
+def _fhir(body: dict[str, Any], status_code: int = 200) -> Response:
+    return Response(to_json(body), status_code=status_code, media_type=FHIR_JSON)
+
+
+def _outcome(status_code: int, code: str, diagnostics: str) -> Response:
+    return _fhir(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+        },
+        status_code,
+    )
+
+
+def _accepted_names(resource_type: str) -> set[str]:
+    names = set()
+    for name, kind in SEARCH_PARAMS.get(resource_type, {}).items():
+        names.add(name)
+        if kind == "reference":
+            names.add(f"{name}:identifier")
+    return names
+
+
+def capability_statement() -> dict[str, Any]:
+    """What this server does: read every stored type, search the few parameters in SEARCH_PARAMS."""
+    resources = []
+    for resource_type in RESOURCE_TYPES:
+        resource: dict[str, Any] = {"type": resource_type, "interaction": [{"code": "read"}]}
+        params = SEARCH_PARAMS.get(resource_type)
+        if params:
+            resource["interaction"].append({"code": "search-type"})
+            resource["searchParam"] = [{"name": name, "type": kind} for name, kind in params.items()]
+        resources.append(resource)
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": CAPABILITY_DATE,
+        "kind": "instance",
+        "software": {"name": "kiosk-edge cloud bridge"},
+        "implementation": {"description": "Read-only FHIR view of the kiosk cloud bridge's store"},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [{"mode": "server", "resource": resources}],
+    }
+    CapabilityStatement.model_validate(statement)
+    return statement
+
+
+def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+    """The API over the store file at `db_path` (created, in WAL mode, if missing)."""
+    # WAL is a property of the file: set once here, so readers never block the bridge's writer.
+    open_store(db_path).close()
+    metadata = capability_statement()
+    app = FastAPI(title="Kiosk cloud bridge")
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(db_path)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            with closing(connect()) as conn:
+                conn.execute("SELECT 1 FROM fhir_resources LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            return JSONResponse({"status": "error", "detail": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    def get_metrics() -> JSONResponse:
+        return JSONResponse(metrics() if metrics is not None else {})
+
+    @app.get("/fhir/metadata")
+    def get_metadata() -> Response:
+        return _fhir(metadata)
+
+    @app.get("/fhir/{resource_type}/{id}")
+    def read_resource(resource_type: str, id: str) -> Response:
+        if resource_type not in RESOURCE_TYPES:
+            return _outcome(404, "not-supported", f"resource type {resource_type} is not served here")
+        with closing(connect()) as conn:
+            resource = read(conn, resource_type, id)
+        if resource is None:
+            return _outcome(404, "not-found", f"{resource_type}/{id} is not known")
+        return _fhir(resource)
+
+    @app.get("/fhir/{resource_type}")
+    def search_type(resource_type: str, request: Request) -> Response:
+        if resource_type not in RESOURCE_TYPES:
+            return _outcome(404, "not-supported", f"resource type {resource_type} is not served here")
+        accepted = _accepted_names(resource_type)
+        items = request.query_params.multi_items()
+        names = [name for name, _ in items]
+        unsupported = sorted(set(names) - accepted)
+        if unsupported or not items:
+            supported = ", ".join(sorted(accepted)) or "none"
+            got = ", ".join(unsupported) or "no parameter"
+            return _outcome(400, "not-supported", f"{resource_type} search supports: {supported}; got: {got}")
+        if len(names) != len(set(names)):
+            return _outcome(400, "not-supported", "each search parameter may appear only once")
+        arguments: dict[str, str] = {}
+        for name, value in items:
+            if name == "subject":
+                arguments["subject"] = value if "/" in value else f"Patient/{value}"
+                continue
+            try:
+                system, code = parse_token(value)
+            except ValueError as exc:
+                return _outcome(400, "invalid", f"{name}: {exc}")
+            arguments[_STORE_ARGUMENT[name]] = f"{system}|{code}"
+        with closing(connect()) as conn:
+            found = search(conn, resource_type, **arguments)
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "link": [{"relation": "self", "url": str(request.url)}],
+        }
+        if found:  # FHIR JSON has no empty arrays
+            bundle["entry"] = [
+                {
+                    "fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}",
+                    "resource": resource,
+                    "search": {"mode": "match"},
+                }
+                for resource in found
+            ]
+        try:
+            Bundle.model_validate(bundle)
+        except ValidationError as exc:
+            where = "; ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+            return _outcome(500, "exception", f"stored resources do not validate: {where}")
+        return _fhir(bundle)
+
+    return app

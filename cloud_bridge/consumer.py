@@ -1,0 +1,82 @@
+"""The bridge's MQTT side: subscribe to every gateway's uplink, receive, and publish acks.
+
+Messages are handled one at a time on paho's network thread with the consumer's own SQLite
+connection; the ack is published only after `receive_batch` has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_bridge import store
+from cloud_bridge.receive import receive_batch
+from contract.wire import UP_TOPIC_FILTER, ack_topic, encode_ack
+
+log = logging.getLogger(__name__)
+
+
+class BridgeConsumer:
+    def __init__(self, db_path: Path, *, host: str, port: int, client_id: str = "kiosk-bridge") -> None:
+        self._db_path = db_path
+        self._host = host
+        self._port = port
+        self._conn = store.connect(db_path)
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        self.connected = threading.Event()
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def start(self) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        with self._lock:
+            self._conn.close()
+
+    def metrics(self) -> dict[str, object]:
+        return {"mqtt_connected": self.connected.is_set(), **dict(self.counters)}
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("bridge: broker refused connection: %s", reason)
+            return
+        client.subscribe(UP_TOPIC_FILTER, qos=1)
+        self.connected.set()
+        log.info("bridge: connected to %s:%d, subscribed to %s", self._host, self._port, UP_TOPIC_FILTER)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        self.connected.clear()
+        log.warning("bridge: disconnected from broker (%s)", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.counters["messages"] += 1
+        with self._lock:
+            outcome = receive_batch(self._conn, message.topic, bytes(message.payload), now_ms=time.time_ns() // 1_000_000)
+        if outcome.refusal:
+            self.counters["refused"] += 1
+        elif outcome.replay:
+            self.counters["replays"] += 1
+        else:
+            self.counters["batches_stored"] += 1
+            self.counters["readings_stored"] += outcome.stored
+        if outcome.ack is not None and outcome.gateway_id is not None:
+            client.publish(ack_topic(outcome.gateway_id), encode_ack(outcome.ack), qos=1)

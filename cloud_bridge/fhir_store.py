@@ -1,0 +1,272 @@
+"""The bridge's embedded FHIR store: resources as JSON rows in SQLite, written by conditional create.
+
+The caller owns the connection and the transaction (the bridge commits a whole batch at once),
+so nothing here commits except `open_store`, which sets up a database file. Resources are keyed
+by their identifier as well as their id: applying the same transaction twice creates nothing the
+second time, which is the local half of "nothing is posted twice to the health record".
+
+Bodies are JSON with decimals written digit for digit (36.60 stays 36.60): `json.dumps` would
+refuse a Decimal and a float would round it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from cloud_bridge.fhir_map import TransactionEntry, parse_token
+
+__all__ = [
+    "FhirStoreError",
+    "apply_transaction",
+    "ensure_schema",
+    "from_json",
+    "identifier_key",
+    "open_store",
+    "read",
+    "search",
+    "to_json",
+    "to_transaction_bundle",
+]
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS fhir_resources (
+        resource_type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        identifier_key TEXT NOT NULL,
+        subject TEXT,
+        body TEXT NOT NULL,
+        last_updated TEXT NOT NULL,
+        PRIMARY KEY (resource_type, id)
+    )
+    """,
+    "CREATE UNIQUE INDEX IF NOT EXISTS fhir_resources_identifier"
+    " ON fhir_resources (resource_type, identifier_key)",
+    "CREATE INDEX IF NOT EXISTS fhir_resources_subject ON fhir_resources (resource_type, subject)",
+)
+
+
+class FhirStoreError(ValueError):
+    """An entry the store cannot apply, or a search it cannot run."""
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the table and indexes if missing; inside the caller's transaction, if one is open."""
+    for statement in _SCHEMA:
+        conn.execute(statement)
+
+
+def open_store(path: str) -> sqlite3.Connection:
+    """Open a store file for writing: WAL, durable commits, schema in place (committed here)."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    ensure_schema(conn)
+    conn.commit()
+    return conn
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON in which a Decimal is written as its exact digits."""
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out)
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"not a JSON number: {value}")
+        out.append(str(value))
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be strings, got {type(key).__name__}")
+            out.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
+            _encode(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        out.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
+
+
+def from_json(text: str) -> Any:
+    """Parse JSON keeping fractional numbers as Decimal, so a round trip changes no digit."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def identifier_key(entry: TransactionEntry) -> str:
+    """`system|value` named by the entry's `ifNoneExist`, checked against its first identifier."""
+    try:
+        pairs = parse_qsl(entry.if_none_exist, keep_blank_values=True, strict_parsing=True)
+        if len(pairs) != 1:
+            raise ValueError("expected exactly one search parameter")
+        system, value = parse_token(pairs[0][1])
+    except ValueError as exc:
+        raise FhirStoreError(f"{entry.resource_type}: unsupported ifNoneExist: {exc}") from None
+    key = f"{system}|{value}"
+    identifiers = entry.resource.get("identifier")
+    if identifiers:
+        first = identifiers[0]
+        if f"{first.get('system')}|{first.get('value')}" != key:
+            raise FhirStoreError(f"{entry.resource_type}: ifNoneExist does not name its first identifier")
+    return key
+
+
+def _rewrite_references(node: Any, moved: dict[str, str]) -> Any:
+    """Point references at their new target, as a FHIR server does within one transaction."""
+    if isinstance(node, dict):
+        return {
+            key: moved.get(item, item)
+            if key == "reference" and isinstance(item, str)
+            else _rewrite_references(item, moved)
+            for key, item in node.items()
+        }
+    if isinstance(node, list):
+        return [_rewrite_references(item, moved) for item in node]
+    return node
+
+
+def apply_transaction(
+    conn: sqlite3.Connection, entries: Iterable[TransactionEntry], *, now_iso: str
+) -> list[tuple[str, str, bool]]:
+    """Conditionally create each entry in order -> (resource type, id, created) per entry.
+
+    An entry whose identifier is already stored changes nothing; later entries that referred to
+    it are pointed at the stored resource (which, with deterministic ids, is the same id).
+    """
+    try:
+        if datetime.fromisoformat(now_iso).tzinfo is None:
+            raise ValueError("no time zone")
+    except ValueError as exc:
+        raise FhirStoreError(f"now_iso is not an instant: {exc}") from None
+    moved: dict[str, str] = {}
+    results: list[tuple[str, str, bool]] = []
+    for entry in entries:
+        resource_type = entry.resource_type
+        if entry.resource.get("resourceType") != resource_type or not entry.resource.get("id"):
+            raise FhirStoreError(f"{resource_type}: entry needs a matching resourceType and an id")
+        key = identifier_key(entry)
+        local_ref = f"{resource_type}/{entry.resource['id']}"
+        row = conn.execute(
+            "SELECT id FROM fhir_resources WHERE resource_type = ? AND identifier_key = ?",
+            (resource_type, key),
+        ).fetchone()
+        if row is not None:
+            moved[local_ref] = f"{resource_type}/{row[0]}"
+            results.append((resource_type, row[0], False))
+            continue
+        resource = _rewrite_references(entry.resource, moved)  # a copy: entries stay untouched
+        resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": now_iso}
+        subject = resource.get("subject", {}).get("reference")
+        try:
+            conn.execute(
+                "INSERT INTO fhir_resources (resource_type, id, identifier_key, subject, body, last_updated)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (resource_type, resource["id"], key, subject, to_json(resource), now_iso),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise FhirStoreError(f"{local_ref} exists under another identifier") from exc
+        results.append((resource_type, resource["id"], True))
+    return results
+
+
+def read(conn: sqlite3.Connection, resource_type: str, id: str) -> dict[str, Any] | None:
+    """The stored resource, or None."""
+    row = conn.execute(
+        "SELECT body FROM fhir_resources WHERE resource_type = ? AND id = ?", (resource_type, id)
+    ).fetchone()
+    return None if row is None else from_json(row[0])
+
+
+def search(
+    conn: sqlite3.Connection,
+    resource_type: str,
+    *,
+    identifier: str | None = None,
+    subject: str | None = None,
+    subject_identifier: str | None = None,
+) -> list[dict[str, Any]]:
+    """Resources matching all given parameters, oldest first.
+
+    `identifier` and `subject_identifier` are raw `system|value` keys (first identifier only);
+    `subject` is a reference such as `Patient/<id>`. At least one parameter is required, so a
+    mistake cannot dump the whole table.
+    """
+    clauses, params = ["resource_type = ?"], [resource_type]
+    if identifier is not None:
+        clauses.append("identifier_key = ?")
+        params.append(identifier)
+    if subject_identifier is not None:
+        row = conn.execute(
+            "SELECT id FROM fhir_resources WHERE resource_type = 'Patient' AND identifier_key = ?",
+            (subject_identifier,),
+        ).fetchone()
+        if row is None or (subject is not None and subject != f"Patient/{row[0]}"):
+            return []
+        subject = f"Patient/{row[0]}"
+    if subject is not None:
+        clauses.append("subject = ?")
+        params.append(subject)
+    if len(clauses) == 1:
+        raise FhirStoreError("search needs at least one parameter")
+    rows = conn.execute(
+        f"SELECT body FROM fhir_resources WHERE {' AND '.join(clauses)} ORDER BY rowid", params
+    ).fetchall()
+    return [from_json(body) for (body,) in rows]
+
+
+def to_transaction_bundle(entries: Iterable[TransactionEntry]) -> dict[str, Any]:
+    """A FHIR transaction Bundle of conditional creates, for the health community's server.
+
+    Entries are named `urn:uuid:<id>` and references between them use those names, so the
+    server links them to whatever it creates or finds; the local ids are not sent (a POST
+    assigns the server's own).
+    """
+    entries = list(entries)
+    full_urls: dict[str, str] = {}
+    for entry in entries:
+        try:
+            full_urls[f"{entry.resource_type}/{entry.resource['id']}"] = (
+                f"urn:uuid:{uuid.UUID(entry.resource['id'])}"
+            )
+        except (KeyError, ValueError):
+            raise FhirStoreError(f"{entry.resource_type}: entry id must be a UUID") from None
+    bundle_entries = []
+    for entry in entries:
+        resource = _rewrite_references(entry.resource, full_urls)
+        local_ref = f"{entry.resource_type}/{resource.pop('id')}"
+        bundle_entries.append(
+            {
+                "fullUrl": full_urls[local_ref],
+                "resource": resource,
+                "request": {"method": "POST", "url": entry.resource_type, "ifNoneExist": entry.if_none_exist},
+            }
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "transaction"}
+    if bundle_entries:  # FHIR JSON has no empty arrays
+        bundle["entry"] = bundle_entries
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise FhirStoreError(f"invalid transaction Bundle: {detail}") from None
+    return bundle

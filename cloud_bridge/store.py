@@ -1,0 +1,187 @@
+"""The bridge's durable store (SQLite): gateway registry, readings by (gateway, seq), batches, refusals.
+
+Exactly-once rests on two unique keys: a reading is (gateway_id, seq) and a batch is its hash.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from contract.wire import GENESIS_HASH, Reading, encode_reading
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateways (
+    gateway_id TEXT PRIMARY KEY,
+    public_key_pem TEXT NOT NULL,
+    site TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT 'kiosk' CHECK (kind IN ('kiosk', 'vehicle')),
+    status TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked')),
+    enrolled_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    last_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS readings (
+    gateway_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    batch_hash BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    fhir_status TEXT NOT NULL CHECK (fhir_status IN ('stored', 'dead_letter')),
+    fhir_error TEXT,
+    PRIMARY KEY (gateway_id, seq)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    hash BLOB PRIMARY KEY,
+    gateway_id TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    gateway_id TEXT,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRecord:
+    gateway_id: str
+    public_key: Ed25519PublicKey
+    site: str
+    kind: str
+    status: str
+    last_seq: int
+    last_hash: bytes
+    last_seen_ms: int | None
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """A connection in WAL mode with durable commits; the caller owns transactions."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def load_public_key(pem: bytes | str) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("gateway public key must be Ed25519")
+    return key
+
+
+def enrol_gateway(
+    conn: sqlite3.Connection, gateway_id: str, public_key_pem: str, *, site: str, kind: str, now_ms: int
+) -> None:
+    load_public_key(public_key_pem)  # refuse anything that is not an Ed25519 key
+    conn.execute(
+        """INSERT INTO gateways (gateway_id, public_key_pem, site, kind, enrolled_at_ms, last_hash)
+           VALUES (?, ?, ?, ?, ?, ?)""",
+        (gateway_id, public_key_pem, site, kind, now_ms, GENESIS_HASH),
+    )
+
+
+def revoke_gateway(conn: sqlite3.Connection, gateway_id: str) -> bool:
+    cursor = conn.execute("UPDATE gateways SET status = 'revoked' WHERE gateway_id = ?", (gateway_id,))
+    return cursor.rowcount == 1
+
+
+def get_gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRecord | None:
+    row = conn.execute(
+        """SELECT gateway_id, public_key_pem, site, kind, status, last_seq, last_hash, last_seen_ms
+           FROM gateways WHERE gateway_id = ?""",
+        (gateway_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return GatewayRecord(row[0], load_public_key(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]), row[7])
+
+
+def list_gateways(conn: sqlite3.Connection) -> list[dict[str, object]]:
+    rows = conn.execute(
+        "SELECT gateway_id, site, kind, status, last_seq, last_seen_ms FROM gateways ORDER BY gateway_id"
+    ).fetchall()
+    keys = ("gateway_id", "site", "kind", "status", "last_seq", "last_seen_ms")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def batch_known(conn: sqlite3.Connection, batch_hash: bytes) -> tuple[str, int] | None:
+    row = conn.execute("SELECT gateway_id, last_seq FROM batches WHERE hash = ?", (batch_hash,)).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def insert_reading(
+    conn: sqlite3.Connection,
+    reading: Reading,
+    *,
+    batch_hash: bytes,
+    now_ms: int,
+    fhir_error: str | None,
+) -> bool:
+    cursor = conn.execute(
+        """INSERT OR IGNORE INTO readings
+               (gateway_id, seq, kind, body, batch_hash, received_at_ms, fhir_status, fhir_error)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            reading.gateway_id,
+            reading.seq,
+            reading.kind,
+            encode_reading(reading),
+            batch_hash,
+            now_ms,
+            "dead_letter" if fhir_error else "stored",
+            fhir_error,
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+def record_batch(
+    conn: sqlite3.Connection,
+    *,
+    gateway_id: str,
+    first_seq: int,
+    last_seq: int,
+    batch_hash: bytes,
+    prev_hash: bytes,
+    signature: bytes,
+    now_ms: int,
+) -> None:
+    conn.execute(
+        """INSERT INTO batches (hash, gateway_id, first_seq, last_seq, prev_hash, signature, received_at_ms)
+           VALUES (?, ?, ?, ?, ?, ?, ?)""",
+        (batch_hash, gateway_id, first_seq, last_seq, prev_hash, signature, now_ms),
+    )
+    conn.execute(
+        "UPDATE gateways SET last_seq = ?, last_hash = ?, last_seen_ms = ? WHERE gateway_id = ?",
+        (last_seq, batch_hash, now_ms, gateway_id),
+    )
+
+
+def touch_gateway(conn: sqlite3.Connection, gateway_id: str, now_ms: int) -> None:
+    conn.execute("UPDATE gateways SET last_seen_ms = ? WHERE gateway_id = ?", (now_ms, gateway_id))
+
+
+def record_refusal(conn: sqlite3.Connection, gateway_id: str | None, reason: str, now_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO refusals (at_ms, gateway_id, reason) VALUES (?, ?, ?)", (now_ms, gateway_id, reason)
+    )
+
+
+def count_readings(conn: sqlite3.Connection, gateway_id: str | None = None) -> int:
+    if gateway_id is None:
+        return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+    return conn.execute("SELECT COUNT(*) FROM readings WHERE gateway_id = ?", (gateway_id,)).fetchone()[0]

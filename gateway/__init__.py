@@ -1,0 +1,1 @@
+"""The kiosk gateway: ingest from peripherals, validate, store durably, sign and sync."""

