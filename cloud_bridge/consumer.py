@@ -7,6 +7,7 @@ connection; the ack is published only after `receive_batch` has committed.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ class BridgeConsumer:
         self._db_path = db_path
         self._host = host
         self._port = port
-        self._conn = store.connect(db_path)
+        self._conn = store.connect(db_path, shared_across_threads=True)
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
@@ -69,8 +70,17 @@ class BridgeConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.counters["messages"] += 1
-        with self._lock:
-            outcome = receive_batch(self._conn, message.topic, bytes(message.payload), now_ms=time.time_ns() // 1_000_000)
+        try:
+            with self._lock:
+                outcome = receive_batch(
+                    self._conn, message.topic, bytes(message.payload), now_ms=time.time_ns() // 1_000_000
+                )
+        except sqlite3.Error:
+            # Storage trouble (disk full, locked): nothing was committed, so nothing is acked;
+            # the gateway keeps the batch and sends it again.
+            self.counters["storage_errors"] += 1
+            log.exception("bridge: could not store batch from %s; not acked", message.topic)
+            return
         if outcome.refusal:
             self.counters["refused"] += 1
         elif outcome.replay:

@@ -319,13 +319,15 @@ def map_reading(
         entries.append(_entry(patient, system, value))
         subject = {"reference": f"Patient/{patient['id']}"}
 
-    peripheral = {
+    peripheral: dict[str, Any] = {
         "resourceType": "Device",
         "id": resource_id(DEVICE_SYSTEM, reading.device.id),
         "identifier": [{"system": DEVICE_SYSTEM, "value": reading.device.id}],
-        "modelNumber": reading.device.model,
-        "version": [{"type": {"text": "firmware"}, "value": reading.device.firmware}],
     }
+    if reading.device.model:  # FHIR has no empty strings; an unknown model is simply absent
+        peripheral["modelNumber"] = reading.device.model
+    if reading.device.firmware:
+        peripheral["version"] = [{"type": {"text": "firmware"}, "value": reading.device.firmware}]
     gateway = {
         "resourceType": "Device",
         "id": resource_id(GATEWAY_SYSTEM, reading.gateway_id),

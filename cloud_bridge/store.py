@@ -67,9 +67,13 @@ class GatewayRecord:
     last_seen_ms: int | None
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    """A connection in WAL mode with durable commits; the caller owns transactions."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+def connect(path: Path | str, *, shared_across_threads: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode with durable commits; the caller owns transactions.
+
+    `shared_across_threads` is for a connection created on one thread and used, under the
+    caller's lock, on another (the MQTT network thread).
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=not shared_across_threads)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)

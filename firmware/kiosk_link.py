@@ -153,21 +153,23 @@ def cobs_encode(data):
     code_index = 0
     out_index = 1
     code = 1
-    for byte in data:
+    last = len(data) - 1
+    for index, byte in enumerate(data):
         if byte == 0:
             out[code_index] = code
             code_index = out_index
             out_index += 1
             code = 1
-        else:
-            out[out_index] = byte
+            continue
+        out[out_index] = byte
+        out_index += 1
+        code += 1
+        if code == 0xFF and index < last:
+            # A full block of 254 non-zero bytes carries no implied zero; start the next one.
+            out[code_index] = code
+            code_index = out_index
             out_index += 1
-            code += 1
-            if code == 0xFF:
-                out[code_index] = code
-                code_index = out_index
-                out_index += 1
-                code = 1
+            code = 1
     out[code_index] = code
     return bytes(out[:out_index])
 

@@ -1,0 +1,61 @@
+"""Shared fixtures: a real Mosquitto broker on a free loopback port."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulators.chain import free_port, port_open, wait_for
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        pytest.fail("mosquitto is not installed: run ./dev test, which installs it")
+    return found
+
+
+class Mosquitto:
+    """A Mosquitto process we can stop and start again on the same port (a broker restart)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)], stdout=log, stderr=log)
+        log.close()
+        wait_for(lambda: port_open(self.port), timeout=10, what="mosquitto")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def stopped_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker that is configured but not running yet: the 4G link is down."""
+    broker = Mosquitto(tmp_path)
+    yield broker
+    broker.stop()

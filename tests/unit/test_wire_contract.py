@@ -1,0 +1,142 @@
+"""Wire contract: the batch vector decodes to exactly these readings; tampering is refused."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from contract.wire import (
+    GENESIS_HASH,
+    Ack,
+    ContractError,
+    DeviceRef,
+    Measurement,
+    Reading,
+    ResidentRef,
+    SignatureError,
+    ack_topic,
+    decode_ack,
+    decode_batch,
+    encode_ack,
+    encode_batch,
+    encode_reading,
+    gateway_id_from_topic,
+    up_topic,
+)
+
+VECTOR = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "batch_v1.json").read_text())
+KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTOR["signing_key_seed"]))
+PUBLIC = Ed25519PublicKey.from_public_bytes(bytes.fromhex(VECTOR["public_key"]))
+DEVICE = DeviceRef("bp-0001", "KX-BP100", "0.1.0")
+READING_1 = Reading(
+    gateway_id="gw-vector",
+    seq=1,
+    device=DEVICE,
+    kind="bp",
+    values=(
+        Measurement("systolic", Decimal(128), "mm[Hg]"),
+        Measurement("diastolic", Decimal(82), "mm[Hg]"),
+        Measurement("pulse_rate", Decimal(71), "/min"),
+    ),
+    measured_at_ms=1795564800000,
+    time_quality="ntp",
+    received_mono_ms=123456,
+    resident=ResidentRef("health-record", "330781-2026-000123"),
+    operator="doctor-wang",
+    flags=("irregular_pulse",),
+)
+READING_2 = Reading(
+    gateway_id="gw-vector",
+    seq=2,
+    device=DEVICE,
+    kind="bp",
+    values=(Measurement("systolic", Decimal("141.5"), "mm[Hg]"), Measurement("diastolic", Decimal(91), "mm[Hg]")),
+    measured_at_ms=1795564860000,
+    time_quality="unsynced",
+    received_mono_ms=183456,
+    resident=None,
+    operator=None,
+    flags=(),
+)
+
+
+def test_rfc8032_test1_key_and_signature() -> None:
+    # RFC 8032 section 7.1, TEST 1: the empty message.
+    assert KEY.public_key().public_bytes_raw().hex() == VECTOR["public_key"]
+    assert KEY.sign(b"").hex() == (
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+        "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    )
+
+
+def test_vector_batch_decodes_to_the_readings() -> None:
+    batch = decode_batch(bytes.fromhex(VECTOR["message"]), PUBLIC)
+    assert batch.readings == (READING_1, READING_2)
+    assert (batch.gateway_id, batch.first_seq, batch.last_seq) == ("gw-vector", 1, 2)
+    assert batch.prev_hash == GENESIS_HASH
+    assert batch.hash.hex() == VECTOR["hash"]
+
+
+def test_reading_cbor_is_canonical_and_exact() -> None:
+    assert encode_reading(READING_1).hex() == VECTOR["reading_cbor"]
+
+
+def test_decimal_precision_survives() -> None:
+    batch = decode_batch(bytes.fromhex(VECTOR["message"]), PUBLIC)
+    systolic = batch.readings[1].value("systolic")
+    assert systolic is not None and str(systolic.value) == "141.5"
+
+
+def test_encode_then_decode_round_trips() -> None:
+    message, digest = encode_batch([READING_1, READING_2], prev_hash=GENESIS_HASH, signing_key=KEY)
+    batch = decode_batch(message, KEY.public_key())
+    assert batch.readings == (READING_1, READING_2)
+    assert batch.hash == digest
+
+
+def test_changed_byte_fails_signature() -> None:
+    outer = cbor2.loads(bytes.fromhex(VECTOR["message"]))
+    payload = bytearray(outer["p"])
+    payload[-3] ^= 0x01
+    forged = cbor2.dumps({"p": bytes(payload), "s": outer["s"]})
+    with pytest.raises(SignatureError):
+        decode_batch(forged, PUBLIC)
+
+
+def test_other_key_fails_signature() -> None:
+    with pytest.raises(SignatureError, match="gw-vector"):
+        decode_batch(bytes.fromhex(VECTOR["message"]), Ed25519PrivateKey.generate().public_key())
+
+
+def test_non_contiguous_batch_refused() -> None:
+    gap = Reading(**{**{f: getattr(READING_2, f) for f in READING_2.__slots__}, "seq": 3})
+    with pytest.raises(ContractError, match="not contiguous"):
+        encode_batch([READING_1, gap], prev_hash=GENESIS_HASH, signing_key=KEY)
+
+
+def test_garbage_is_a_contract_error() -> None:
+    with pytest.raises(ContractError):
+        decode_batch(b"\xff\x00garbage", PUBLIC)
+
+
+def test_unknown_kind_refused() -> None:
+    with pytest.raises(ContractError, match="unknown kind"):
+        Reading(**{**{f: getattr(READING_1, f) for f in READING_1.__slots__}, "kind": "bloodtype"})
+
+
+def test_ack_round_trip() -> None:
+    ack = Ack(acked=42, batch_hash=bytes(32), error=None, server_time_ms=1795564800000)
+    assert decode_ack(encode_ack(ack)) == ack
+
+
+def test_topics() -> None:
+    assert up_topic("gw-1") == "kiosk/gw-1/up"
+    assert ack_topic("gw-1") == "kiosk/gw-1/ack"
+    assert gateway_id_from_topic("kiosk/gw-1/up") == "gw-1"
+    with pytest.raises(ContractError):
+        gateway_id_from_topic("kiosk/gw-1/up/extra")
