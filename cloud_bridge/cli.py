@@ -74,7 +74,9 @@ def run(
     consumer = BridgeConsumer(db, host=mqtt_host, port=mqtt_port)
     consumer.start()
     try:
-        uvicorn.run(create_app(str(db), metrics=consumer.metrics), host=http_host, port=http_port, log_level="warning")
+        uvicorn.run(
+            create_app(str(db), metrics=consumer.metrics), host=http_host, port=http_port, log_level="warning"
+        )
     finally:
         consumer.stop()
 

@@ -56,7 +56,9 @@ class BridgeConsumer:
     def metrics(self) -> dict[str, object]:
         return {"mqtt_connected": self.connected.is_set(), **dict(self.counters)}
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             log.error("bridge: broker refused connection: %s", reason)
             return
@@ -64,7 +66,9 @@ class BridgeConsumer:
         self.connected.set()
         log.info("bridge: connected to %s:%d, subscribed to %s", self._host, self._port, UP_TOPIC_FILTER)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
         self.connected.clear()
         log.warning("bridge: disconnected from broker (%s)", reason)
 

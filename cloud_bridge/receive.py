@@ -37,7 +37,9 @@ class Outcome:
 
 
 def _iso(now_ms: int) -> str:
-    return datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(now_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def receive_batch(conn: sqlite3.Connection, topic: str, message: bytes, *, now_ms: int) -> Outcome:
@@ -47,7 +49,9 @@ def receive_batch(conn: sqlite3.Connection, topic: str, message: bytes, *, now_m
     except ContractError as exc:
         return _refuse(conn, None, f"malformed message on {topic!r}: {exc}", now_ms, answer=False)
     if gateway_id != topic_gateway:
-        return _refuse(conn, topic_gateway, f"batch names gateway {gateway_id!r} but came on {topic!r}", now_ms)
+        return _refuse(
+            conn, topic_gateway, f"batch names gateway {gateway_id!r} but came on {topic!r}", now_ms
+        )
     record = store.get_gateway(conn, gateway_id)
     if record is None:
         return _refuse(conn, gateway_id, "unknown gateway (not enrolled)", now_ms)
@@ -78,11 +82,15 @@ def receive_batch(conn: sqlite3.Connection, topic: str, message: bytes, *, now_m
         for reading in batch.readings:
             fhir_error = None
             try:
-                entries = map_reading(reading, batch_hash=batch.hash, gateway_signature=signature)
+                entries = map_reading(
+                    reading, batch_hash=batch.hash, gateway_signature=signature, recorded_at_ms=now_ms
+                )
             except FhirMappingError as exc:
                 fhir_error = str(exc)
                 log.error("bridge: %s seq %d kept as dead letter: %s", gateway_id, reading.seq, exc)
-            if store.insert_reading(conn, reading, batch_hash=batch.hash, now_ms=now_ms, fhir_error=fhir_error):
+            if store.insert_reading(
+                conn, reading, batch_hash=batch.hash, now_ms=now_ms, fhir_error=fhir_error
+            ):
                 stored += 1
                 if fhir_error is None:
                     fhir_store.apply_transaction(conn, entries, now_iso=_iso(now_ms))

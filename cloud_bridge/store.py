@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cloud_bridge import fhir_store
 from contract.wire import GENESIS_HASH, Reading, encode_reading
 
 SCHEMA = """
@@ -73,10 +74,13 @@ def connect(path: Path | str, *, shared_across_threads: bool = False) -> sqlite3
     `shared_across_threads` is for a connection created on one thread and used, under the
     caller's lock, on another (the MQTT network thread).
     """
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=not shared_across_threads)
+    conn = sqlite3.connect(
+        path, isolation_level=None, timeout=10, check_same_thread=not shared_across_threads
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)
+    fhir_store.ensure_schema(conn)
     return conn
 
 
@@ -111,7 +115,9 @@ def get_gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRecord | No
     ).fetchone()
     if row is None:
         return None
-    return GatewayRecord(row[0], load_public_key(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]), row[7])
+    return GatewayRecord(
+        row[0], load_public_key(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]), row[7]
+    )
 
 
 def list_gateways(conn: sqlite3.Connection) -> list[dict[str, object]]:

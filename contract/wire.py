@@ -31,8 +31,8 @@ __all__ = [
     "CONTRACT_VERSION",
     "GENESIS_HASH",
     "KINDS",
-    "TIME_QUALITIES",
     "RESIDENT_ID_SYSTEMS",
+    "TIME_QUALITIES",
     "Ack",
     "Batch",
     "ContractError",
@@ -310,7 +310,13 @@ class Ack:
 
 def encode_ack(ack: Ack) -> bytes:
     return cbor2.dumps(
-        {"v": CONTRACT_VERSION, "acked": ack.acked, "hash": ack.batch_hash, "err": ack.error, "now": ack.server_time_ms},
+        {
+            "v": CONTRACT_VERSION,
+            "acked": ack.acked,
+            "hash": ack.batch_hash,
+            "err": ack.error,
+            "now": ack.server_time_ms,
+        },
         canonical=True,
     )
 

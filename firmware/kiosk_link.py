@@ -265,12 +265,7 @@ def _unpack_str(payload, offset):
 
 def encode_hello(boot_id, device_id, model, firmware_version):
     """HELLO: boot_id:u32 then device id, model and firmware version as u8-length strings."""
-    return (
-        struct.pack("<I", boot_id)
-        + _pack_str(device_id)
-        + _pack_str(model)
-        + _pack_str(firmware_version)
-    )
+    return struct.pack("<I", boot_id) + _pack_str(device_id) + _pack_str(model) + _pack_str(firmware_version)
 
 
 def decode_hello(payload):
@@ -306,7 +301,9 @@ def decode_reading(payload):
         raise LinkError(NAK_BAD_PAYLOAD, "reading too short")
     kind, flags, device_time, count = struct.unpack(_READING_HEAD, payload[:head])
     if len(payload) != head + count * item:
-        raise LinkError(NAK_BAD_PAYLOAD, "reading says %d fields, payload has %d bytes" % (count, len(payload)))
+        raise LinkError(
+            NAK_BAD_PAYLOAD, "reading says %d fields, payload has %d bytes" % (count, len(payload))
+        )
     fields = []
     for index in range(count):
         start = head + index * item

@@ -120,7 +120,9 @@ class LinkIngest:
         device = DeviceRef(device_id, model, firmware_version)
         self.session = DeviceSession(device, boot_id, profile)
         await self.outbox.note_device(device, boot_id, self.transport.name)
-        log.info("link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version)
+        log.info(
+            "link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version
+        )
         return link.encode_frame(link.MSG_ACK, seq)
 
     async def _on_reading(self, seq: int, payload: bytes) -> bytes:

@@ -64,9 +64,7 @@ def load_profile(path: Path) -> DeviceProfile:
     try:
         return DeviceProfile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ProfileError(str(path), problems) from exc
 
 

@@ -68,7 +68,10 @@ async def run_gateway(config: GatewayConfig) -> None:
     server = uvicorn.Server(
         uvicorn.Config(create_app(service), host=config.api.host, port=config.api.port, log_level="warning")
     )
-    tasks = [asyncio.create_task(serve_link(ingest), name=f"link {ingest.transport.name}") for ingest in service.links]
+    tasks = [
+        asyncio.create_task(serve_link(ingest), name=f"link {ingest.transport.name}")
+        for ingest in service.links
+    ]
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
     log.info(
         "gateway %s up: %d link(s), %d device profile(s), API on http://%s:%d",

@@ -177,7 +177,9 @@ class Outbox:
         )
 
     def _reading_from_row(self, row: aiosqlite.Row | tuple) -> Reading:
-        (seq, device_id, model, firmware, kind, values, measured_at, quality, rx, sealed, operator, flags) = row
+        (seq, device_id, model, firmware, kind, values, measured_at, quality, rx, sealed, operator, flags) = (
+            row
+        )
         return Reading(
             gateway_id=self._gateway_id,
             seq=seq,
@@ -259,7 +261,8 @@ class Outbox:
             ) as cursor:
                 count = cursor.rowcount
             await self._db.execute(
-                "UPDATE batches SET state = 'acked', acked_at_ms = ? WHERE last_seq <= ? AND state = 'pending'",
+                """UPDATE batches SET state = 'acked', acked_at_ms = ?
+                   WHERE last_seq <= ? AND state = 'pending'""",
                 (now, acked_seq),
             )
             if count:
@@ -279,7 +282,9 @@ class Outbox:
                 counts[state] = count
         async with self._db.execute("SELECT COUNT(*) FROM batches WHERE state = 'pending'") as cursor:
             (pending,) = await cursor.fetchone()  # type: ignore[misc]
-        async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM readings WHERE state = 'synced'") as cursor:
+        async with self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM readings WHERE state = 'synced'"
+        ) as cursor:
             (last_synced,) = await cursor.fetchone()  # type: ignore[misc]
         async with self._db.execute("SELECT value FROM meta WHERE key = 'last_synced_at_ms'") as cursor:
             row = await cursor.fetchone()

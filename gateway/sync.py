@@ -53,7 +53,8 @@ class MqttSync:
             protocol=mqtt.MQTTv311,
         )
         self._client.reconnect_delay_set(
-            min_delay=max(1, round(self.mqtt_config.reconnect_min_s)), max_delay=round(self.mqtt_config.reconnect_max_s)
+            min_delay=max(1, round(self.mqtt_config.reconnect_min_s)),
+            max_delay=round(self.mqtt_config.reconnect_max_s),
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -64,14 +65,18 @@ class MqttSync:
         self._loop.call_soon_threadsafe(self._events.put_nowait, ("wake", None))
 
     # paho thread -> asyncio loop
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
         if getattr(reason, "is_failure", False):
             self._loop.call_soon_threadsafe(self._events.put_nowait, ("refused", str(reason)))
             return
         client.subscribe(ack_topic(self.gateway_id), qos=1)
         self._loop.call_soon_threadsafe(self._events.put_nowait, ("up", None))
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
         self._loop.call_soon_threadsafe(self._events.put_nowait, ("down", str(reason)))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:

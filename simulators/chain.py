@@ -102,7 +102,7 @@ class Chain:
         self.gateway_config.write_text(
             f"""gateway_id = "{self.gateway_id}"
 data_dir = "{self.gateway_dir}"
-profiles_dir = "{REPO_ROOT / 'device_profiles'}"
+profiles_dir = "{REPO_ROOT / "device_profiles"}"
 clock_quality = "ntp"
 
 [[serial]]
@@ -130,7 +130,9 @@ port = {self.gateway_api_port}
     # processes ------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
-        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.processes[name] = process
         return process
@@ -138,20 +140,37 @@ port = {self.gateway_api_port}
     def start_bridge(self) -> None:
         self._spawn(
             "bridge",
-            [sys.executable, "-m", "cloud_bridge.cli", "run", "--db", str(self.bridge_db),
-             "--mqtt-port", str(self.broker_port), "--http-port", str(self.bridge_port)],
+            [
+                sys.executable,
+                "-m",
+                "cloud_bridge.cli",
+                "run",
+                "--db",
+                str(self.bridge_db),
+                "--mqtt-port",
+                str(self.broker_port),
+                "--http-port",
+                str(self.bridge_port),
+            ],
         )
         wait_for(lambda: port_open(self.bridge_port), timeout=30, what="bridge HTTP port")
 
     def start_gateway(self) -> None:
-        self._spawn("gateway", [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.gateway_config)])
+        self._spawn(
+            "gateway", [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.gateway_config)]
+        )
         wait_for(lambda: port_open(self.gateway_api_port), timeout=30, what="gateway API port")
 
     def start_firmware(self) -> None:
         self._spawn(
             "firmware",
-            [micropython_binary(), str(REPO_ROOT / "firmware" / "host" / "run_bp.py"),
-             self.cable.device_path, self.cuff.path, self.device_id],
+            [
+                micropython_binary(),
+                str(REPO_ROOT / "firmware" / "host" / "run_bp.py"),
+                self.cable.device_path,
+                self.cuff.path,
+                self.device_id,
+            ],
         )
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
@@ -179,7 +198,9 @@ port = {self.gateway_api_port}
 
     # talking to the running chain ----------------------------------------------------------
     def gateway_get(self, path: str) -> Any:
-        return httpx.get(f"http://127.0.0.1:{self.gateway_api_port}{path}", timeout=5).raise_for_status().json()
+        return (
+            httpx.get(f"http://127.0.0.1:{self.gateway_api_port}{path}", timeout=5).raise_for_status().json()
+        )
 
     def gateway_post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         response = httpx.post(f"http://127.0.0.1:{self.gateway_api_port}{path}", json=body or {}, timeout=5)
@@ -199,7 +220,9 @@ port = {self.gateway_api_port}
 
         return wait_for(connected, timeout=timeout, what="the firmware's hello at the gateway")
 
-    def wait_for_outbox(self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float, what: str) -> dict[str, Any]:
+    def wait_for_outbox(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float, what: str
+    ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             status = self.gateway_get("/api/status")
             return status if predicate(status["outbox"]) else None

@@ -10,7 +10,9 @@ app = typer.Typer(help="Simulated peripherals and the end-to-end demo.", no_args
 
 
 @app.command()
-def demo(workdir: Path | None = typer.Option(None, help="Keep the demo's files here (default: a temp dir).")) -> None:
+def demo(
+    workdir: Path | None = typer.Option(None, help="Keep the demo's files here (default: a temp dir)."),
+) -> None:
     """Run the whole chain on this machine: firmware → gateway → MQTT → bridge → FHIR."""
     from simulators.demo import run_demo
 

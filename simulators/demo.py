@@ -36,7 +36,10 @@ def run_demo(workdir: Path | None = None) -> int:
         console.rule("[bold]Kiosk edge demo: one blood-pressure check, offline first")
         console.print(f"working directory: {workdir}")
         chain.provision()
-        console.print(f"[green]✓[/] provisioned gateway [bold]{chain.gateway_id}[/] and enrolled its key with the bridge")
+        console.print(
+            f"[green]✓[/] provisioned gateway [bold]{chain.gateway_id}[/]"
+            " and enrolled its key with the bridge"
+        )
         chain.start_bridge()
         chain.start_gateway()
         chain.start_firmware()
@@ -48,10 +51,14 @@ def run_demo(workdir: Path | None = None) -> int:
         console.print("[yellow]![/] 4G link is [bold]down[/]: no MQTT broker reachable")
 
         chain.check_in(*RESIDENT, operator=OPERATOR)
-        console.print(f"[green]✓[/] {OPERATOR} checked in resident (health record {RESIDENT[1][:4]}…{RESIDENT[1][-4:]})")
+        console.print(
+            f"[green]✓[/] {OPERATOR} checked in resident (health record {RESIDENT[1][:4]}…{RESIDENT[1][-4:]})"
+        )
         chain.cuff.measure(BloodPressure(systolic=128, diastolic=82, pulse=71))
         console.print("  cuff inflating … resident measured 128/82 mmHg, pulse 71")
-        status = chain.wait_for_outbox(lambda o: o["stored"] + o["batched"] >= 1, timeout=30, what="the reading in the outbox")
+        status = chain.wait_for_outbox(
+            lambda o: o["stored"] + o["batched"] >= 1, timeout=30, what="the reading in the outbox"
+        )
         console.print(
             f"[green]✓[/] reading stored durably on the gateway; waiting to sync: "
             f"{status['outbox']['stored'] + status['outbox']['batched']}, link up: {status['link_up']}"
@@ -66,16 +73,29 @@ def run_demo(workdir: Path | None = None) -> int:
         )
         wait_for(lambda: port_open(broker_port), timeout=30, what="the embedded broker")
         status = chain.wait_for_outbox(lambda o: o["synced"] >= 1, timeout=60, what="the bridge's ack")
-        console.print(f"[green]✓[/] bridge acknowledged seq {status['sync']['last_ack_seq']}: reading marked synced")
+        console.print(
+            f"[green]✓[/] bridge acknowledged seq {status['sync']['last_ack_seq']}: reading marked synced"
+        )
 
         system = RESIDENT_ID_SYSTEMS[RESIDENT[0]]
         params = {"subject:identifier": f"{system}|{RESIDENT[1]}"}
         bundle = chain.bridge_get("/fhir/Observation", **params)
-        url = f"http://127.0.0.1:{chain.bridge_port}/fhir/Observation?subject:identifier={system}|{RESIDENT[1]}"
-        bp = next(e["resource"] for e in bundle["entry"] if e["resource"]["code"]["coding"][0]["code"] == "85354-9")
-        console.print(Panel(json.dumps(bp, indent=2, ensure_ascii=False), title="FHIR R4 Observation (blood pressure panel)"))
+        url = (
+            f"http://127.0.0.1:{chain.bridge_port}/fhir/Observation?subject:identifier={system}|{RESIDENT[1]}"
+        )
+        bp = next(
+            e["resource"] for e in bundle["entry"] if e["resource"]["code"]["coding"][0]["code"] == "85354-9"
+        )
+        console.print(
+            Panel(
+                json.dumps(bp, indent=2, ensure_ascii=False),
+                title="FHIR R4 Observation (blood pressure panel)",
+            )
+        )
         console.print(f"searchset Bundle with {bundle['total']} Observation(s), fetched from:\n  {url}")
-        console.print(f"[bold green]demo finished in {time.monotonic() - started:.1f}s[/] — logs in {workdir / 'logs'}")
+        console.print(
+            f"[bold green]demo finished in {time.monotonic() - started:.1f}s[/] — logs in {workdir / 'logs'}"
+        )
         return 0
     except Exception as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import termios
 import tty
@@ -34,7 +35,5 @@ class PtyPort:
 
     def close(self) -> None:
         for fd in (self.master_fd, self.slave_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

@@ -13,7 +13,9 @@ from simulators.chain import free_port, port_open, wait_for
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if not found:
         pytest.fail("mosquitto is not installed: run ./dev test, which installs it")
     return found

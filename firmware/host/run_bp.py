@@ -1,6 +1,6 @@
 """Unix-port entry point: run the BP board application on pseudo-terminals.
 
-    micropython firmware/host/run_bp.py LINK_TTY CUFF_TTY DEVICE_ID [BAUD]
+micropython firmware/host/run_bp.py LINK_TTY CUFF_TTY DEVICE_ID [BAUD]
 """
 
 import sys

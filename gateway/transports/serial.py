@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import serial
 
@@ -52,9 +53,7 @@ class SerialTransport(Transport):
 
     async def close(self) -> None:
         if self._port is not None:
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self._port.fileno())
-            except (ValueError, OSError):
-                pass
             self._port.close()
             self._port = None

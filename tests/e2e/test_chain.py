@@ -1,4 +1,7 @@
-"""The whole chain on real parts: MicroPython firmware → pty → gateway → SQLite → Mosquitto → bridge → FHIR."""
+"""The whole chain on real parts.
+
+MicroPython firmware → pty → gateway → SQLite → Mosquitto → bridge → FHIR record.
+"""
 
 from __future__ import annotations
 
@@ -52,10 +55,14 @@ def start_all(chain: Chain) -> None:
     chain.check_in("health-record", RESIDENT, operator="doctor-wang")
 
 
-def test_reading_taken_offline_arrives_once_when_broker_starts(chain: Chain, stopped_mosquitto: Mosquitto) -> None:
+def test_reading_taken_offline_arrives_once_when_broker_starts(
+    chain: Chain, stopped_mosquitto: Mosquitto
+) -> None:
     start_all(chain)
     chain.cuff.measure(BloodPressure(systolic=128, diastolic=82, pulse=71))
-    status = chain.wait_for_outbox(lambda o: o["stored"] + o["batched"] == 1, timeout=30, what="reading stored")
+    status = chain.wait_for_outbox(
+        lambda o: o["stored"] + o["batched"] == 1, timeout=30, what="reading stored"
+    )
     assert status["link_up"] is False
     assert status["outbox"]["synced"] == 0
     assert bridge_reading_count(chain) == 0
@@ -85,12 +92,16 @@ def test_reading_taken_offline_arrives_once_when_broker_starts(chain: Chain, sto
     assert len(by_code(observations(chain), "85354-9")) == 1
 
 
-def test_corrupt_frame_is_nakked_counted_and_link_recovers(chain: Chain, stopped_mosquitto: Mosquitto) -> None:
+def test_corrupt_frame_is_nakked_counted_and_link_recovers(
+    chain: Chain, stopped_mosquitto: Mosquitto
+) -> None:
     stopped_mosquitto.start()
     start_all(chain)
     chain.cable.corrupt_next_bytes_to_gateway(6)
     chain.cuff.measure(BloodPressure(systolic=151, diastolic=96, pulse=77))
-    chain.wait_for_outbox(lambda o: o["synced"] == 1, timeout=60, what="first reading synced after corruption")
+    chain.wait_for_outbox(
+        lambda o: o["synced"] == 1, timeout=60, what="first reading synced after corruption"
+    )
     [port] = chain.gateway_get("/api/status")["peripherals"]
     assert port["counters"]["corrupt_frames"] >= 1
     assert port["counters"]["readings_stored"] == 1
@@ -113,7 +124,9 @@ def test_out_of_range_reading_is_rejected_with_reason(chain: Chain, stopped_mosq
     start_all(chain)
     chain.cuff.measure(BloodPressure(systolic=320, diastolic=82, pulse=71))
     wait_for(
-        lambda: chain.gateway_get("/api/status")["outbox"]["rejections"] == 1, timeout=30, what="rejection counted"
+        lambda: chain.gateway_get("/api/status")["outbox"]["rejections"] == 1,
+        timeout=30,
+        what="rejection counted",
     )
     assert "systolic = 320 mm[Hg] outside plausible 40..300" in chain.log("gateway")
     chain.cuff.measure(BloodPressure(systolic=118, diastolic=76, pulse=64))

@@ -1,6 +1,6 @@
 """Link codec vectors on the MicroPython unix port (run by tests/unit/test_link_codec.py).
 
-    micropython tests/micropython/link_vectors.py REPO_ROOT
+micropython tests/micropython/link_vectors.py REPO_ROOT
 """
 
 import json
@@ -46,7 +46,9 @@ def test_frames():
     for case in load("link_frames.json"):
         frame = unhex(case["frame"])
         assert link.encode_frame(case["type"], case["seq"], unhex(case["payload"])) == frame, case["name"]
-        assert link.decode_frame(frame[:-1]) == (case["type"], case["seq"], unhex(case["payload"])), case["name"]
+        assert link.decode_frame(frame[:-1]) == (case["type"], case["seq"], unhex(case["payload"])), case[
+            "name"
+        ]
 
 
 def test_corrupt_frame_rejected():

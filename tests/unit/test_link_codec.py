@@ -58,14 +58,23 @@ def test_reading_vector_decodes_to_its_fields() -> None:
         link.KIND_BP,
         link.FLAG_IRREGULAR_PULSE,
         0,
-        [(link.FIELD_SYSTOLIC, 128, 0), (link.FIELD_DIASTOLIC, 82, 0), (link.FIELD_MEAN_ARTERIAL, 97, 0),
-         (link.FIELD_PULSE_RATE, 71, 0)],
+        [
+            (link.FIELD_SYSTOLIC, 128, 0),
+            (link.FIELD_DIASTOLIC, 82, 0),
+            (link.FIELD_MEAN_ARTERIAL, 97, 0),
+            (link.FIELD_PULSE_RATE, 71, 0),
+        ],
     )
 
 
 def test_negative_mantissa_round_trips() -> None:
     case = next(c for c in cases("link_frames.json") if c["name"] == "negative_mantissa")
-    assert link.decode_reading(unhex(case["payload"])) == (link.KIND_TEMPERATURE, 0, 1795564800, [(30, -5, -1)])
+    assert link.decode_reading(unhex(case["payload"])) == (
+        link.KIND_TEMPERATURE,
+        0,
+        1795564800,
+        [(30, -5, -1)],
+    )
 
 
 def test_hello_vector() -> None:

@@ -55,7 +55,10 @@ READING_2 = Reading(
     seq=2,
     device=DEVICE,
     kind="bp",
-    values=(Measurement("systolic", Decimal("141.5"), "mm[Hg]"), Measurement("diastolic", Decimal(91), "mm[Hg]")),
+    values=(
+        Measurement("systolic", Decimal("141.5"), "mm[Hg]"),
+        Measurement("diastolic", Decimal(91), "mm[Hg]"),
+    ),
     measured_at_ms=1795564860000,
     time_quality="unsynced",
     received_mono_ms=183456,
