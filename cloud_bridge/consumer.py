@@ -41,6 +41,7 @@ class BridgeConsumer:
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     def start(self) -> None:
@@ -63,8 +64,13 @@ class BridgeConsumer:
             log.error("bridge: broker refused connection: %s", reason)
             return
         client.subscribe(UP_TOPIC_FILTER, qos=1)
-        self.connected.set()
-        log.info("bridge: connected to %s:%d, subscribed to %s", self._host, self._port, UP_TOPIC_FILTER)
+        log.info("bridge: connected to %s:%d", self._host, self._port)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, reasons: object, props: object
+    ) -> None:
+        self.connected.set()  # ready only once the broker has confirmed the subscription
+        log.info("bridge: subscribed to %s", UP_TOPIC_FILTER)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
