@@ -134,8 +134,27 @@ class Outbox:
     async def add_reading(self, new: NewReading) -> int | None:
         """Store durably; returns the sequence, or None if this link message was already stored."""
         sealed = self._keys.seal_resident(new.resident) if new.resident else None
+        # Look before inserting: INSERT OR IGNORE would burn an AUTOINCREMENT value on a
+        # duplicate and leave a gap in the gateway's sequence, which batches must not have.
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._db.execute(
+                "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
+                (new.device.id, new.boot_id, new.link_seq),
+            ) as cursor:
+                if await cursor.fetchone() is not None:
+                    await self._db.execute("COMMIT")
+                    return None
+            seq = await self._insert(new, sealed)
+            await self._db.execute("COMMIT")  # durable (synchronous=FULL) before the caller acks
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+        return seq
+
+    async def _insert(self, new: NewReading, sealed: bytes | None) -> int:
         async with self._db.execute(
-            """INSERT OR IGNORE INTO readings (device_id, boot_id, link_seq, device_model,
+            """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
                    device_firmware, kind, measurements, measured_at_ms, time_quality,
                    received_mono_ms, resident_sealed, operator, flags, stored_at_ms)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -156,10 +175,8 @@ class Outbox:
                 _now_ms(),
             ),
         ) as cursor:
-            inserted = cursor.rowcount == 1
-            seq = cursor.lastrowid
-        # isolation_level=None: the INSERT committed on its own, with synchronous=FULL.
-        return seq if inserted else None
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
 
     async def record_rejection(self, source: str, reason: str) -> None:
         await self._db.execute(
