@@ -156,7 +156,7 @@ def test_batch_signed_by_unknown_key_is_refused_and_stores_nothing(
 
 
 def test_unknown_gateway_is_refused(bridge: tuple[BridgeConsumer, Path], mosquitto: Mosquitto) -> None:
-    consumer, db = bridge
+    _, db = bridge
     stranger = Reading(
         **{**{f: getattr(reading(1), f) for f in Reading.__slots__}, "gateway_id": "gw-stranger"}
     )

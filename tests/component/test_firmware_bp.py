@@ -80,7 +80,7 @@ def rig() -> Iterator[tuple[SimulatedCuff, GatewayEnd]]:
 def test_hello_then_reading_with_exact_values(rig: tuple[SimulatedCuff, GatewayEnd]) -> None:
     cuff, gateway = rig
     _, hello_seq, hello = gateway.wait_for(link.MSG_HELLO)
-    boot_id, device_id, model, firmware = link.decode_hello(hello)
+    _, device_id, model, firmware = link.decode_hello(hello)
     assert (device_id, model, firmware) == ("bp-0042", "KX-BP100", "0.1.0")
     gateway.send(link.MSG_ACK, hello_seq)
 
@@ -149,8 +149,14 @@ def test_rejected_reading_is_not_resent(rig: tuple[SimulatedCuff, GatewayEnd]) -
     assert [f for f in gateway.collect(1.5) if f[0] == link.MSG_READING] == []
 
 
-@pytest.mark.parametrize(("fault", "code"), [("cuff_leak", link.ERROR_CUFF_LEAK), ("motion", link.ERROR_MOTION),
-                                             ("over_pressure", link.ERROR_OVER_PRESSURE)])  # fmt: skip
+CUFF_FAULTS = [
+    ("cuff_leak", link.ERROR_CUFF_LEAK),
+    ("motion", link.ERROR_MOTION),
+    ("over_pressure", link.ERROR_OVER_PRESSURE),
+]
+
+
+@pytest.mark.parametrize(("fault", "code"), CUFF_FAULTS)
 def test_cuff_faults_become_typed_device_errors(
     rig: tuple[SimulatedCuff, GatewayEnd], fault: str, code: int
 ) -> None:
