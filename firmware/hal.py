@@ -1,14 +1,22 @@
-"""Hardware abstraction: the board's `machine.UART`, or the host shim on the unix port.
+"""Hardware abstraction: the board's `machine` peripherals, or the host shims on the unix port.
 
-Drivers only use `read`, `readinto`, `write` and `any`, and register `pollable(uart)` with
-`select.poll`, which is what `machine.UART` offers on ESP32 and RP2040 ports.
+Drivers use only what `machine.UART/I2C/SPI/Pin` offer on the ESP32 and RP2040 ports. The
+application loop polls `irq_source()` and calls `service_irqs()`: on a board the hardware runs
+pin IRQs by itself (irq_source() is None, service_irqs() does nothing); on the unix port pin
+edges come from the simulated bus and run there.
 """
 
 try:
-    from machine import UART  # noqa: F401  (board)
+    from machine import I2C, SPI, UART, Pin  # noqa: F401  (board)
 
     def pollable(uart):
         return uart
 
-except ImportError:  # MicroPython unix port: a pseudo-terminal stands in for the UART pins
-    from hal_unix import UART, pollable  # noqa: F401
+    def irq_source():
+        return None
+
+    def service_irqs():
+        pass
+
+except ImportError:  # MicroPython unix port: ptys stand in for UARTs, a socket for the buses
+    from hal_unix import I2C, SPI, UART, Pin, irq_source, pollable, service_irqs  # noqa: F401

@@ -97,11 +97,23 @@ FIELD_NAMES = {
 FLAG_IRREGULAR_PULSE = const(0x0001)
 FLAG_BODY_MOVEMENT = const(0x0002)
 FLAG_CUFF_LOOSE = const(0x0004)
+FLAG_CONTROL_SOLUTION = const(0x0008)  # glucose: control solution, not the resident's blood
+FLAG_LOW_PERFUSION = const(0x0010)  # SpO2: weak pulse signal
+FLAG_LEAD_OFF = const(0x0020)  # ECG: an electrode lost contact during the recording
+FLAG_UNSTABLE = const(0x0040)  # weight: the resident moved; value did not settle
+FLAG_ABOVE_RANGE = const(0x0080)  # the device showed "HI": true value above its range
+FLAG_BELOW_RANGE = const(0x0100)  # the device showed "LO": true value below its range
 
 FLAG_NAMES = {
     FLAG_IRREGULAR_PULSE: "irregular_pulse",
     FLAG_BODY_MOVEMENT: "body_movement",
     FLAG_CUFF_LOOSE: "cuff_loose",
+    FLAG_CONTROL_SOLUTION: "control_solution",
+    FLAG_LOW_PERFUSION: "low_perfusion",
+    FLAG_LEAD_OFF: "lead_off",
+    FLAG_UNSTABLE: "unstable",
+    FLAG_ABOVE_RANGE: "above_range",
+    FLAG_BELOW_RANGE: "below_range",
 }
 
 # Device error codes (MSG_DEVICE_ERROR payload: kind:u8 code:u8).
@@ -109,12 +121,28 @@ ERROR_CUFF_LEAK = const(1)
 ERROR_MOTION = const(2)
 ERROR_OVER_PRESSURE = const(3)
 ERROR_SENSOR_TIMEOUT = const(4)
+ERROR_STRIP = const(5)  # glucose: used, damaged or wrong strip
+ERROR_TEMPERATURE = const(6)  # glucose meter or sensor outside its operating temperature
+ERROR_SAMPLE_INSUFFICIENT = const(7)  # glucose: not enough blood on the strip
+ERROR_LEAD_OFF = const(8)  # ECG: electrodes not attached
+ERROR_NO_FINGER = const(9)  # SpO2: no finger in the probe
+ERROR_SENSOR_NOT_FOUND = const(10)  # the part did not answer on its bus
+ERROR_OVERLOAD = const(11)  # scale: load above capacity
+ERROR_SENSOR_FAULT = const(12)  # the part reports an internal fault
 
 ERROR_NAMES = {
     ERROR_CUFF_LEAK: "cuff_leak",
     ERROR_MOTION: "motion",
     ERROR_OVER_PRESSURE: "over_pressure",
     ERROR_SENSOR_TIMEOUT: "sensor_timeout",
+    ERROR_STRIP: "strip_error",
+    ERROR_TEMPERATURE: "temperature_out_of_range",
+    ERROR_SAMPLE_INSUFFICIENT: "sample_insufficient",
+    ERROR_LEAD_OFF: "lead_off",
+    ERROR_NO_FINGER: "no_finger",
+    ERROR_SENSOR_NOT_FOUND: "sensor_not_found",
+    ERROR_OVERLOAD: "overload",
+    ERROR_SENSOR_FAULT: "sensor_fault",
 }
 
 
@@ -331,3 +359,69 @@ def decode_nak(payload):
     if len(payload) != 1:
         raise LinkError(NAK_BAD_PAYLOAD, "nak must be 1 byte")
     return payload[0]
+
+
+# ECG_CHUNK: first_sample:u32 channels:u8 count:u8 lead_off:u8, then count x channels samples,
+# each a 24-bit two's-complement value, little-endian, interleaved by sample. Sample rate and
+# gain are properties of the model (device profile), not repeated in every chunk.
+_ECG_HEAD = "<IBBB"
+ECG_HEAD_SIZE = const(7)
+
+
+def ecg_chunk_capacity(channels):
+    """Most samples per channel that fit in one chunk."""
+    return (MAX_PAYLOAD - ECG_HEAD_SIZE) // (3 * channels)
+
+
+def pack_ecg_chunk_into(buf, first_sample, channels, count, lead_off, samples):
+    """Fill `buf` (a bytearray of at least the chunk's size) without allocating; returns its length.
+
+    `samples` holds count * channels ints, interleaved by sample.
+    """
+    struct.pack_into(_ECG_HEAD, buf, 0, first_sample, channels, count, lead_off)
+    offset = ECG_HEAD_SIZE
+    for index in range(count * channels):
+        value = samples[index] & 0xFFFFFF
+        buf[offset] = value & 0xFF
+        buf[offset + 1] = (value >> 8) & 0xFF
+        buf[offset + 2] = value >> 16
+        offset += 3
+    return offset
+
+
+def decode_ecg_chunk(payload):
+    """-> (first_sample, channels, lead_off, [samples interleaved by sample])."""
+    if len(payload) < ECG_HEAD_SIZE:
+        raise LinkError(NAK_BAD_PAYLOAD, "ecg chunk too short")
+    first_sample, channels, count, lead_off = struct.unpack(_ECG_HEAD, payload[:ECG_HEAD_SIZE])
+    if channels == 0 or len(payload) != ECG_HEAD_SIZE + 3 * channels * count:
+        raise LinkError(
+            NAK_BAD_PAYLOAD, "ecg chunk length does not match %d x %d samples" % (count, channels)
+        )
+    samples = []
+    for offset in range(ECG_HEAD_SIZE, len(payload), 3):
+        value = payload[offset] | (payload[offset + 1] << 8) | (payload[offset + 2] << 16)
+        samples.append(value - 0x1000000 if value & 0x800000 else value)
+    return first_sample, channels, lead_off, samples
+
+
+def encode_status(battery_percent, error_flags, uptime_s):
+    """STATUS: battery:u8 (255 = mains powered), error_flags:u16, uptime_s:u32."""
+    return struct.pack("<BHI", battery_percent, error_flags, uptime_s)
+
+
+def decode_status(payload):
+    if len(payload) != 7:
+        raise LinkError(NAK_BAD_PAYLOAD, "status must be 7 bytes")
+    return struct.unpack("<BHI", payload)
+
+
+def encode_time_sync(unix_seconds, milliseconds):
+    """TIME_SYNC (gateway -> board): seconds since 1970 UTC:u32, milliseconds:u16."""
+    return struct.pack("<IH", unix_seconds, milliseconds)
+
+
+def decode_time_sync(payload):
+    if len(payload) != 6:
+        raise LinkError(NAK_BAD_PAYLOAD, "time sync must be 6 bytes")
+    return struct.unpack("<IH", payload)
