@@ -17,7 +17,7 @@ import micropython
 
 sys.path.insert(0, sys.argv[1])
 
-import kiosk_link as link  # noqa: E402
+import kiosk_link as link
 
 FRAMES = int(sys.argv[2])
 ROUNDS = 3
