@@ -5,8 +5,15 @@ sequence number. A NAK (corrupt frame seen by the gateway) or a silent timeout s
 with the timeout doubling up to a ceiling, so a busy or restarting gateway loses nothing.
 The hello has a slot of its own, so a gateway that restarted and asks who we are
 (NAK_HELLO_REQUIRED) hears it at once, even while the ring is full of readings.
+
+The gateway knows a message by (device, session id from the hello, seq). When the 16-bit seq
+space of a session is used up, the ring is drained and a new session starts with a new hello,
+so a seq is never reused within a session. With a `LinkJournal` (flash), durable messages are
+on flash before they are on the wire and released when acked; after a reboot they are resent
+under their original session and seq, so the gateway stores each exactly once.
 """
 
+import struct
 import time
 
 import kiosk_link as link
@@ -25,22 +32,70 @@ _SEQ = const(0)
 _FRAME = const(1)
 _DUE = const(2)
 _BACKOFF = const(3)
+_JOURNAL_SLOT = const(4)
+_LAST_SEQ = const(0xFFFF)
+
+
+def _random_u32():
+    try:
+        import os
+
+        return struct.unpack("<I", os.urandom(4))[0] or 1
+    except (ImportError, AttributeError):
+        return (time.ticks_cpu() & 0xFFFFFFFF) or 1
+
+
+class RamSession:
+    """Session numbering without flash (the journal's interface, minus persistence)."""
+
+    slots = 0
+
+    def __init__(self):
+        self.session_id = _random_u32()
+        self.next_seq = 1
+
+    def take_seq(self):
+        seq = self.next_seq
+        if seq >= _LAST_SEQ:
+            return None
+        self.next_seq = seq + 1
+        return seq
+
+    def restart_session(self):
+        self.session_id = _random_u32()
+        self.next_seq = 1
 
 
 class LinkClient:
-    def __init__(self, uart, ring_size=16):
+    def __init__(self, uart, ring_size=16, journal=None):
         self._uart = uart
         self._splitter = link.FrameSplitter()
         self._rx = bytearray(64)
-        self._slots = [None] * ring_size  # each: [seq, frame, due_ms, backoff_ms]
+        self._journal = journal
+        self._session = journal if journal is not None else RamSession()
+        if journal is not None:
+            ring_size = journal.slots
+        self._slots = [None] * ring_size  # each: [seq, frame, due_ms, backoff_ms, journal_slot]
         self._hello_payload = None
+        self._hello_builder = None
         self._hello_slot = None
-        self._next_seq = 1
         self.acked = 0
         self.naks_received = 0
         self.retransmits = 0
         self.bad_frames = 0
+        self.sessions_started = 0
         self.last_ack_ms = None
+        self.restored = 0
+        if journal is not None:
+            now = time.ticks_ms()
+            for index, seq, frame in journal.pending():
+                if index < ring_size:
+                    self._slots[index] = [seq, frame, now, _RETRY_FIRST_MS, index]
+                    self.restored += 1
+
+    @property
+    def session_id(self):
+        return self._session.session_id
 
     def pending(self):
         count = sum(1 for slot in self._slots if slot is not None)
@@ -50,26 +105,68 @@ class LinkClient:
         return None in self._slots
 
     def hello(self, payload):
-        """Introduce the board; sent again whenever the gateway asks (after its restart)."""
-        self._hello_payload = payload
-        self._hello_slot = self._transmit(link.MSG_HELLO, payload)
+        """Introduce the board with a HELLO payload (kiosk_link.encode_hello).
 
-    def send(self, msg_type, payload):
-        """Queue and send a message; returns its sequence, or None when the ring is full."""
+        Its boot id is replaced by the link session id, which is what the gateway
+        de-duplicates by; the hello is rebuilt when a new session starts and resent whenever
+        the gateway asks.
+        """
+        if callable(payload):
+            build_payload = payload
+        else:
+            _, device_id, model, firmware = link.decode_hello(payload)
+
+            def build_payload(session_id):
+                return link.encode_hello(session_id, device_id, model, firmware)
+
+        self._hello_builder = build_payload
+        self._hello_payload = build_payload(self._session.session_id)
+        self._hello_slot = self._transmit(link.MSG_HELLO, self._hello_payload)
+
+    def send(self, msg_type, payload, durable=True):
+        """Queue and send a message; returns its sequence, or None when it cannot go yet.
+
+        With a journal, a durable message is on flash before it is on the wire; pass
+        durable=False for high-rate streams (ECG chunks), whose gaps are visible downstream.
+        """
         try:
             index = self._slots.index(None)
         except ValueError:
             return None
-        slot = self._transmit(msg_type, payload)
-        self._slots[index] = slot
-        return slot[_SEQ]
+        seq = self._session.take_seq()
+        if seq is None:
+            if not self._start_new_session():
+                return None
+            seq = self._session.take_seq()
+        frame = link.encode_frame(msg_type, seq, payload)
+        journal_slot = -1
+        if self._journal is not None and durable:
+            self._journal.store(index, seq, frame)
+            journal_slot = index
+        self._uart.write(frame)
+        self._slots[index] = [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS,
+                              journal_slot]  # fmt: skip
+        return seq
+
+    def _start_new_session(self):
+        """Seq space used up: once everything of the old session is acked, start a new one."""
+        if self.pending():
+            return False
+        self._session.restart_session()
+        self.sessions_started += 1
+        if self._hello_builder is not None:
+            self._hello_payload = self._hello_builder(self._session.session_id)
+            self._hello_slot = self._transmit(link.MSG_HELLO, self._hello_payload)
+        return True
 
     def _transmit(self, msg_type, payload):
-        seq = self._next_seq
-        self._next_seq = (seq % 0xFFFF) + 1  # 1..65535, 0 is never used
+        seq = self._session.take_seq()
+        if seq is None:  # only a hello can get here at the very end of a session
+            self._session.restart_session()
+            seq = self._session.take_seq()
         frame = link.encode_frame(msg_type, seq, payload)
         self._uart.write(frame)
-        return [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS]
+        return [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS, -1]
 
     def poll(self):
         """Handle incoming acks/naks and retransmit what is due. Returns ms until the next retry."""
@@ -108,6 +205,8 @@ class LinkClient:
         for index, slot in enumerate(self._slots):
             if slot is not None and slot[_SEQ] == seq:
                 self._slots[index] = None
+                if slot[_JOURNAL_SLOT] >= 0:
+                    self._journal.release(slot[_JOURNAL_SLOT])
                 self._acked()
                 return
 

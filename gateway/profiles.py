@@ -29,9 +29,19 @@ class FieldSpec(_Strict):
         return self
 
 
+class WaveformSpec(_Strict):
+    """A sampled signal (ECG): what the samples in ECG_CHUNK messages mean."""
+
+    sample_rate_hz: int
+    resolution_uv: Decimal  # microvolts per least significant bit
+    leads: tuple[str, ...]  # one MDC code per channel, e.g. MDC_ECG_LEAD_I
+    loinc: str | None = None
+
+
 class KindSpec(_Strict):
     required: tuple[str, ...] = ()
-    fields: dict[str, FieldSpec]
+    fields: dict[str, FieldSpec] = {}
+    waveform: WaveformSpec | None = None
 
     @model_validator(mode="after")
     def _required_known(self) -> KindSpec:
