@@ -1,7 +1,6 @@
 """Blood-pressure board application: cuff driver events -> kiosk link messages."""
 
 import select
-import struct
 import time
 
 import kiosk_link as link
@@ -42,38 +41,52 @@ def reading_payload(result, device_time=0):
     )
 
 
-def new_boot_id():
-    try:
-        import os
-
-        return struct.unpack("<I", os.urandom(4))[0]
-    except (ImportError, AttributeError):
-        return time.ticks_cpu() & 0xFFFFFFFF
+STATUS_INTERVAL_MS = 60000
+MAINS_POWERED = 255
 
 
-def run(link_uart, cuff_uart, device_id, max_ms=None, log=print):
-    """Main loop; returns after max_ms (tests) or never (board)."""
-    client = LinkClient(link_uart)
+def run(link_uart, cuff_uart, device_id, max_ms=None, log=print, journal_path=None):
+    """Main loop; returns after max_ms (tests) or never (board).
+
+    With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
+    """
+    journal = None
+    if journal_path:
+        from link_journal import LinkJournal
+
+        journal = LinkJournal(journal_path, 16)
+    client = LinkClient(link_uart, journal=journal)
+    if client.restored:
+        log("resending %d unacked message(s) from flash" % client.restored)
     cuff = BpCuff(cuff_uart)
-    client.hello(link.encode_hello(new_boot_id(), device_id, MODEL, FIRMWARE_VERSION))
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     poller.register(pollable(cuff_uart), select.POLLIN)
     backlog = []  # results waiting for room in the link ring
     started = time.ticks_ms()
+    last_status = time.ticks_add(started, -STATUS_INTERVAL_MS)
     wait = 0
     while max_ms is None or time.ticks_diff(time.ticks_ms(), started) < max_ms:
         poller.poll(min(wait, 50))
         for event, value in cuff.poll():
             if event == EVENT_RESULT:
-                backlog.append((link.MSG_READING, reading_payload(value)))
+                backlog.append((link.MSG_READING, reading_payload(value, client.device_time())))
                 log("bp result %d/%d pulse %d" % (value[0], value[1], value[3]))
             elif event == EVENT_ERROR:
                 code = _CUFF_ERRORS.get(value, link.ERROR_SENSOR_TIMEOUT)
                 backlog.append((link.MSG_DEVICE_ERROR, link.encode_device_error(link.KIND_BP, code)))
                 log("bp cuff error %d" % value)
         while backlog and client.has_room():
-            msg_type, payload = backlog.pop(0)
-            client.send(msg_type, payload)
+            msg_type, payload = backlog[0]
+            if client.send(msg_type, payload) is None:
+                break
+            backlog.pop(0)
+        if time.ticks_diff(time.ticks_ms(), last_status) >= STATUS_INTERVAL_MS and client.has_room():
+            last_status = time.ticks_ms()
+            uptime_s = time.ticks_diff(last_status, started) // 1000
+            client.send(
+                link.MSG_STATUS, link.encode_status(MAINS_POWERED, cuff.bad_frames & 0xFFFF, uptime_s), False
+            )
         wait = client.poll()
     return client

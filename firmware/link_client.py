@@ -86,12 +86,24 @@ class LinkClient:
         self.sessions_started = 0
         self.last_ack_ms = None
         self.restored = 0
+        self._synced_unix_s = 0
+        self._synced_ticks = 0
         if journal is not None:
             now = time.ticks_ms()
             for index, seq, frame in journal.pending():
                 if index < ring_size:
                     self._slots[index] = [seq, frame, now, _RETRY_FIRST_MS, index]
                     self.restored += 1
+
+    def device_time(self):
+        """Seconds since 1970 UTC from the gateway's last TIME_SYNC, or 0 (clock not set).
+
+        Stamped on a reading when it is taken, so readings held on the board while the
+        gateway was away keep their true time.
+        """
+        if not self._synced_unix_s:
+            return 0
+        return self._synced_unix_s + time.ticks_diff(time.ticks_ms(), self._synced_ticks) // 1000
 
     @property
     def session_id(self):
@@ -184,6 +196,14 @@ class LinkClient:
             return
         if msg_type == link.MSG_ACK:
             self._ack(seq)
+        elif msg_type == link.MSG_TIME_SYNC:
+            try:
+                unix_s, millis = link.decode_time_sync(payload)
+            except link.LinkError:
+                self.bad_frames += 1
+                return
+            self._synced_ticks = time.ticks_add(time.ticks_ms(), -millis)
+            self._synced_unix_s = unix_s
         elif msg_type == link.MSG_NAK:
             self.naks_received += 1
             reason = payload[0] if payload else 0

@@ -47,6 +47,17 @@ class DeviceSession:
     device: DeviceRef
     boot_id: int
     profile: DeviceProfile
+    battery_percent: int | None = None
+    error_flags: int = 0
+    uptime_s: int = 0
+
+
+def time_sync_frame() -> bytes:
+    """Give the board our wall clock, so it stamps readings when they are taken."""
+    now_ns = time.time_ns()
+    return link.encode_frame(
+        link.MSG_TIME_SYNC, 0, link.encode_time_sync(now_ns // 1_000_000_000, (now_ns // 1_000_000) % 1000)
+    )
 
 
 @dataclass
@@ -91,6 +102,8 @@ class LinkIngest:
                 return await self._on_reading(seq, payload)
             if msg_type == link.MSG_DEVICE_ERROR:
                 return self._on_device_error(seq, payload)
+            if msg_type == link.MSG_STATUS:
+                return self._on_status(seq, payload)
             if msg_type in (link.MSG_ACK, link.MSG_NAK):
                 return None
         except link.LinkError as exc:
@@ -123,7 +136,7 @@ class LinkIngest:
         log.info(
             "link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version
         )
-        return link.encode_frame(link.MSG_ACK, seq)
+        return link.encode_frame(link.MSG_ACK, seq) + time_sync_frame()
 
     async def _on_reading(self, seq: int, payload: bytes) -> bytes:
         assert self.session is not None
@@ -131,7 +144,9 @@ class LinkIngest:
         kind_code, flags, device_time, fields = link.decode_reading(payload)
         kind, values = to_measurements(session.device.id, session.profile, kind_code, fields)
         now_ms = time.time_ns() // 1_000_000
-        measured_at_ms, quality = (device_time * 1000, "rtc") if device_time else (now_ms, self.clock_quality)
+        # A board stamps readings with the clock we gave it (TIME_SYNC), so its time is as
+        # good as ours; without one, the reading gets our receive time.
+        measured_at_ms = device_time * 1000 if device_time else now_ms
         stored = await self.outbox.add_reading(
             NewReading(
                 device=session.device,
@@ -140,7 +155,7 @@ class LinkIngest:
                 kind=kind,
                 values=values,
                 measured_at_ms=measured_at_ms,
-                time_quality=quality,
+                time_quality=self.clock_quality,
                 received_mono_ms=time.monotonic_ns() // 1_000_000,
                 resident=self.checkin.resident,
                 operator=self.checkin.operator,
@@ -153,6 +168,15 @@ class LinkIngest:
             self.counters.readings_stored += 1
             log.info("link %s: stored %s reading as seq %d", self.transport.name, kind, stored)
             self.on_stored()
+        ack = link.encode_frame(link.MSG_ACK, seq)
+        return ack if device_time else ack + time_sync_frame()
+
+    def _on_status(self, seq: int, payload: bytes) -> bytes:
+        assert self.session is not None
+        battery, error_flags, uptime_s = link.decode_status(payload)
+        self.session.battery_percent = None if battery == 255 else battery
+        self.session.error_flags = error_flags
+        self.session.uptime_s = uptime_s
         return link.encode_frame(link.MSG_ACK, seq)
 
     def _on_device_error(self, seq: int, payload: bytes) -> bytes:

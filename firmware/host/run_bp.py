@@ -1,6 +1,6 @@
 """Unix-port entry point: run the BP board application on pseudo-terminals.
 
-micropython firmware/host/run_bp.py LINK_TTY CUFF_TTY DEVICE_ID [BAUD]
+micropython firmware/host/run_bp.py LINK_TTY CUFF_TTY DEVICE_ID [BAUD [JOURNAL_FILE]]
 """
 
 import sys
@@ -18,7 +18,8 @@ def main():
     link_uart = UART(link_path, baud)
     cuff_uart = UART(cuff_path, 9600)
     print("firmware %s %s up as %s" % (bp_app.MODEL, bp_app.FIRMWARE_VERSION, device_id))
-    bp_app.run(link_uart, cuff_uart, device_id)
+    journal = sys.argv[5] if len(sys.argv) > 5 else None
+    bp_app.run(link_uart, cuff_uart, device_id, journal_path=journal)
 
 
 main()
