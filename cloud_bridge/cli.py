@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import sqlite3
 import time
@@ -16,19 +17,31 @@ app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FH
 DB_OPTION = typer.Option(Path("bridge.db"), "--db", help="Bridge SQLite database.")
 
 
+class GatewayKind(enum.StrEnum):
+    kiosk = "kiosk"
+    vehicle = "vehicle"
+
+
 @app.command()
 def enrol(
     gateway_id: str = typer.Argument(..., help="Gateway id, as in the gateway's configuration."),
     public_key: Path = typer.Option(..., help="The gateway's Ed25519 public key (PEM)."),
     site: str = typer.Option("", help="Village clinic or vehicle the gateway serves."),
-    kind: str = typer.Option("kiosk", help="kiosk or vehicle."),
+    kind: GatewayKind = typer.Option(
+        GatewayKind.kiosk, help="Village-clinic kiosk or mobile clinic vehicle."
+    ),
     db: Path = DB_OPTION,
 ) -> None:
     """Register a gateway's signing key so its batches are accepted."""
     conn = store.connect(db)
     try:
         store.enrol_gateway(
-            conn, gateway_id, public_key.read_text(), site=site, kind=kind, now_ms=time.time_ns() // 1_000_000
+            conn,
+            gateway_id,
+            public_key.read_text(),
+            site=site,
+            kind=kind.value,
+            now_ms=time.time_ns() // 1_000_000,
         )
     except sqlite3.IntegrityError as exc:
         typer.echo(f"gateway {gateway_id} is already enrolled", err=True)

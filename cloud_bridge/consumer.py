@@ -91,6 +91,12 @@ class BridgeConsumer:
             self.counters["storage_errors"] += 1
             log.exception("bridge: could not store batch from %s; not acked", message.topic)
             return
+        except Exception:
+            # A bug must not stop paho's network thread (and with it every gateway's sync):
+            # the transaction was rolled back, nothing is acked, the gateway will resend.
+            self.counters["internal_errors"] += 1
+            log.exception("bridge: failed to process batch from %s; not acked", message.topic)
+            return
         if outcome.refusal:
             self.counters["refused"] += 1
         elif outcome.replay:

@@ -34,6 +34,7 @@ _DUE = const(2)
 _BACKOFF = const(3)
 _JOURNAL_SLOT = const(4)
 _LAST_SEQ = const(0xFFFF)
+_REJECTED_HELLO_RETRY_MS = const(60000)
 
 
 def _random_u32():
@@ -43,6 +44,10 @@ def _random_u32():
         return struct.unpack("<I", os.urandom(4))[0] or 1
     except (ImportError, AttributeError):
         return (time.ticks_cpu() & 0xFFFFFFFF) or 1
+
+
+def _seq_of(slot):
+    return slot[_SEQ]
 
 
 class RamSession:
@@ -114,7 +119,8 @@ class LinkClient:
         return count + (1 if self._hello_slot is not None else 0)
 
     def has_room(self):
-        return None in self._slots
+        """True when send() would take a message now: the gateway has our hello, a slot is free."""
+        return self._hello_slot is None and None in self._slots
 
     def hello(self, payload):
         """Introduce the board with a HELLO payload (kiosk_link.encode_hello).
@@ -141,6 +147,10 @@ class LinkClient:
         With a journal, a durable message is on flash before it is on the wire; pass
         durable=False for high-rate streams (ECG chunks), whose gaps are visible downstream.
         """
+        if self._hello_slot is not None:
+            # Until the gateway acks the hello it may still hold an older session of ours, and
+            # would file these seqs under it: nothing goes out before the hello is heard.
+            return None
         try:
             index = self._slots.index(None)
         except ValueError:
@@ -176,6 +186,8 @@ class LinkClient:
         if seq is None:  # only a hello can get here at the very end of a session
             self._session.restart_session()
             seq = self._session.take_seq()
+            if msg_type == link.MSG_HELLO and self._hello_builder is not None:
+                self._hello_payload = payload = self._hello_builder(self._session.session_id)
         frame = link.encode_frame(msg_type, seq, payload)
         self._uart.write(frame)
         return [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS, -1]
@@ -207,7 +219,12 @@ class LinkClient:
         elif msg_type == link.MSG_NAK:
             self.naks_received += 1
             reason = payload[0] if payload else 0
-            if reason == link.NAK_REJECTED:
+            hello = self._hello_slot
+            if reason == link.NAK_REJECTED and hello is not None and hello[_SEQ] == seq:
+                # The gateway does not accept this model: ask again much later, not in a loop.
+                hello[_DUE] = time.ticks_add(time.ticks_ms(), _REJECTED_HELLO_RETRY_MS)
+                hello[_BACKOFF] = _REJECTED_HELLO_RETRY_MS
+            elif reason == link.NAK_REJECTED:
                 self._ack(seq)  # refused for good (the gateway logged why): do not resend
             elif reason == link.NAK_HELLO_REQUIRED:
                 if self._hello_slot is None and self._hello_payload is not None:
@@ -247,10 +264,15 @@ class LinkClient:
             wait = self._retransmit(self._hello_slot, now, wait)
             if self._hello_slot is not None:
                 return wait  # readings wait until the gateway has heard the hello
+        due = [slot for slot in self._slots if slot is not None and time.ticks_diff(slot[_DUE], now) <= 0]
+        if len(due) > 1:
+            due.sort(key=_seq_of)  # oldest first: the gateway stores in the order it hears
+        for slot in due:
+            wait = self._retransmit(slot, now, wait)
         for slot in self._slots:
             if slot is not None:
-                wait = self._retransmit(slot, now, wait)
-        return wait
+                wait = min(wait, time.ticks_diff(slot[_DUE], now))
+        return max(wait, 0)
 
     def _retransmit(self, slot, now, wait):
         remaining = time.ticks_diff(slot[_DUE], now)

@@ -5,6 +5,7 @@ It listens on loopback by default and shows resident identifiers only masked.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI
@@ -34,14 +35,14 @@ def create_app(service: GatewayService) -> FastAPI:
 
     @app.post("/api/checkin")
     async def check_in(request: CheckInRequest) -> dict[str, object]:
-        service.checkin.resident = ResidentRef(request.system, request.value)
-        service.checkin.operator = request.operator
+        await service.outbox.start_checkin(
+            ResidentRef(request.system, request.value), request.operator, time.time_ns() // 1_000_000
+        )
         return {"checked_in": mask(request.value), "operator": request.operator}
 
     @app.post("/api/checkout")
     async def check_out() -> dict[str, object]:
-        service.checkin.resident = None
-        service.checkin.operator = None
+        await service.outbox.end_checkin(time.time_ns() // 1_000_000)
         return {"checked_in": None}
 
     @app.get("/api/status")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from contract.wire import DeviceRef, ResidentRef
+from contract.wire import DeviceRef
 from firmware import kiosk_link as link
 from gateway.errors import RejectedReading, StorageFullError
 from gateway.profiles import DeviceProfile
@@ -24,14 +24,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class CheckIn:
-    """The resident being examined at the kiosk right now, and who is examining them."""
-
-    resident: ResidentRef | None = None
-    operator: str | None = None
-
-
-@dataclass
 class LinkCounters:
     frames: int = 0
     corrupt_frames: int = 0
@@ -40,6 +32,7 @@ class LinkCounters:
     rejected: int = 0
     device_errors: int = 0
     dropped_bytes: int = 0
+    internal_errors: int = 0
 
 
 @dataclass
@@ -67,7 +60,6 @@ class LinkIngest:
     transport: Transport
     outbox: Outbox
     profiles: dict[str, DeviceProfile]
-    checkin: CheckIn
     clock_quality: str
     on_stored: Callable[[], None] = lambda: None
     counters: LinkCounters = field(default_factory=LinkCounters)
@@ -115,6 +107,13 @@ class LinkIngest:
         except StorageFullError as exc:
             log.error("link %s: cannot store reading: %s", self.transport.name, exc)
             return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_BUSY))
+        except Exception:
+            # A bug or a storage fault must not take the port down, and must not cost the
+            # reading: the board keeps it and retries (NAK_BUSY), we log the whole traceback.
+            self.counters.internal_errors += 1
+            log.exception("link %s: failed to process %s frame seq %d", self.transport.name,
+                          link.MESSAGE_NAMES.get(msg_type, msg_type), seq)  # fmt: skip
+            return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_BUSY))
         await self._reject(f"unsupported message type {msg_type}")
         return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
 
@@ -147,6 +146,10 @@ class LinkIngest:
         # A board stamps readings with the clock we gave it (TIME_SYNC), so its time is as
         # good as ours; without one, the reading gets our receive time.
         measured_at_ms = device_time * 1000 if device_time else now_ms
+        # The resident is the one checked in when the reading was taken. The board's time has
+        # whole seconds (floored), so look at the end of that second: a reading finished in the
+        # same second as its resident's check-in still belongs to them.
+        checkin = await self.outbox.checkin_at(measured_at_ms + 999 if device_time else measured_at_ms)
         stored = await self.outbox.add_reading(
             NewReading(
                 device=session.device,
@@ -157,8 +160,8 @@ class LinkIngest:
                 measured_at_ms=measured_at_ms,
                 time_quality=self.clock_quality,
                 received_mono_ms=time.monotonic_ns() // 1_000_000,
-                resident=self.checkin.resident,
-                operator=self.checkin.operator,
+                resident=checkin[0] if checkin else None,
+                operator=checkin[1] if checkin else None,
                 flags=flag_names(flags),
             )
         )

@@ -10,7 +10,7 @@ import uvicorn
 
 from gateway.api import create_app, mask
 from gateway.config import GatewayConfig
-from gateway.ingest import CheckIn, LinkIngest, serve_link
+from gateway.ingest import LinkIngest, serve_link
 from gateway.keys import GatewayKeys
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
@@ -25,14 +25,12 @@ class GatewayService:
         self.config = config
         self.outbox = outbox
         self.profiles = profiles
-        self.checkin = CheckIn()
         self.sync = MqttSync(config.gateway_id, outbox, config.mqtt, config.sync)
         self.links = [
             LinkIngest(
                 transport=SerialTransport(port.path, port.baudrate),
                 outbox=outbox,
                 profiles=profiles,
-                checkin=self.checkin,
                 clock_quality=config.clock_quality,
                 on_stored=self.sync.wake,
             )
@@ -41,18 +39,21 @@ class GatewayService:
 
     async def status(self) -> dict[str, object]:
         outbox = await self.outbox.status()
+        checkin = await self.outbox.current_checkin()
         return {
             "gateway_id": self.config.gateway_id,
             "link_up": self.sync.state.link_up,
             "sync": dataclasses.asdict(self.sync.state),
             "outbox": dataclasses.asdict(outbox),
-            "checked_in": mask(self.checkin.resident.value) if self.checkin.resident else None,
+            "checked_in": mask(checkin[0].value) if checkin else None,
             "peripherals": [
                 {
                     "port": ingest.transport.name,
                     "device": dataclasses.asdict(ingest.session.device) if ingest.session else None,
                     "counters": dataclasses.asdict(ingest.counters),
                     "last_device_error": ingest.last_device_error,
+                    "battery_percent": ingest.session.battery_percent if ingest.session else None,
+                    "uptime_s": ingest.session.uptime_s if ingest.session else None,
                 }
                 for ingest in self.links
             ],
@@ -73,6 +74,16 @@ async def run_gateway(config: GatewayConfig) -> None:
         for ingest in service.links
     ]
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
+
+    def stop_on_failure(task: asyncio.Task[None]) -> None:
+        # A task that dies must not leave a gateway that looks alive but syncs nothing:
+        # log why and stop, so the supervisor (systemd) restarts it from the durable state.
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("gateway task %s failed; stopping", task.get_name(), exc_info=task.exception())
+            server.should_exit = True
+
+    for task in tasks:
+        task.add_done_callback(stop_on_failure)
     log.info(
         "gateway %s up: %d link(s), %d device profile(s), API on http://%s:%d",
         config.gateway_id,

@@ -10,7 +10,11 @@ hash chain stable across retries and restarts.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +23,7 @@ import aiosqlite
 import cbor2
 
 from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch
+from gateway.errors import StorageFullError
 from gateway.keys import GatewayKeys
 
 SCHEMA = """
@@ -69,6 +74,13 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkins (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    resident_sealed BLOB NOT NULL,
+    operator TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER
+);
 """
 
 
@@ -118,6 +130,20 @@ class Outbox:
         self._db = db
         self._gateway_id = gateway_id
         self._keys = keys
+        # One connection serves ingest, sync and the API: the lock keeps one coroutine's
+        # transaction from swallowing (or reading half of) another's.
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     @classmethod
     async def open(cls, path: Path, gateway_id: str, keys: GatewayKeys) -> Outbox:
@@ -136,21 +162,19 @@ class Outbox:
         sealed = self._keys.seal_resident(new.resident) if new.resident else None
         # Look before inserting: INSERT OR IGNORE would burn an AUTOINCREMENT value on a
         # duplicate and leave a gap in the gateway's sequence, which batches must not have.
-        await self._db.execute("BEGIN IMMEDIATE")
         try:
-            async with self._db.execute(
-                "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
-                (new.device.id, new.boot_id, new.link_seq),
-            ) as cursor:
-                if await cursor.fetchone() is not None:
-                    await self._db.execute("COMMIT")
-                    return None
-            seq = await self._insert(new, sealed)
-            await self._db.execute("COMMIT")  # durable (synchronous=FULL) before the caller acks
-        except BaseException:
-            await self._db.execute("ROLLBACK")
+            async with self._transaction():  # durable (synchronous=FULL) before the caller acks
+                async with self._db.execute(
+                    "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
+                    (new.device.id, new.boot_id, new.link_seq),
+                ) as cursor:
+                    if await cursor.fetchone() is not None:
+                        return None
+                return await self._insert(new, sealed)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StorageFullError(f"outbox cannot store more: {exc}") from exc
             raise
-        return seq
 
     async def _insert(self, new: NewReading, sealed: bytes | None) -> int:
         async with self._db.execute(
@@ -179,20 +203,63 @@ class Outbox:
             return cursor.lastrowid
 
     async def record_rejection(self, source: str, reason: str) -> None:
-        await self._db.execute(
-            "INSERT INTO rejections (at_ms, source, reason) VALUES (?, ?, ?)", (_now_ms(), source, reason)
-        )
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT INTO rejections (at_ms, source, reason) VALUES (?, ?, ?)", (_now_ms(), source, reason)
+            )
 
     async def note_device(self, device: DeviceRef, boot_id: int, port: str) -> None:
-        await self._db.execute(
-            """INSERT INTO devices (device_id, model, firmware, boot_id, port, last_seen_ms)
-               VALUES (?, ?, ?, ?, ?, ?)
-               ON CONFLICT (device_id) DO UPDATE SET model = excluded.model,
-                   firmware = excluded.firmware, boot_id = excluded.boot_id,
-                   port = excluded.port, last_seen_ms = excluded.last_seen_ms""",
-            (device.id, device.model, device.firmware, boot_id, port, _now_ms()),
-        )
+        async with self._transaction():
+            await self._db.execute(
+                """INSERT INTO devices (device_id, model, firmware, boot_id, port, last_seen_ms)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (device_id) DO UPDATE SET model = excluded.model,
+                       firmware = excluded.firmware, boot_id = excluded.boot_id,
+                       port = excluded.port, last_seen_ms = excluded.last_seen_ms""",
+                (device.id, device.model, device.firmware, boot_id, port, _now_ms()),
+            )
 
+    # check-ins: which resident a reading belongs to -------------------------------------------
+    async def start_checkin(self, resident: ResidentRef, operator: str, at_ms: int) -> None:
+        """A resident sits down at the kiosk; ends whoever was checked in before."""
+        async with self._transaction():
+            await self._db.execute("UPDATE checkins SET ended_ms = ? WHERE ended_ms IS NULL", (at_ms,))
+            await self._db.execute(
+                "INSERT INTO checkins (resident_sealed, operator, started_ms) VALUES (?, ?, ?)",
+                (self._keys.seal_resident(resident), operator, at_ms),
+            )
+
+    async def end_checkin(self, at_ms: int) -> None:
+        async with self._transaction():
+            await self._db.execute("UPDATE checkins SET ended_ms = ? WHERE ended_ms IS NULL", (at_ms,))
+
+    async def checkin_at(self, at_ms: int) -> tuple[ResidentRef, str] | None:
+        """Who was checked in when a reading was *taken* (not when the gateway heard it: a board
+        may hold readings while the gateway is away, and the next resident may be seated by then)."""
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT resident_sealed, operator FROM checkins
+                   WHERE started_ms <= ? AND (ended_ms IS NULL OR ended_ms > ?)
+                   ORDER BY started_ms DESC LIMIT 1""",
+                (at_ms, at_ms),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return (self._keys.unseal_resident(row[0]), row[1]) if row else None
+
+    async def current_checkin(self) -> tuple[ResidentRef, str] | None:
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT resident_sealed, operator FROM checkins
+               WHERE ended_ms IS NULL ORDER BY id DESC LIMIT 1"""
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return (self._keys.unseal_resident(row[0]), row[1]) if row else None
+
+    # batches -----------------------------------------------------------------------------------
     def _reading_from_row(self, row: aiosqlite.Row | tuple) -> Reading:
         (seq, device_id, model, firmware, kind, values, measured_at, quality, rx, sealed, operator, flags) = (
             row
@@ -214,54 +281,52 @@ class Outbox:
     async def form_batches(self, max_readings: int) -> int:
         """Seal stored readings into signed, chained batches; returns how many batches were made."""
         made = 0
-        while True:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                async with self._db.execute(
-                    """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
-                              measured_at_ms, time_quality, received_mono_ms, resident_sealed,
-                              operator, flags
-                       FROM readings WHERE state = 'stored' ORDER BY seq LIMIT ?""",
-                    (max_readings,),
-                ) as cursor:
-                    rows = await cursor.fetchall()
-                if not rows:
-                    await self._db.execute("COMMIT")
-                    return made
-                readings = [self._reading_from_row(row) for row in rows]
-                prev_hash = await self._last_batch_hash()
-                message, digest = encode_batch(readings, prev_hash=prev_hash, signing_key=self._keys.signing)
-                first, last = readings[0].seq, readings[-1].seq
-                async with self._db.execute(
-                    """INSERT INTO batches (first_seq, last_seq, hash, message_sealed, created_at_ms)
-                       VALUES (?, ?, ?, ?, ?)""",
-                    (first, last, digest, self._keys.seal(message, b"batch"), _now_ms()),
-                ) as cursor:
-                    batch_id = cursor.lastrowid
-                await self._db.execute(
-                    "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq BETWEEN ? AND ?",
-                    (batch_id, first, last),
-                )
-                await self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_hash', ?)", (digest,)
-                )
-                await self._db.execute("COMMIT")
-                made += 1
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+        while await self._form_one_batch(max_readings):
+            made += 1
+        return made
 
-    async def _last_batch_hash(self) -> bytes:
-        async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
-            row = await cursor.fetchone()
-        return bytes(row[0]) if row else GENESIS_HASH
+    async def _form_one_batch(self, max_readings: int) -> bool:
+        async with self._transaction():
+            async with self._db.execute(
+                """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
+                          measured_at_ms, time_quality, received_mono_ms, resident_sealed,
+                          operator, flags
+                   FROM readings WHERE state = 'stored' ORDER BY seq LIMIT ?""",
+                (max_readings,),
+            ) as cursor:
+                rows = await cursor.fetchall()
+            if not rows:
+                return False
+            readings = [self._reading_from_row(row) for row in rows]
+            async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
+                row = await cursor.fetchone()
+            prev_hash = bytes(row[0]) if row else GENESIS_HASH
+            message, digest = encode_batch(readings, prev_hash=prev_hash, signing_key=self._keys.signing)
+            first, last = readings[0].seq, readings[-1].seq
+            async with self._db.execute(
+                """INSERT INTO batches (first_seq, last_seq, hash, message_sealed, created_at_ms)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (first, last, digest, self._keys.seal(message, b"batch"), _now_ms()),
+            ) as cursor:
+                batch_id = cursor.lastrowid
+            await self._db.execute(
+                "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq BETWEEN ? AND ?",
+                (batch_id, first, last),
+            )
+            await self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_hash', ?)", (digest,)
+            )
+        return True
 
     async def pending_batches(self, limit: int) -> list[PendingBatch]:
-        async with self._db.execute(
-            """SELECT id, first_seq, last_seq, hash, message_sealed FROM batches
-               WHERE state = 'pending' ORDER BY id LIMIT ?""",
-            (limit,),
-        ) as cursor:
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT id, first_seq, last_seq, hash, message_sealed FROM batches
+                   WHERE state = 'pending' ORDER BY id LIMIT ?""",
+                (limit,),
+            ) as cursor,
+        ):
             rows = await cursor.fetchall()
         return [
             PendingBatch(row[0], row[1], row[2], bytes(row[3]), self._keys.unseal(row[4], b"batch"))
@@ -271,8 +336,7 @@ class Outbox:
     async def mark_synced(self, acked_seq: int) -> int:
         """Apply the bridge's ack: every reading up to `acked_seq` is in the record. Returns count."""
         now = _now_ms()
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction():
             async with self._db.execute(
                 "UPDATE readings SET state = 'synced' WHERE seq <= ? AND state = 'batched'", (acked_seq,)
             ) as cursor:
@@ -286,13 +350,13 @@ class Outbox:
                 await self._db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_synced_at_ms', ?)", (now,)
                 )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         return count
 
     async def status(self) -> OutboxStatus:
+        async with self._lock:
+            return await self._status()
+
+    async def _status(self) -> OutboxStatus:
         counts = {"stored": 0, "batched": 0, "synced": 0}
         async with self._db.execute("SELECT state, COUNT(*) FROM readings GROUP BY state") as cursor:
             for state, count in await cursor.fetchall():
@@ -318,12 +382,15 @@ class Outbox:
         )
 
     async def recent_readings(self, limit: int = 20) -> list[tuple[Reading, str]]:
-        async with self._db.execute(
-            """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
-                      measured_at_ms, time_quality, received_mono_ms, resident_sealed, operator,
-                      flags, state
-               FROM readings ORDER BY seq DESC LIMIT ?""",
-            (limit,),
-        ) as cursor:
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
+                          measured_at_ms, time_quality, received_mono_ms, resident_sealed, operator,
+                          flags, state
+                   FROM readings ORDER BY seq DESC LIMIT ?""",
+                (limit,),
+            ) as cursor,
+        ):
             rows = await cursor.fetchall()
         return [(self._reading_from_row(row[:-1]), row[-1]) for row in rows]

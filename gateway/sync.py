@@ -132,9 +132,9 @@ class MqttSync:
             log.info("sync: bridge stored up to seq %d (%d readings marked synced)", ack.acked, synced)
 
     async def _send_due(self) -> None:
-        await self.outbox.form_batches(self.sync_config.batch_max_readings)
         if not self.state.link_up:
-            return
+            return  # batch when the link is back: one big batch, not one per reading taken offline
+        await self.outbox.form_batches(self.sync_config.batch_max_readings)
         now = time.monotonic()
         pending = await self.outbox.pending_batches(self.sync_config.max_in_flight)
         pending_ids = {batch.id for batch in pending}

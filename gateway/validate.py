@@ -50,6 +50,8 @@ def to_measurements(
 
 def _check_bp(device_id: str, measurements: list[Measurement]) -> None:
     values = {m.name: m.value for m in measurements}
+    if "systolic" not in values or "diastolic" not in values:
+        return
     if values["systolic"] <= values["diastolic"]:
         raise RejectedReading(
             device_id, f"bp: systolic {values['systolic']} not above diastolic {values['diastolic']}"

@@ -82,6 +82,8 @@ class Chain:
         self.gateway_dir = self.workdir / "gateway"
         self.bridge_db = self.workdir / "bridge" / "bridge.db"
         self.gateway_config = self.workdir / "gateway.toml"
+        self.firmware_journal = self.workdir / "board-flash" / "link.journal"
+        self.firmware_journal.parent.mkdir(exist_ok=True)
 
     # provisioning -------------------------------------------------------------------------
     def provision(self) -> None:
@@ -170,6 +172,8 @@ port = {self.gateway_api_port}
                 self.cable.device_path,
                 self.cuff.path,
                 self.device_id,
+                "115200",
+                str(self.firmware_journal),
             ],
         )
 
