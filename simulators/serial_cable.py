@@ -1,8 +1,11 @@
-"""A null-modem cable between two pseudo-terminals, with a plug and fault injection.
+"""A null-modem cable between two pseudo-terminals, with a plug, a baud rate and fault injection.
 
-The firmware opens one end's path and the gateway the other's. The cable copies bytes both
-ways on a thread; it can be unplugged (bytes are lost, as on a loose connector) and can corrupt
-the next N bytes going to the gateway, to exercise CRC/NAK recovery.
+The firmware opens one end's path and the gateway the other's. One thread per direction copies
+bytes. With `baudrate` set, each direction carries at most baudrate/10 bytes per second (8N1
+framing), as a real UART does, so link throughput can be measured against the line's limit
+(a bare pty moves bytes as fast as memory). The cable can be unplugged (bytes are lost, as on a
+loose connector) and can corrupt the next N bytes going to the gateway, to exercise CRC/NAK
+recovery. Bytes the far end cannot take are dropped and counted, like a UART overrun.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import os
 import selectors
 import threading
+import time
 from dataclasses import dataclass, field
 
 from simulators.pty_port import PtyPort
+
+_CHUNK = 256
 
 
 @dataclass
@@ -28,14 +34,29 @@ class SerialCable:
     device_end: PtyPort = field(default_factory=PtyPort.open)
     gateway_end: PtyPort = field(default_factory=PtyPort.open)
     plugged: bool = True
+    baudrate: int | None = None
     stats: CableStats = field(default_factory=CableStats)
 
     def __post_init__(self) -> None:
         self._corrupt_next = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._pump, name="serial-cable", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._pump,
+                args=(self.device_end, self.gateway_end, True),
+                name="cable-up",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._pump,
+                args=(self.gateway_end, self.device_end, False),
+                name="cable-down",
+                daemon=True,
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def device_path(self) -> str:
@@ -50,28 +71,38 @@ class SerialCable:
         with self._lock:
             self._corrupt_next = count
 
-    def _pump(self) -> None:
+    def _pump(self, source: PtyPort, sink: PtyPort, to_gateway: bool) -> None:
         selector = selectors.DefaultSelector()
-        selector.register(self.device_end.master_fd, selectors.EVENT_READ, "to_gateway")
-        selector.register(self.gateway_end.master_fd, selectors.EVENT_READ, "to_device")
+        selector.register(source.master_fd, selectors.EVENT_READ)
+        line_free_at = time.monotonic()
         while not self._stop.is_set():
-            for key, _ in selector.select(timeout=0.1):
-                try:
-                    data = os.read(key.fd, 4096)
-                except (BlockingIOError, OSError):
-                    continue
-                if not data:
-                    continue
-                if not self.plugged:
+            if not selector.select(timeout=0.1):
+                continue
+            try:
+                data = os.read(source.master_fd, _CHUNK)
+            except (BlockingIOError, OSError):
+                continue
+            if not data:
+                continue
+            if not self.plugged:
+                with self._lock:
                     self.stats.dropped += len(data)
-                    continue
-                if key.data == "to_gateway":
-                    data = self._maybe_corrupt(data)
-                    self._write_all(self.gateway_end.master_fd, data)
-                    self.stats.to_gateway += len(data)
+                continue
+            if self.baudrate:
+                # The bytes leave the far UART one character time (10 bits) after another.
+                line_free_at = max(line_free_at, time.monotonic()) + len(data) * 10 / self.baudrate
+                delay = line_free_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if to_gateway:
+                data = self._maybe_corrupt(data)
+            written = self._write(sink.master_fd, data)
+            with self._lock:
+                if to_gateway:
+                    self.stats.to_gateway += written
                 else:
-                    self._write_all(self.device_end.master_fd, data)
-                    self.stats.to_device += len(data)
+                    self.stats.to_device += written
+                self.stats.dropped += len(data) - written
         selector.close()
 
     def _maybe_corrupt(self, data: bytes) -> bytes:
@@ -80,24 +111,25 @@ class SerialCable:
                 return data
             count = min(self._corrupt_next, len(data))
             self._corrupt_next -= count
+            self.stats.corrupted += count
         buf = bytearray(data)
         for i in range(count):
             # Never create or remove a 0x00 delimiter: damage the content, not the framing.
             flipped = buf[i] ^ 0x10
             buf[i] = flipped if flipped and buf[i] else buf[i]
-        self.stats.corrupted += count
         return bytes(buf)
 
-    def _write_all(self, fd: int, data: bytes) -> None:
+    @staticmethod
+    def _write(fd: int, data: bytes) -> int:
         """Write what the far end's buffer takes; the rest is lost, like a UART overrun."""
         try:
-            written = os.write(fd, data)
+            return os.write(fd, data)
         except BlockingIOError:
-            written = 0
-        self.stats.dropped += len(data) - written
+            return 0
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        for thread in self._threads:
+            thread.join(timeout=2)
         self.device_end.close()
         self.gateway_end.close()
