@@ -17,7 +17,10 @@ highest sequence it has durably stored; only that ack lets a gateway mark readin
 
 from __future__ import annotations
 
+import array
 import hashlib
+import itertools
+import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -41,6 +44,7 @@ __all__ = [
     "Reading",
     "ResidentRef",
     "SignatureError",
+    "Waveform",
     "ack_topic",
     "batch_hash",
     "decode_ack",
@@ -123,6 +127,70 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
+class Waveform:
+    """A sampled signal (ECG strip): integer samples per lead; value = sample * resolution_uv µV.
+
+    On the wire each lead is delta-encoded little-endian int32 (the batch's zstd then shrinks
+    the small deltas of a smooth signal to a fraction of raw 24-bit samples).
+    """
+
+    sample_rate_hz: int
+    resolution_uv: Decimal
+    leads: tuple[str, ...]
+    first_sample: int
+    samples: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.samples) != len(self.leads):
+            raise ContractError(f"waveform has {len(self.leads)} leads but {len(self.samples)} sample series")
+        if len({len(series) for series in self.samples}) > 1:
+            raise ContractError("waveform leads have different lengths")
+        if self.sample_rate_hz <= 0:
+            raise ContractError("waveform sample rate must be positive")
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.samples[0]) if self.samples else 0
+
+    def to_cbor(self) -> list[Any]:
+        return [
+            self.sample_rate_hz,
+            self.resolution_uv,
+            list(self.leads),
+            self.first_sample,
+            [_delta_encode(series) for series in self.samples],
+        ]
+
+    @classmethod
+    def from_cbor(cls, raw: Any) -> Waveform:
+        rate, resolution, leads, first, data = raw
+        return cls(
+            sample_rate_hz=int(rate),
+            resolution_uv=Decimal(resolution),
+            leads=tuple(str(lead) for lead in leads),
+            first_sample=int(first),
+            samples=tuple(_delta_decode(series) for series in data),
+        )
+
+
+def _delta_encode(series: tuple[int, ...]) -> bytes:
+    deltas = array.array("i", (b - a for a, b in zip((0, *series[:-1]), series, strict=True)))
+    if sys.byteorder != "little":
+        deltas.byteswap()
+    return deltas.tobytes()
+
+
+def _delta_decode(data: bytes) -> tuple[int, ...]:
+    if len(data) % 4:
+        raise ContractError("waveform data is not a whole number of int32 deltas")
+    deltas = array.array("i")
+    deltas.frombytes(data)
+    if sys.byteorder != "little":
+        deltas.byteswap()
+    return tuple(itertools.accumulate(deltas))
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
     """One accepted reading as the gateway stored it; (gateway_id, seq) is unique."""
 
@@ -137,6 +205,7 @@ class Reading:
     resident: ResidentRef | None
     operator: str | None
     flags: tuple[str, ...] = field(default=())
+    waveform: Waveform | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -150,7 +219,7 @@ class Reading:
         return next((m for m in self.values if m.name == name), None)
 
     def to_cbor_map(self) -> dict[str, Any]:
-        return {
+        raw = {
             "gw": self.gateway_id,
             "seq": self.seq,
             "dev": [self.device.id, self.device.model, self.device.firmware],
@@ -163,6 +232,9 @@ class Reading:
             "op": self.operator,
             "fl": list(self.flags),
         }
+        if self.waveform is not None:  # absent for scalar readings: the v1 layout is unchanged
+            raw["wf"] = self.waveform.to_cbor()
+        return raw
 
     @classmethod
     def from_cbor_map(cls, raw: Any) -> Reading:
@@ -181,6 +253,7 @@ class Reading:
                 resident=ResidentRef(str(res[0]), str(res[1])) if res else None,
                 operator=None if raw["op"] is None else str(raw["op"]),
                 flags=tuple(str(f) for f in raw["fl"]),
+                waveform=Waveform.from_cbor(raw["wf"]) if raw.get("wf") else None,
             )
         except (KeyError, IndexError, TypeError, ValueError, ArithmeticError) as exc:
             if isinstance(exc, ContractError):

@@ -12,15 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from contract.wire import DeviceRef
+from contract.wire import DeviceRef, Waveform
 from firmware import kiosk_link as link
+from gateway.ecg import EcgChunk, Strip, StripAssembler
 from gateway.errors import RejectedReading, StorageFullError
 from gateway.profiles import DeviceProfile
-from gateway.store import NewReading, Outbox
+from gateway.store import NewReading, Outbox, StagedChunk
 from gateway.transports.base import Transport, TransportClosed
 from gateway.validate import flag_names, to_measurements
 
 log = logging.getLogger(__name__)
+
+ECG_IDLE_FLUSH_S = 2.0
 
 
 @dataclass
@@ -33,6 +36,7 @@ class LinkCounters:
     device_errors: int = 0
     dropped_bytes: int = 0
     internal_errors: int = 0
+    ecg_chunks: int = 0
 
 
 @dataclass
@@ -62,14 +66,21 @@ class LinkIngest:
     profiles: dict[str, DeviceProfile]
     clock_quality: str
     on_stored: Callable[[], None] = lambda: None
+    strip_seconds: float = 10.0
     counters: LinkCounters = field(default_factory=LinkCounters)
     session: DeviceSession | None = None
     last_device_error: str | None = None
+    _ecg: StripAssembler | None = None
+    _ecg_started_ms: int = 0
 
     async def run(self) -> None:
         splitter = link.FrameSplitter()
         while True:
-            data = await self.transport.read()
+            try:
+                data = await asyncio.wait_for(self.transport.read(), timeout=ECG_IDLE_FLUSH_S)
+            except TimeoutError:
+                await self._flush_ecg()  # the stream stopped: a short strip is still a strip
+                continue
             for encoded in splitter.feed(data):
                 reply = await self.handle_frame(encoded)
                 if reply:
@@ -96,6 +107,8 @@ class LinkIngest:
                 return self._on_device_error(seq, payload)
             if msg_type == link.MSG_STATUS:
                 return self._on_status(seq, payload)
+            if msg_type == link.MSG_ECG_CHUNK:
+                return await self._on_ecg_chunk(seq, payload)
             if msg_type in (link.MSG_ACK, link.MSG_NAK):
                 return None
         except link.LinkError as exc:
@@ -130,6 +143,7 @@ class LinkIngest:
             self.session = None
             raise RejectedReading(device_id, f"unknown device model {model!r} (no device profile)")
         device = DeviceRef(device_id, model, firmware_version)
+        await self._flush_ecg()
         self.session = DeviceSession(device, boot_id, profile)
         await self.outbox.note_device(device, boot_id, self.transport.name)
         log.info(
@@ -174,6 +188,78 @@ class LinkIngest:
         ack = link.encode_frame(link.MSG_ACK, seq)
         return ack if device_time else ack + time_sync_frame()
 
+    async def _on_ecg_chunk(self, seq: int, payload: bytes) -> bytes:
+        assert self.session is not None
+        session = self.session
+        ecg = session.profile.kinds.get("ecg")
+        waveform = ecg.waveform if ecg else None
+        if waveform is None:
+            raise RejectedReading(session.device.id, f"model {session.device.model} does not stream ECG")
+        first_sample, channels, lead_off, samples = link.decode_ecg_chunk(payload)
+        if channels != len(waveform.leads):
+            raise RejectedReading(
+                session.device.id,
+                f"ecg chunk has {channels} channels, profile has {len(waveform.leads)} leads",
+            )
+        chunk = EcgChunk(first_sample, channels, lead_off, tuple(samples))
+        now_ms = time.time_ns() // 1_000_000
+        key = await self.outbox.stage_ecg_chunk(session.device, session.boot_id, seq, now_ms, chunk)
+        if key is None:
+            self.counters.duplicates += 1
+            return link.encode_frame(link.MSG_ACK, seq)
+        self.counters.ecg_chunks += 1
+        if self._ecg is None:
+            strip_samples = max(1, round(self.strip_seconds * waveform.sample_rate_hz))
+            self._ecg = StripAssembler(channels=channels, strip_samples=strip_samples)
+        if self._ecg.next_sample is None or self._ecg.next_sample != first_sample:
+            # Time of the strip's first sample: this chunk's arrival less the samples it holds.
+            self._ecg_started_ms = now_ms - chunk.count * 1000 // waveform.sample_rate_hz
+        for strip in self._ecg.add(chunk, key):
+            await self._store_strip(strip)
+            self._ecg_started_ms = now_ms - chunk.count * 1000 // waveform.sample_rate_hz
+        return link.encode_frame(link.MSG_ACK, seq)
+
+    async def _flush_ecg(self) -> None:
+        if self._ecg is not None:
+            for strip in self._ecg.flush():
+                await self._store_strip(strip)
+
+    async def _store_strip(self, strip: Strip) -> None:
+        assert self.session is not None
+        session = self.session
+        spec = session.profile.kinds["ecg"].waveform
+        assert spec is not None
+        checkin = await self.outbox.checkin_at(self._ecg_started_ms)
+        seq = await self.outbox.store_ecg_strip(
+            NewReading(
+                device=session.device,
+                boot_id=session.boot_id,
+                link_seq=-strip.chunk_keys[0],  # strips are keyed by their first staged chunk
+                kind="ecg",
+                values=(),
+                measured_at_ms=self._ecg_started_ms,
+                time_quality=self.clock_quality,
+                received_mono_ms=time.monotonic_ns() // 1_000_000,
+                resident=checkin[0] if checkin else None,
+                operator=checkin[1] if checkin else None,
+                flags=("lead_off",) if strip.lead_off else (),
+                waveform=Waveform(
+                    sample_rate_hz=spec.sample_rate_hz,
+                    resolution_uv=spec.resolution_uv,
+                    leads=spec.leads,
+                    first_sample=strip.first_sample,
+                    samples=strip.leads,
+                ),
+            ),
+            strip.chunk_keys,
+        )
+        self.counters.readings_stored += 1
+        log.info(
+            "link %s: stored ECG strip of %d samples (from sample %d) as seq %d",
+            self.transport.name, strip.sample_count, strip.first_sample, seq,
+        )  # fmt: skip
+        self.on_stored()
+
     def _on_status(self, seq: int, payload: bytes) -> bytes:
         assert self.session is not None
         battery, error_flags, uptime_s = link.decode_status(payload)
@@ -203,3 +289,59 @@ async def serve_link(ingest: LinkIngest, *, reopen_delay_s: float = 1.0) -> None
             await ingest.transport.close()
         ingest.session = None
         await asyncio.sleep(reopen_delay_s)
+
+
+async def recover_staged_ecg(outbox: Outbox, profiles: dict[str, DeviceProfile], clock_quality: str) -> int:
+    """After a crash, staged ECG chunks (acked to the board, not yet in a strip) become strips.
+
+    Returns how many strips were stored. A model whose profile vanished keeps its chunks
+    staged (logged), rather than losing them.
+    """
+    stored = 0
+    groups: dict[tuple[str, int], list[StagedChunk]] = {}
+    for staged in await outbox.staged_ecg_chunks():
+        groups.setdefault((staged.device.id, staged.boot_id), []).append(staged)
+    for (device_id, boot_id), chunks in groups.items():
+        device = chunks[0].device
+        profile = profiles.get(device.model)
+        ecg = profile.kinds.get("ecg") if profile else None
+        spec = ecg.waveform if ecg else None
+        if spec is None:
+            log.error(
+                "ECG chunks of %s (%s) kept staged: no ECG profile for the model", device_id, device.model
+            )
+            continue
+        assembler = StripAssembler(channels=len(spec.leads), strip_samples=10**9)
+        started = {chunks[0].chunk.first_sample: chunks[0].received_at_ms}
+        strips: list[Strip] = []
+        for staged in chunks:
+            if assembler.next_sample != staged.chunk.first_sample:
+                started[staged.chunk.first_sample] = staged.received_at_ms - (
+                    staged.chunk.count * 1000 // spec.sample_rate_hz
+                )
+            strips.extend(assembler.add(staged.chunk, staged.key))
+        strips.extend(assembler.flush())
+        for strip in strips:
+            measured_at = started.get(strip.first_sample, chunks[0].received_at_ms)
+            checkin = await outbox.checkin_at(measured_at)
+            await outbox.store_ecg_strip(
+                NewReading(
+                    device=device,
+                    boot_id=boot_id,
+                    link_seq=-strip.chunk_keys[0],
+                    kind="ecg",
+                    values=(),
+                    measured_at_ms=measured_at,
+                    time_quality=clock_quality,
+                    received_mono_ms=time.monotonic_ns() // 1_000_000,
+                    resident=checkin[0] if checkin else None,
+                    operator=checkin[1] if checkin else None,
+                    flags=("lead_off",) if strip.lead_off else (),
+                    waveform=Waveform(
+                        spec.sample_rate_hz, spec.resolution_uv, spec.leads, strip.first_sample, strip.leads
+                    ),
+                ),
+                strip.chunk_keys,
+            )
+            stored += 1
+    return stored

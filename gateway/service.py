@@ -10,7 +10,7 @@ import uvicorn
 
 from gateway.api import create_app, mask
 from gateway.config import GatewayConfig
-from gateway.ingest import LinkIngest, serve_link
+from gateway.ingest import LinkIngest, recover_staged_ecg, serve_link
 from gateway.keys import GatewayKeys
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
@@ -65,6 +65,9 @@ async def run_gateway(config: GatewayConfig) -> None:
     profiles = load_profiles(config.profiles_dir)
     keys = GatewayKeys.load(config.data_dir)
     outbox = await Outbox.open(config.db_path, config.gateway_id, keys)
+    recovered = await recover_staged_ecg(outbox, profiles, config.clock_quality)
+    if recovered:
+        log.info("gateway %s: %d ECG strip(s) rebuilt from staged chunks", config.gateway_id, recovered)
     service = GatewayService(config, outbox, profiles)
     server = uvicorn.Server(
         uvicorn.Config(create_app(service), host=config.api.host, port=config.api.port, log_level="warning")

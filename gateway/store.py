@@ -10,6 +10,7 @@ hash chain stable across retries and restarts.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import sqlite3
@@ -22,7 +23,8 @@ from pathlib import Path
 import aiosqlite
 import cbor2
 
-from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch
+from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, Waveform, encode_batch
+from gateway.ecg import EcgChunk
 from gateway.errors import StorageFullError
 from gateway.keys import GatewayKeys
 
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS readings (
     resident_sealed BLOB,
     operator TEXT,
     flags BLOB NOT NULL,
+    waveform BLOB,
     state TEXT NOT NULL DEFAULT 'stored' CHECK (state IN ('stored', 'batched', 'synced')),
     batch_id INTEGER,
     stored_at_ms INTEGER NOT NULL,
@@ -74,6 +77,21 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ecg_chunks (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    boot_id INTEGER NOT NULL,
+    link_seq INTEGER NOT NULL,
+    device_model TEXT NOT NULL,
+    device_firmware TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    first_sample INTEGER NOT NULL,
+    channels INTEGER NOT NULL,
+    lead_off INTEGER NOT NULL,
+    samples BLOB NOT NULL,
+    consumed INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (device_id, boot_id, link_seq)
+);
 CREATE TABLE IF NOT EXISTS checkins (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     resident_sealed BLOB NOT NULL,
@@ -99,6 +117,16 @@ class NewReading:
     resident: ResidentRef | None
     operator: str | None
     flags: tuple[str, ...]
+    waveform: Waveform | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedChunk:
+    key: int
+    device: DeviceRef
+    boot_id: int
+    received_at_ms: int
+    chunk: EcgChunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +208,8 @@ class Outbox:
         async with self._db.execute(
             """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
                    device_firmware, kind, measurements, measured_at_ms, time_quality,
-                   received_mono_ms, resident_sealed, operator, flags, stored_at_ms)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 new.device.id,
                 new.boot_id,
@@ -196,6 +224,7 @@ class Outbox:
                 sealed,
                 new.operator,
                 cbor2.dumps(list(new.flags)),
+                cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
                 _now_ms(),
             ),
         ) as cursor:
@@ -218,6 +247,71 @@ class Outbox:
                        port = excluded.port, last_seen_ms = excluded.last_seen_ms""",
                 (device.id, device.model, device.firmware, boot_id, port, _now_ms()),
             )
+
+    # ECG: chunks are staged durably (acked after commit), strips become readings ----------------
+    async def stage_ecg_chunk(
+        self, device: DeviceRef, boot_id: int, link_seq: int, received_at_ms: int, chunk: EcgChunk
+    ) -> int | None:
+        """Keep a chunk durably before its ack; returns its staging key, None if already staged."""
+        samples = array.array("i", chunk.samples)
+        try:
+            async with self._transaction():
+                async with self._db.execute(
+                    "SELECT 1 FROM ecg_chunks WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
+                    (device.id, boot_id, link_seq),
+                ) as cursor:
+                    if await cursor.fetchone() is not None:
+                        return None
+                async with self._db.execute(
+                    """INSERT INTO ecg_chunks (device_id, boot_id, link_seq, device_model, device_firmware,
+                           received_at_ms, first_sample, channels, lead_off, samples)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (device.id, boot_id, link_seq, device.model, device.firmware, received_at_ms,
+                     chunk.first_sample, chunk.channels, chunk.lead_off, samples.tobytes()),
+                ) as cursor:  # fmt: skip
+                    return cursor.lastrowid
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StorageFullError(f"outbox cannot stage more ECG: {exc}") from exc
+            raise
+
+    async def staged_ecg_chunks(self) -> list[StagedChunk]:
+        """Chunks not yet in a strip (after a restart), in stream order per device."""
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT key, device_id, device_model, device_firmware, boot_id, received_at_ms,
+                      first_sample, channels, lead_off, samples
+               FROM ecg_chunks WHERE consumed = 0 ORDER BY device_id, boot_id, first_sample"""
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        staged = []
+        for key, device_id, model, firmware, boot_id, received, first, channels, lead_off, raw in rows:
+            samples = array.array("i")
+            samples.frombytes(raw)
+            staged.append(
+                StagedChunk(
+                    key, DeviceRef(device_id, model, firmware), boot_id, received,
+                    EcgChunk(first, channels, lead_off, tuple(samples)),
+                )
+            )  # fmt: skip
+        return staged
+
+    async def store_ecg_strip(self, new: NewReading, chunk_keys: tuple[int, ...]) -> int:
+        """The strip becomes a reading and its chunks are consumed, in one transaction.
+
+        A consumed chunk keeps its identity (samples dropped), so a late resend of it by the
+        board is still recognised as a duplicate instead of starting a second copy of the strip.
+        """
+        sealed = self._keys.seal_resident(new.resident) if new.resident else None
+        async with self._transaction():
+            seq = await self._insert(new, sealed)
+            await self._db.executemany(
+                "UPDATE ecg_chunks SET consumed = 1, samples = x'' WHERE key = ?",
+                [(key,) for key in chunk_keys],
+            )
+        return seq
 
     # check-ins: which resident a reading belongs to -------------------------------------------
     async def start_checkin(self, resident: ResidentRef, operator: str, at_ms: int) -> None:
@@ -261,9 +355,21 @@ class Outbox:
 
     # batches -----------------------------------------------------------------------------------
     def _reading_from_row(self, row: aiosqlite.Row | tuple) -> Reading:
-        (seq, device_id, model, firmware, kind, values, measured_at, quality, rx, sealed, operator, flags) = (
-            row
-        )
+        (
+            seq,
+            device_id,
+            model,
+            firmware,
+            kind,
+            values,
+            measured_at,
+            quality,
+            rx,
+            sealed,
+            operator,
+            flags,
+            wave,
+        ) = row
         return Reading(
             gateway_id=self._gateway_id,
             seq=seq,
@@ -276,6 +382,7 @@ class Outbox:
             resident=self._keys.unseal_resident(sealed) if sealed else None,
             operator=operator,
             flags=tuple(cbor2.loads(flags)),
+            waveform=Waveform.from_cbor(cbor2.loads(wave)) if wave else None,
         )
 
     async def form_batches(self, max_readings: int) -> int:
@@ -290,7 +397,7 @@ class Outbox:
             async with self._db.execute(
                 """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
                           measured_at_ms, time_quality, received_mono_ms, resident_sealed,
-                          operator, flags
+                          operator, flags, waveform
                    FROM readings WHERE state = 'stored' ORDER BY seq LIMIT ?""",
                 (max_readings,),
             ) as cursor:
@@ -387,7 +494,7 @@ class Outbox:
             self._db.execute(
                 """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
                           measured_at_ms, time_quality, received_mono_ms, resident_sealed, operator,
-                          flags, state
+                          flags, waveform, state
                    FROM readings ORDER BY seq DESC LIMIT ?""",
                 (limit,),
             ) as cursor,
