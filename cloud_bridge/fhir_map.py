@@ -4,9 +4,15 @@ Pure functions: a `Reading` in, a list of `TransactionEntry` out, no I/O and no 
 same reading always maps to the same resources with the same ids. Every entry is a conditional
 create (`ifNoneExist` on a stable identifier), which is what makes a repost create nothing new.
 
-The clinical codes live in one table, `CODES`; the way a kind becomes Observations lives in one
-small function per kind, registered in `_KIND_MAPPERS`. Adding a kind is rows in `CODES` plus
-one function. Resources are validated with the fhir.resources R4B models before they leave here.
+The clinical codes live in one table, `CODES`; what a device flag means lives in another,
+`FLAGS`; the way a kind becomes Observations lives in one small function per kind, registered in
+`_KIND_MAPPERS`. Adding a kind is rows in `CODES` plus one function. Resources are validated with
+the fhir.resources R4B models before they leave here.
+
+Mapped kinds: bp, spo2, temperature and weight as the FHIR R4 vital-signs profiles (bp,
+heartrate, oxygensat, bodytemp, bodyweight); glucose as a laboratory Observation coded by its
+unit. ECG is not mapped yet. A value the device could only bound (it showed HI or LO) is written
+as a Quantity with a comparator, never as a plain value.
 """
 
 from __future__ import annotations
@@ -56,6 +62,10 @@ PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant
 SIGNATURE_TYPE = "urn:iso-astm:E1762-95:2013"
 BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
 HEART_RATE_PROFILE = "http://hl7.org/fhir/StructureDefinition/heartrate"
+OXYGEN_SATURATION_PROFILE = "http://hl7.org/fhir/StructureDefinition/oxygensat"
+BODY_TEMPERATURE_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodytemp"
+BODY_WEIGHT_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodyweight"
+CATEGORY_DISPLAYS = {"vital-signs": "Vital Signs", "laboratory": "Laboratory"}
 
 READING_SYSTEM = "urn:kiosk:reading"
 DEVICE_SYSTEM = "urn:kiosk:device"
@@ -74,30 +84,97 @@ class Code:
     ucum: str | None = None  # the reading's unit must equal this UCUM code
     unit: str | None = None  # human-readable unit written to Quantity.unit
     profile: str | None = None  # FHIR profile of a standalone Observation of this concept
+    category: str = "vital-signs"  # observation-category code of a standalone Observation
+    also: tuple[tuple[str, str], ...] = ()  # further LOINC (code, display) codings of the concept
 
 
-# The one table of clinical codes. Keys are the wire's measurement names, plus one key per panel.
+# The one table of clinical codes. Keys are the wire's measurement names, plus one key per panel
+# and, where the code depends on the unit, one key per unit (glucose).
 CODES: dict[str, Code] = {
     "bp_panel": Code("85354-9", "Blood pressure panel with all children optional", profile=BP_PROFILE),
     "systolic": Code("8480-6", "Systolic blood pressure", ucum="mm[Hg]", unit="mmHg"),
     "diastolic": Code("8462-4", "Diastolic blood pressure", ucum="mm[Hg]", unit="mmHg"),
     "mean_arterial": Code("8478-0", "Mean blood pressure", ucum="mm[Hg]", unit="mmHg"),
     "pulse_rate": Code("8867-4", "Heart rate", ucum="/min", unit="/min", profile=HEART_RATE_PROFILE),
+    # The oxygensat profile fixes 2708-6 in Observation.code; 59408-5 says how it was measured.
+    "spo2": Code(
+        "2708-6",
+        "Oxygen saturation in Arterial blood",
+        ucum="%",
+        unit="%",
+        profile=OXYGEN_SATURATION_PROFILE,
+        also=(("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),),
+    ),
+    "body_temperature": Code(
+        "8310-5", "Body temperature", ucum="Cel", unit="°C", profile=BODY_TEMPERATURE_PROFILE
+    ),
+    "body_weight": Code("29463-7", "Body weight", ucum="kg", unit="kg", profile=BODY_WEIGHT_PROFILE),
+    # Capillary glucose is not a vital sign: no profile, category laboratory, LOINC by unit.
+    "glucose_molar": Code(
+        "14743-9",
+        "Glucose [Moles/volume] in Capillary blood by Glucometer",
+        ucum="mmol/L",
+        unit="mmol/L",
+        category="laboratory",
+    ),
+    "glucose_mass": Code(
+        "41653-7",
+        "Glucose [Mass/volume] in Capillary blood by Glucometer",
+        ucum="mg/dL",
+        unit="mg/dL",
+        category="laboratory",
+    ),
 }
+# The wire's glucose unit picks the CODES key; any other unit is refused.
+_GLUCOSE_BY_UNIT = {CODES[key].ucum: key for key in ("glucose_molar", "glucose_mass")}
 
 
 @dataclass(frozen=True, slots=True)
 class Flag:
-    """What a device flag means to a clinician; `abnormal` names the CODES key it marks abnormal."""
+    """What a device flag means to a clinician.
+
+    Every flag becomes a note on each Observation of the reading. The Observation of a value the
+    flag `marks` (wire measurement names) also gets `interpretation` (a v3 ObservationInterpretation
+    code and display) and, when `comparator` is set, a Quantity.comparator: the value is then the
+    device's limit, not a measurement. A `refuse` flag means the reading is not a measurement of a
+    resident: no resources at all, the note is the reason given.
+    """
 
     note: str
-    abnormal: str | None = None
+    marks: tuple[str, ...] = ()
+    interpretation: tuple[str, str] = ("A", "Abnormal")
+    comparator: str | None = None
+    refuse: bool = False
 
 
 FLAGS: dict[str, Flag] = {
-    "irregular_pulse": Flag("Irregular pulse detected by the device during the measurement.", "pulse_rate"),
+    "irregular_pulse": Flag(
+        "Irregular pulse detected by the device during the measurement.", marks=("pulse_rate",)
+    ),
     "body_movement": Flag("Body movement during the measurement; the values may be inaccurate."),
     "cuff_loose": Flag("The cuff was loose during the measurement; the values may be inaccurate."),
+    # Weak pulsatile signal at the probe: a statement about the measurement's reliability, not an
+    # assessment of the value, so a note only (an interpretation such as "A" would say the SpO2
+    # itself is abnormal). It applies to the pulse rate as much as to the SpO2.
+    "low_perfusion": Flag("Low perfusion (weak pulse signal) at the probe; the values may be inaccurate."),
+    "unstable": Flag("The scale did not settle (the resident moved); the weight may be inaccurate."),
+    # HI / LO: the reading carries the device's limit; v3 "<" / ">" are the off-scale codes.
+    "above_range": Flag(
+        "The device showed HI: the true value is above its measuring range.",
+        marks=("glucose",),
+        interpretation=(">", "Off scale high"),
+        comparator=">",
+    ),
+    "below_range": Flag(
+        "The device showed LO: the true value is below its measuring range.",
+        marks=("glucose", "spo2"),
+        interpretation=("<", "Off scale low"),
+        comparator="<",
+    ),
+    # See _map_glucose for why this refuses the reading rather than mapping it without a subject.
+    "control_solution": Flag(
+        "control-solution result is a device check, not a resident measurement", refuse=True
+    ),
 }
 UNSYNCED_NOTE = "Measurement time comes from an unsynchronised clock and may be wrong."
 
@@ -168,7 +245,13 @@ def _instant(ms: int) -> str:
 
 
 def _concept(code: Code) -> dict[str, Any]:
-    return {"coding": [{"system": LOINC, "code": code.loinc, "display": code.display}]}
+    codings = [(code.loinc, code.display), *code.also]
+    return {"coding": [{"system": LOINC, "code": loinc, "display": display} for loinc, display in codings]}
+
+
+def _interpretation(flag: Flag) -> dict[str, Any]:
+    code, display = flag.interpretation
+    return {"coding": [{"system": INTERPRETATION, "code": code, "display": display}], "text": flag.note}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +267,26 @@ class _Context:
     def fail(self, message: str) -> FhirMappingError:
         return FhirMappingError(f"reading {self.reading.gateway_id}/{self.reading.seq}: {message}")
 
-    def quantity(self, measurement: Measurement) -> dict[str, Any]:
-        code = CODES[measurement.name]
+    def marking(self, name: str) -> list[Flag]:
+        """The reading's flags that mark the value `name`, in the reading's order."""
+        return [FLAGS[f] for f in self.reading.flags if f in FLAGS and name in FLAGS[f].marks]
+
+    def quantity(self, measurement: Measurement, key: str | None = None) -> dict[str, Any]:
+        """The value as a UCUM Quantity of CODES[key] (default: the measurement's own name)."""
+        code = CODES[measurement.name if key is None else key]
         if measurement.unit != code.ucum:
             raise self.fail(f"{measurement.name} has unit {measurement.unit!r}, expected {code.ucum!r}")
         if not measurement.value.is_finite():
             raise self.fail(f"{measurement.name} is not a finite number")
-        return {"value": measurement.value, "unit": code.unit, "system": UCUM, "code": code.ucum}
+        quantity: dict[str, Any] = {"value": measurement.value}
+        comparators = [f.comparator for f in self.marking(measurement.name) if f.comparator]
+        if comparators:  # map_reading has refused a reading with both HI and LO
+            quantity["comparator"] = comparators[0]
+        quantity.update(unit=code.unit, system=UCUM, code=code.ucum)
+        return quantity
 
-    def observation(self, key: str, **fields: Any) -> dict[str, Any]:
+    def observation(self, key: str, measurement: Measurement | None = None, **fields: Any) -> dict[str, Any]:
+        """An Observation of CODES[key]; with `measurement`, its valueQuantity and interpretation."""
         code = CODES[key]
         reading_key = f"{self.reading.gateway_id}/{self.reading.seq}/{code.loinc}"
         resource: dict[str, Any] = {
@@ -203,7 +297,11 @@ class _Context:
             "category": [
                 {
                     "coding": [
-                        {"system": OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}
+                        {
+                            "system": OBSERVATION_CATEGORY,
+                            "code": code.category,
+                            "display": CATEGORY_DISPLAYS[code.category],
+                        }
                     ]
                 }
             ],
@@ -220,14 +318,11 @@ class _Context:
             resource["subject"] = dict(self.subject)
         if self.notes:
             resource["note"] = [{"text": text} for text in self.notes]
-        abnormal = [f for f in self.reading.flags if f in FLAGS and FLAGS[f].abnormal == key]
-        if abnormal:
-            resource["interpretation"] = [
-                {
-                    "coding": [{"system": INTERPRETATION, "code": "A", "display": "Abnormal"}],
-                    "text": " ".join(FLAGS[f].note for f in abnormal),
-                }
-            ]
+        if measurement is not None:
+            resource["valueQuantity"] = self.quantity(measurement, key)
+            marking = self.marking(measurement.name)
+            if marking:
+                resource["interpretation"] = [_interpretation(flag) for flag in marking]
         resource.update(fields)
         return resource
 
@@ -245,6 +340,27 @@ class _Context:
         if len(names) != len(set(names)):
             raise self.fail("reading repeats a measurement name")
 
+    def check_flags(self) -> None:
+        """Refuse a flag that says the reading is no resident's, and a HI/LO with nothing to bound."""
+        flags = [(name, FLAGS[name]) for name in self.reading.flags if name in FLAGS]
+        refused = next((flag for _, flag in flags if flag.refuse), None)
+        if refused is not None:
+            raise self.fail(refused.note)
+        names = {m.name for m in self.reading.values}
+        bounds = [name for name, flag in flags if flag.comparator]
+        if len(set(bounds)) > 1:
+            raise self.fail(f"flags {sorted(set(bounds))} contradict each other")
+        for name in bounds:
+            if not names & set(FLAGS[name].marks):
+                # The value is the device's limit; written plainly it would be a false measurement.
+                raise self.fail(f"{name} flag on a {self.reading.kind} reading with no value it can bound")
+
+
+def _heart_rate(ctx: _Context) -> list[dict[str, Any]]:
+    """The heartrate-profile Observation of the reading's pulse_rate, if it has one."""
+    pulse = ctx.reading.value("pulse_rate")
+    return [] if pulse is None else [ctx.observation("pulse_rate", pulse)]
+
 
 def _map_bp(ctx: _Context) -> list[dict[str, Any]]:
     """One BP panel (systolic, diastolic, mean if present) and, if present, one heart rate."""
@@ -253,15 +369,59 @@ def _map_bp(ctx: _Context) -> list[dict[str, Any]]:
     components = [
         {"code": _concept(CODES[m.name]), "valueQuantity": ctx.quantity(m)} for m in parts if m is not None
     ]
-    observations = [ctx.observation("bp_panel", component=components)]
-    pulse = ctx.reading.value("pulse_rate")
-    if pulse is not None:
-        observations.append(ctx.observation("pulse_rate", valueQuantity=ctx.quantity(pulse)))
-    return observations
+    return [ctx.observation("bp_panel", component=components), *_heart_rate(ctx)]
+
+
+def _map_spo2(ctx: _Context) -> list[dict[str, Any]]:
+    """One oxygensat Observation (2708-6 with 59408-5) and, if present, one heart rate."""
+    ctx.check_names(("spo2", "pulse_rate"))
+    return [ctx.observation("spo2", ctx.require("spo2")), *_heart_rate(ctx)]
+
+
+def _map_temperature(ctx: _Context) -> list[dict[str, Any]]:
+    """One bodytemp Observation in Cel, the device's digits kept exactly."""
+    ctx.check_names(("body_temperature",))
+    return [ctx.observation("body_temperature", ctx.require("body_temperature"))]
+
+
+def _map_weight(ctx: _Context) -> list[dict[str, Any]]:
+    """One bodyweight Observation in kg."""
+    ctx.check_names(("body_weight",))
+    return [ctx.observation("body_weight", ctx.require("body_weight"))]
+
+
+def _map_glucose(ctx: _Context) -> list[dict[str, Any]]:
+    """One capillary glucose Observation, category laboratory, LOINC chosen by the unit.
+
+    mmol/L is 14743-9 and mg/dL 41653-7; any other unit is refused rather than converted, since
+    the record must hold what the meter showed. HI / LO arrive as the meter's limit with
+    above_range / below_range and become a Quantity with comparator ">" / "<" (see FLAGS).
+
+    Control solution. A reading flagged control_solution is refused by map_reading (before this
+    function runs) with "control-solution result is a device check, not a resident measurement",
+    so the bridge keeps it as a dead letter with that reason and nothing reaches the health
+    record. The alternative, an Observation without subject (or with the meter as subject), was
+    considered and not chosen: the record is the residents' record, and a population query on
+    14743-9 that forgot to exclude such results would count a control solution as someone's
+    blood glucose. Quality-control history of the meters belongs with the device fleet, not here;
+    refusing is also the reversible choice, since dead letters can be mapped later and posted
+    records cannot be taken back.
+    """
+    ctx.check_names(("glucose",))
+    glucose = ctx.require("glucose")
+    key = _GLUCOSE_BY_UNIT.get(glucose.unit)
+    if key is None:
+        expected = ", ".join(repr(unit) for unit in _GLUCOSE_BY_UNIT)
+        raise ctx.fail(f"glucose has unit {glucose.unit!r}, expected one of {expected}")
+    return [ctx.observation(key, glucose)]
 
 
 _KIND_MAPPERS: dict[str, Callable[[_Context], list[dict[str, Any]]]] = {
     "bp": _map_bp,
+    "spo2": _map_spo2,
+    "temperature": _map_temperature,
+    "weight": _map_weight,
+    "glucose": _map_glucose,
 }
 
 
@@ -346,6 +506,7 @@ def map_reading(
         device={"reference": f"Device/{peripheral['id']}"},
         notes=tuple(notes),
     )
+    ctx.check_flags()
     observations = mapper(ctx)
     for observation in observations:
         identifier = observation["identifier"][0]

@@ -1,5 +1,6 @@
 """map_reading: one BP reading against resources written out by hand from the FHIR R4 vital-signs
-profiles (bp, heartrate), LOINC and UCUM, and the bridge's identifier rules."""
+profiles (bp, heartrate), LOINC and UCUM, and the bridge's identifier rules. The other kinds are
+in test_fhir_map_vitals.py."""
 
 from __future__ import annotations
 
@@ -354,8 +355,8 @@ def test_decimals_keep_their_exact_digits() -> None:
 
 
 def test_unmapped_kind_is_refused_by_name() -> None:
-    reading = bp_reading(kind="glucose", values=(Measurement("glucose", Decimal("6.1"), "mmol/L"),))
-    with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/1207: kind glucose not mapped yet"):
+    reading = bp_reading(kind="ecg", values=(Measurement("heart_rate", Decimal("72"), "/min"),))
+    with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/1207: kind ecg not mapped yet"):
         map_reading(reading, batch_hash=BATCH_HASH)
 
 
