@@ -18,7 +18,8 @@ FLAG_CONTROL_SOLUTION: they are not the resident's blood and must not enter the 
 A result outside the meter's range without HI/LO, or with both, is a meter fault
 (ERROR_SENSOR_FAULT), not a reading.
 
-Meal context (fasting / after a meal) is decoded but not sent: the link has no flag for it yet.
+Meal context (fasting / after a meal, chosen on the meter) travels as FLAG_FASTING /
+FLAG_AFTER_MEAL: the fasting-glucose threshold only applies to fasting results.
 
 Stored records. After boot, after every result, after a corrupt frame (it may have been a
 result) and every `sync_ms`, the board asks the meter for its newest record index and downloads,
@@ -45,7 +46,9 @@ from glucose_meter import (
     EVENT_RECORD,
     EVENT_RESULT,
     EVENT_STRIP_IN,
+    FLAG_AFTER_MEAL,
     FLAG_CONTROL,
+    FLAG_FASTING,
     FLAG_HI,
     FLAG_LO,
     RANGE_HIGH,
@@ -78,6 +81,10 @@ _TRIES = const(3)
 def reading_payload(glucose, meter_flags, device_time=0):
     """A meter result -> READING payload, or None when the result is not a valid value."""
     flags = link.FLAG_CONTROL_SOLUTION if meter_flags & FLAG_CONTROL else 0
+    if meter_flags & FLAG_FASTING:
+        flags |= link.FLAG_FASTING
+    if meter_flags & FLAG_AFTER_MEAL:
+        flags |= link.FLAG_AFTER_MEAL
     hi = meter_flags & FLAG_HI
     lo = meter_flags & FLAG_LO
     if hi and lo:

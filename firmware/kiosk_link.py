@@ -103,6 +103,8 @@ FLAG_LEAD_OFF = const(0x0020)  # ECG: an electrode lost contact during the recor
 FLAG_UNSTABLE = const(0x0040)  # weight: the resident moved; value did not settle
 FLAG_ABOVE_RANGE = const(0x0080)  # the device showed "HI": true value above its range
 FLAG_BELOW_RANGE = const(0x0100)  # the device showed "LO": true value below its range
+FLAG_FASTING = const(0x0200)  # glucose: taken fasting (the >= 7.0 mmol/L threshold applies)
+FLAG_AFTER_MEAL = const(0x0400)  # glucose: taken after a meal
 
 FLAG_NAMES = {
     FLAG_IRREGULAR_PULSE: "irregular_pulse",
@@ -114,6 +116,8 @@ FLAG_NAMES = {
     FLAG_UNSTABLE: "unstable",
     FLAG_ABOVE_RANGE: "above_range",
     FLAG_BELOW_RANGE: "below_range",
+    FLAG_FASTING: "fasting",
+    FLAG_AFTER_MEAL: "after_meal",
 }
 
 # Device error codes (MSG_DEVICE_ERROR payload: kind:u8 code:u8).

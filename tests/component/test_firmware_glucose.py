@@ -133,7 +133,8 @@ def test_residents_results_are_exact_tenths_of_mmol_per_litre(rig: Rig) -> None:
         value = resident.after_meal if meal == "after_meal" else resident.fasting
         record = rig.meter.measure(value, meal=meal)
         assert record is not None
-        expected.append(glucose(0, value, record.time))
+        meal_flag = link.FLAG_AFTER_MEAL if meal == "after_meal" else link.FLAG_FASTING
+        expected.append(glucose(meal_flag, value, record.time))
         assert rig.messages(1) == expected[-1:]
     assert [v for _, (_, _, _, [(_, v, _)]) in expected] == [52, 84, 31, 26, 132]
     assert rig.quiet(0.8) == []  # each result sent once
@@ -142,7 +143,7 @@ def test_residents_results_are_exact_tenths_of_mmol_per_litre(rig: Rig) -> None:
 def test_hi_lo_and_control_solution_are_flagged_bounds_not_values(rig: Rig) -> None:
     rig.hello()
     high = rig.meter.measure(412, meal="after_meal")  # true value unknown: above 33.3
-    assert rig.messages(1) == [glucose(link.FLAG_ABOVE_RANGE, 333, high.time)]
+    assert rig.messages(1) == [glucose(link.FLAG_ABOVE_RANGE | link.FLAG_AFTER_MEAL, 333, high.time)]
     low = rig.meter.measure(8)
     assert rig.messages(1) == [glucose(link.FLAG_BELOW_RANGE, 11, low.time)]
     control = rig.meter.measure(62, control=True)
