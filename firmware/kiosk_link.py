@@ -11,6 +11,7 @@ line noise. Byte layouts of each message are documented in docs/wire-format.md.
 """
 
 import struct
+from array import array
 
 try:
     from micropython import const
@@ -159,13 +160,14 @@ class LinkError(ValueError):
 
 
 def _make_crc_table():
-    table = []
+    # array('H'): 512 bytes of heap, where a tuple of 256 ints costs four times that.
+    table = array("H", bytes(512))
     for byte in range(256):
         crc = byte << 8
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return tuple(table)
+        table[byte] = crc & 0xFFFF
+    return table
 
 
 _CRC_TABLE = _make_crc_table()
