@@ -12,6 +12,7 @@ so a model never sees two transactions at once, as on a real bus.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -147,7 +148,8 @@ class SimulatedBoard:
         return data
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
+        # A firmware process killed mid-transaction resets its socket: that ends the connection.
+        with conn, contextlib.suppress(ConnectionError):
             while not self._stop.is_set():
                 head = self._recv_exact(conn, 4)
                 if head is None:
