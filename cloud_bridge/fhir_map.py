@@ -11,8 +11,9 @@ the fhir.resources R4B models before they leave here.
 
 Mapped kinds: bp, spo2, temperature and weight as the FHIR R4 vital-signs profiles (bp,
 heartrate, oxygensat, bodytemp, bodyweight); glucose as a laboratory Observation coded by its
-unit. ECG is not mapped yet. A value the device could only bound (it showed HI or LO) is written
-as a Quantity with a comparator, never as a plain value.
+unit; ECG as an EKG-study Observation with valueSampledData per lead. A value the device could
+only bound (it showed HI or LO) is written as a Quantity with a comparator, never as a plain
+value.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -65,7 +67,8 @@ HEART_RATE_PROFILE = "http://hl7.org/fhir/StructureDefinition/heartrate"
 OXYGEN_SATURATION_PROFILE = "http://hl7.org/fhir/StructureDefinition/oxygensat"
 BODY_TEMPERATURE_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodytemp"
 BODY_WEIGHT_PROFILE = "http://hl7.org/fhir/StructureDefinition/bodyweight"
-CATEGORY_DISPLAYS = {"vital-signs": "Vital Signs", "laboratory": "Laboratory"}
+CATEGORY_DISPLAYS = {"vital-signs": "Vital Signs", "laboratory": "Laboratory", "procedure": "Procedure"}
+MDC = "urn:oid:2.16.840.1.113883.6.24"  # ISO/IEEE 11073-10101 nomenclature
 
 READING_SYSTEM = "urn:kiosk:reading"
 DEVICE_SYSTEM = "urn:kiosk:device"
@@ -125,6 +128,20 @@ CODES: dict[str, Code] = {
         category="laboratory",
     ),
 }
+CODES["ecg"] = Code("11524-6", "EKG study", category="procedure")
+
+# ECG leads as named in device profiles -> MDC electric-potential codes (IEEE 11073-10101, as in
+# the FHIR R4 EKG example: 131329 = MDC_ECG_ELEC_POTL_I). A lead not in this table is refused.
+ECG_LEADS: dict[str, tuple[str, str]] = {
+    "MDC_ECG_LEAD_I": ("131329", "MDC_ECG_ELEC_POTL_I"),
+    "MDC_ECG_LEAD_II": ("131330", "MDC_ECG_ELEC_POTL_II"),
+    "MDC_ECG_LEAD_III": ("131389", "MDC_ECG_ELEC_POTL_III"),
+    "MDC_ECG_LEAD_AVR": ("131390", "MDC_ECG_ELEC_POTL_AVR"),
+    "MDC_ECG_LEAD_AVL": ("131391", "MDC_ECG_ELEC_POTL_AVL"),
+    "MDC_ECG_LEAD_AVF": ("131392", "MDC_ECG_ELEC_POTL_AVF"),
+    **{f"MDC_ECG_LEAD_V{n}": (str(131330 + n), f"MDC_ECG_ELEC_POTL_V{n}") for n in range(1, 7)},
+}
+
 # The wire's glucose unit picks the CODES key; any other unit is refused.
 _GLUCOSE_BY_UNIT = {CODES[key].ucum: key for key in ("glucose_molar", "glucose_mass")}
 
@@ -158,6 +175,9 @@ FLAGS: dict[str, Flag] = {
     # itself is abnormal). It applies to the pulse rate as much as to the SpO2.
     "low_perfusion": Flag("Low perfusion (weak pulse signal) at the probe; the values may be inaccurate."),
     "unstable": Flag("The scale did not settle (the resident moved); the weight may be inaccurate."),
+    "lead_off": Flag("An electrode lost contact during the recording; the trace may be unusable."),
+    "fasting": Flag("Fasting sample."),
+    "after_meal": Flag("Sample taken after a meal."),
     # HI / LO: the reading carries the device's limit; v3 "<" / ">" are the off-scale codes.
     "above_range": Flag(
         "The device showed HI: the true value is above its measuring range.",
@@ -416,8 +436,40 @@ def _map_glucose(ctx: _Context) -> list[dict[str, Any]]:
     return [ctx.observation(key, glucose)]
 
 
+def _map_ecg(ctx: _Context) -> list[dict[str, Any]]:
+    """One EKG-study Observation with a valueSampledData component per lead.
+
+    Samples stay the device's integers: value = origin + factor * sample, in µV (UCUM "uV"),
+    one sample every 1000 / rate ms, so nothing is rounded on the way into the record.
+    """
+    wave = ctx.reading.waveform
+    if wave is None:
+        raise ctx.fail("ecg reading has no waveform")
+    if ctx.reading.values:
+        raise ctx.fail("ecg reading carries scalar values the mapping does not know")
+    components = []
+    for lead, samples in zip(wave.leads, wave.samples, strict=True):
+        if lead not in ECG_LEADS:
+            raise ctx.fail(f"ECG lead {lead!r} has no MDC code in ECG_LEADS")
+        code, display = ECG_LEADS[lead]
+        components.append(
+            {
+                "code": {"coding": [{"system": MDC, "code": code, "display": display}]},
+                "valueSampledData": {
+                    "origin": {"value": 0, "unit": "µV", "system": UCUM, "code": "uV"},
+                    "period": Decimal(1000) / wave.sample_rate_hz,
+                    "factor": wave.resolution_uv,
+                    "dimensions": 1,
+                    "data": " ".join(str(sample) for sample in samples),
+                },
+            }
+        )
+    return [ctx.observation("ecg", component=components)]
+
+
 _KIND_MAPPERS: dict[str, Callable[[_Context], list[dict[str, Any]]]] = {
     "bp": _map_bp,
+    "ecg": _map_ecg,
     "spo2": _map_spo2,
     "temperature": _map_temperature,
     "weight": _map_weight,

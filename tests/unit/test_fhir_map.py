@@ -354,9 +354,9 @@ def test_decimals_keep_their_exact_digits() -> None:
     assert str(systolic) == "120.50"
 
 
-def test_unmapped_kind_is_refused_by_name() -> None:
+def test_ecg_without_waveform_is_refused_by_name() -> None:
     reading = bp_reading(kind="ecg", values=(Measurement("heart_rate", Decimal("72"), "/min"),))
-    with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/1207: kind ecg not mapped yet"):
+    with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/1207: ecg reading has no waveform"):
         map_reading(reading, batch_hash=BATCH_HASH)
 
 

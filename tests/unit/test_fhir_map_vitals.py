@@ -434,7 +434,7 @@ def test_incomplete_or_foreign_readings_are_refused(source: Reading, message: st
         map_reading(source, batch_hash=BATCH_HASH)
 
 
-def test_ecg_is_not_mapped_yet() -> None:
+def test_ecg_without_waveform_is_refused() -> None:
     ecg = reading("EC-1D07", "KX-ECG", "ecg", Measurement("heart_rate", Decimal("72"), "/min"))
-    with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/2310: kind ecg not mapped yet"):
+    with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/2310: ecg reading has no waveform"):
         map_reading(ecg, batch_hash=BATCH_HASH)
