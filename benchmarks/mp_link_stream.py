@@ -1,9 +1,10 @@
 """Stream ECG chunks as fast as the link allows (MicroPython unix port), for bench_firmware.py.
 
-    micropython benchmarks/mp_link_stream.py FIRMWARE_DIR LINK_TTY SECONDS
+    micropython benchmarks/mp_link_stream.py FIRMWARE_DIR LINK_TTY SECONDS [RING_SIZE]
 
-Sends full-size ECG_CHUNK messages (2 channels x 40 samples) through LinkClient, keeping the
-ring full, and prints `key value` lines: chunks sent, acked, retransmits, elapsed ms.
+Sends full-size ECG_CHUNK messages (2 channels x 40 samples) through LinkClient (ring of 32, as
+firmware/ecg_app.py uses), keeping the ring full, and prints `key value` lines: chunks sent,
+acked, retransmits, elapsed ms.
 """
 
 import sys
@@ -24,7 +25,7 @@ CHANNELS = 2
 def main():
     uart = UART(sys.argv[2], 921600)
     seconds = int(sys.argv[3])
-    client = LinkClient(uart, ring_size=16)
+    client = LinkClient(uart, ring_size=int(sys.argv[4]) if len(sys.argv) > 4 else 32)
     client.hello(link.encode_hello(client.session_id, "ecg-bench", "KX-ECG-BENCH", "0.0.0"))
     per_chunk = link.ecg_chunk_capacity(CHANNELS)
     buf = bytearray(link.MAX_PAYLOAD)
