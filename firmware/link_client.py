@@ -34,6 +34,7 @@ _DUE = const(2)
 _BACKOFF = const(3)
 _JOURNAL_SLOT = const(4)
 _LAST_SEQ = const(0xFFFF)
+_HELLO_RESERVE = const(32)  # last seqs of a session: only hellos may use them
 _REJECTED_HELLO_RETRY_MS = const(60000)
 
 
@@ -59,9 +60,9 @@ class RamSession:
         self.session_id = _random_u32()
         self.next_seq = 1
 
-    def take_seq(self):
+    def take_seq(self, for_hello=False):
         seq = self.next_seq
-        if seq >= _LAST_SEQ:
+        if seq >= (_LAST_SEQ if for_hello else _LAST_SEQ - _HELLO_RESERVE):
             return None
         self.next_seq = seq + 1
         return seq
@@ -157,9 +158,10 @@ class LinkClient:
             return None
         seq = self._session.take_seq()
         if seq is None:
-            if not self._start_new_session():
-                return None
-            seq = self._session.take_seq()
+            # Session used up: once the ring has drained, start a new one with a new hello;
+            # this message waits until the gateway has acked that hello.
+            self._start_new_session()
+            return None
         frame = link.encode_frame(msg_type, seq, payload)
         journal_slot = -1
         if self._journal is not None and durable:
@@ -182,10 +184,17 @@ class LinkClient:
         return True
 
     def _transmit(self, msg_type, payload):
-        seq = self._session.take_seq()
-        if seq is None:  # only a hello can get here at the very end of a session
+        # Hellos may use the seqs reserved at the end of a session, so answering a gateway's
+        # NAK_HELLO_REQUIRED never forces a new session while messages are still pending.
+        seq = self._session.take_seq(msg_type == link.MSG_HELLO)
+        if seq is None and msg_type == link.MSG_HELLO and self.pending():
+            # No seq left, messages of this session still unacked: they must stay in it, so
+            # the hello reuses the last seq (a hello's seq only pairs it with its ack).
+            seq = _LAST_SEQ - 1
+        elif seq is None:  # the very end of a session, nothing pending: start afresh
             self._session.restart_session()
-            seq = self._session.take_seq()
+            self.sessions_started += 1
+            seq = self._session.take_seq(True)
             if msg_type == link.MSG_HELLO and self._hello_builder is not None:
                 self._hello_payload = payload = self._hello_builder(self._session.session_id)
         frame = link.encode_frame(msg_type, seq, payload)

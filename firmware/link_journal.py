@@ -32,6 +32,7 @@ _SLOT_HEAD = const(5)
 _SLOT_SIZE = const(5 + 260)  # used + seq + length + kiosk_link.MAX_ENCODED
 LEASE = const(256)
 _LAST_SEQ = const(0xFFFF)
+_HELLO_RESERVE = const(32)
 
 
 def _new_session_id():
@@ -56,7 +57,10 @@ class LinkJournal:
         else:
             self.session_id = 0
             self.next_seq = _LAST_SEQ  # forces a new session below
-        if self.next_seq >= _LAST_SEQ - LEASE:
+        if self.next_seq >= _LAST_SEQ - LEASE and not self.pending():
+            # Near the end of the seq space with nothing unacked: start afresh. With unacked
+            # messages the old session goes on (they must keep their session and seq); the
+            # client starts a new one once they are acked.
             self.session_id = _new_session_id()
             self.next_seq = 1
         self._reserved = 0
@@ -77,10 +81,12 @@ class LinkJournal:
         except (AttributeError, OSError):
             pass
 
-    def take_seq(self):
-        """The next link seq of this session; None when the session is used up (start a new one)."""
+    def take_seq(self, for_hello=False):
+        """The next link seq of this session; None when the session is used up (start a new one).
+
+        The last seqs of a session are kept for hellos (see link_client)."""
         seq = self.next_seq
-        if seq >= _LAST_SEQ:
+        if seq >= (_LAST_SEQ if for_hello else _LAST_SEQ - _HELLO_RESERVE):
             return None
         if seq >= self._reserved:
             self._lease(seq)

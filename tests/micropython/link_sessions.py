@@ -1,0 +1,127 @@
+"""Link session roll-over on the MicroPython unix port (run by tests/unit/test_link_sessions.py).
+
+    micropython tests/micropython/link_sessions.py REPO_ROOT
+"""
+
+import sys
+import time
+
+ROOT = sys.argv[1]
+sys.path.insert(0, ROOT + "/firmware")
+
+import kiosk_link as link  # noqa: E402
+from link_client import LinkClient  # noqa: E402
+
+
+class Wire:
+    """The board's UART as a list of frames it wrote, plus bytes queued for it to read."""
+
+    def __init__(self):
+        self.sent = []
+        self.inbox = bytearray()
+        self.splitter = link.FrameSplitter()
+
+    def write(self, data):
+        for frame in self.splitter.feed(data):
+            self.sent.append(link.decode_frame(frame))
+        return len(data)
+
+    def readinto(self, buf):
+        count = min(len(buf), len(self.inbox))
+        if not count:
+            return None
+        buf[:count] = self.inbox[:count]
+        self.inbox = self.inbox[count:]
+        return count
+
+    def reply(self, msg_type, seq, payload=b""):
+        self.inbox += link.encode_frame(msg_type, seq, payload)
+
+    def take(self):
+        sent, self.sent = self.sent, []
+        return sent
+
+
+HELLO = link.encode_hello(0, "bp-1", "KX-BP100", "0.1.0")
+
+
+def started_client():
+    wire = Wire()
+    client = LinkClient(wire, ring_size=4)
+    client.hello(HELLO)
+    [(msg_type, seq, payload)] = wire.take()
+    assert msg_type == link.MSG_HELLO
+    wire.reply(link.MSG_ACK, seq)
+    client.poll()
+    return wire, client
+
+
+def test_nothing_before_the_hello_is_acked():
+    wire = Wire()
+    client = LinkClient(wire, ring_size=4)
+    client.hello(HELLO)
+    assert not client.has_room()
+    assert client.send(link.MSG_READING, b"x") is None
+    assert [m for m, _, _ in wire.take()] == [link.MSG_HELLO]
+
+
+def test_roll_over_waits_for_the_drain_then_a_new_hello():
+    wire, client = started_client()
+    old_session = client.session_id
+    client._session.next_seq = 0xFFFF - 32 - 2  # two data seqs left
+    first = client.send(link.MSG_READING, b"a")
+    second = client.send(link.MSG_READING, b"b")
+    assert (first, second) == (0xFFFF - 34, 0xFFFF - 33)
+    assert client.send(link.MSG_READING, b"c") is None  # used up, two still unacked
+    assert [m for m, _, _ in wire.take()] == [link.MSG_READING, link.MSG_READING]
+    # The gateway restarts and asks who we are: the hello stays in the old session.
+    wire.reply(link.MSG_NAK, first, link.encode_nak(link.NAK_HELLO_REQUIRED))
+    client.poll()
+    [(msg_type, hello_seq, payload)] = [f for f in wire.take() if f[0] == link.MSG_HELLO]
+    assert link.decode_hello(payload)[0] == old_session
+    wire.reply(link.MSG_ACK, hello_seq)
+    wire.reply(link.MSG_ACK, first)
+    wire.reply(link.MSG_ACK, second)
+    client.poll()
+    wire.take()
+    assert client.send(link.MSG_READING, b"c") is None  # drained: new session, its hello first
+    [(msg_type, new_hello_seq, payload)] = wire.take()
+    assert msg_type == link.MSG_HELLO and new_hello_seq == 1
+    assert link.decode_hello(payload)[0] == client.session_id != old_session
+    assert client.send(link.MSG_READING, b"c") is None  # still waiting for that hello's ack
+    assert wire.take() == []
+    wire.reply(link.MSG_ACK, new_hello_seq)
+    client.poll()
+    assert client.send(link.MSG_READING, b"c") == 2
+    assert client.sessions_started == 1
+
+
+def test_rejected_hello_backs_off():
+    wire = Wire()
+    client = LinkClient(wire, ring_size=4)
+    client.hello(HELLO)
+    [(_, seq, _)] = wire.take()
+    wire.reply(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
+    client.poll()
+    assert wire.take() == []
+    due_in = time.ticks_diff(client._hello_slot[2], time.ticks_ms())
+    assert 55000 < due_in <= 60000, due_in  # asks again in a minute, not in a loop
+
+
+def main():
+    failed = 0
+    passed = 0
+    for name in sorted(globals()):
+        if name.startswith("test_"):
+            try:
+                globals()[name]()
+                passed += 1
+                print("ok", name)
+            except Exception as exc:  # report every failure, then exit non-zero
+                failed += 1
+                print("FAIL", name, repr(exc))
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+main()
