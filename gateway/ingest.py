@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from gateway.validate import flag_names, to_measurements
 log = logging.getLogger(__name__)
 
 ECG_IDLE_FLUSH_S = 2.0
+TIME_SYNC_INTERVAL_S = 600.0  # a board's ticks drift and wrap: give it our clock again this often
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LinkIngest:
     last_device_error: str | None = None
     _ecg: StripAssembler | None = None
     _ecg_started_ms: int = 0
+    _last_time_sync: float = float("-inf")
 
     async def run(self) -> None:
         splitter = link.FrameSplitter()
@@ -83,6 +86,9 @@ class LinkIngest:
                 continue
             for encoded in splitter.feed(data):
                 reply = await self.handle_frame(encoded)
+                due = time.monotonic() - self._last_time_sync >= TIME_SYNC_INTERVAL_S
+                if reply and self.session is not None and due:
+                    reply += self._time_sync()
                 if reply:
                     await self.transport.write(reply)
             self.counters.dropped_bytes = splitter.dropped_bytes
@@ -130,11 +136,18 @@ class LinkIngest:
         await self._reject(f"unsupported message type {msg_type}")
         return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
 
+    def _time_sync(self) -> bytes:
+        self._last_time_sync = time.monotonic()
+        return time_sync_frame()
+
     async def _reject(self, reason: str) -> None:
         self.counters.rejected += 1
         source = self.session.device.id if self.session else self.transport.name
         log.warning("link %s: rejected from %s: %s", self.transport.name, source, reason)
-        await self.outbox.record_rejection(source, reason)
+        try:
+            await self.outbox.record_rejection(source, reason)
+        except sqlite3.Error as exc:  # a full disk must not turn a refusal into a crash
+            log.error("link %s: could not record the rejection: %s", self.transport.name, exc)
 
     async def _on_hello(self, seq: int, payload: bytes) -> bytes:
         boot_id, device_id, model, firmware_version = link.decode_hello(payload)
@@ -144,12 +157,13 @@ class LinkIngest:
             raise RejectedReading(device_id, f"unknown device model {model!r} (no device profile)")
         device = DeviceRef(device_id, model, firmware_version)
         await self._flush_ecg()
+        self._ecg = None
         self.session = DeviceSession(device, boot_id, profile)
         await self.outbox.note_device(device, boot_id, self.transport.name)
         log.info(
             "link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version
         )
-        return link.encode_frame(link.MSG_ACK, seq) + time_sync_frame()
+        return link.encode_frame(link.MSG_ACK, seq) + self._time_sync()
 
     async def _on_reading(self, seq: int, payload: bytes) -> bytes:
         assert self.session is not None
@@ -186,7 +200,7 @@ class LinkIngest:
             log.info("link %s: stored %s reading as seq %d", self.transport.name, kind, stored)
             self.on_stored()
         ack = link.encode_frame(link.MSG_ACK, seq)
-        return ack if device_time else ack + time_sync_frame()
+        return ack if device_time else ack + self._time_sync()
 
     async def _on_ecg_chunk(self, seq: int, payload: bytes) -> bytes:
         assert self.session is not None
@@ -220,9 +234,22 @@ class LinkIngest:
         return link.encode_frame(link.MSG_ACK, seq)
 
     async def _flush_ecg(self) -> None:
-        if self._ecg is not None:
-            for strip in self._ecg.flush():
+        """End the current strip. Never raises: a strip that cannot be stored now keeps its
+        chunks staged on disk, and recover_staged_ecg rebuilds it at the next start."""
+        if self._ecg is None:
+            return
+        strips = self._ecg.flush()
+        for strip in strips:
+            if self.session is None:
+                log.warning("link %s: ECG strip kept staged (no device session)", self.transport.name)
+                continue
+            try:
                 await self._store_strip(strip)
+            except Exception:
+                self.counters.internal_errors += 1
+                log.exception(
+                    "link %s: ECG strip kept staged, rebuilt at the next start", self.transport.name
+                )
 
     async def _store_strip(self, strip: Strip) -> None:
         assert self.session is not None
@@ -287,6 +314,7 @@ async def serve_link(ingest: LinkIngest, *, reopen_delay_s: float = 1.0) -> None
             log.warning("link %s: %s; retrying in %.1fs", ingest.transport.name, exc, reopen_delay_s)
         finally:
             await ingest.transport.close()
+        await ingest._flush_ecg()
         ingest.session = None
         await asyncio.sleep(reopen_delay_s)
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import ProfileError
 
@@ -32,8 +32,8 @@ class FieldSpec(_Strict):
 class WaveformSpec(_Strict):
     """A sampled signal (ECG): what the samples in ECG_CHUNK messages mean."""
 
-    sample_rate_hz: int
-    resolution_uv: Decimal  # microvolts per least significant bit
+    sample_rate_hz: int = Field(gt=0)
+    resolution_uv: Decimal = Field(gt=0)  # microvolts per least significant bit
     leads: tuple[str, ...]  # one MDC code per channel, e.g. MDC_ECG_LEAD_I
     loinc: str | None = None
 

@@ -10,6 +10,7 @@ import uvicorn
 
 from gateway.api import create_app, mask
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.ingest import LinkIngest, recover_staged_ecg, serve_link
 from gateway.keys import GatewayKeys
 from gateway.profiles import DeviceProfile, load_profiles
@@ -65,9 +66,12 @@ async def run_gateway(config: GatewayConfig) -> None:
     profiles = load_profiles(config.profiles_dir)
     keys = GatewayKeys.load(config.data_dir)
     outbox = await Outbox.open(config.db_path, config.gateway_id, keys)
-    recovered = await recover_staged_ecg(outbox, profiles, config.clock_quality)
-    if recovered:
-        log.info("gateway %s: %d ECG strip(s) rebuilt from staged chunks", config.gateway_id, recovered)
+    try:
+        recovered = await recover_staged_ecg(outbox, profiles, config.clock_quality)
+        if recovered:
+            log.info("gateway %s: %d ECG strip(s) rebuilt from staged chunks", config.gateway_id, recovered)
+    except Exception:  # the chunks stay staged; a gateway that cannot start would store nothing
+        log.exception("gateway %s: could not rebuild staged ECG strips now", config.gateway_id)
     service = GatewayService(config, outbox, profiles)
     server = uvicorn.Server(
         uvicorn.Config(create_app(service), host=config.api.host, port=config.api.port, log_level="warning")
@@ -78,11 +82,14 @@ async def run_gateway(config: GatewayConfig) -> None:
     ]
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
 
+    failed: list[str] = []
+
     def stop_on_failure(task: asyncio.Task[None]) -> None:
         # A task that dies must not leave a gateway that looks alive but syncs nothing:
-        # log why and stop, so the supervisor (systemd) restarts it from the durable state.
+        # log why and stop with an error, so the supervisor restarts it from the durable state.
         if not task.cancelled() and task.exception() is not None:
             log.critical("gateway task %s failed; stopping", task.get_name(), exc_info=task.exception())
+            failed.append(task.get_name())
             server.should_exit = True
 
     for task in tasks:
@@ -103,3 +110,5 @@ async def run_gateway(config: GatewayConfig) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await outbox.close()
         log.info("gateway %s stopped", config.gateway_id)
+    if failed:
+        raise GatewayError(f"gateway stopped because a task failed: {', '.join(failed)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -87,7 +88,13 @@ class MqttSync:
         self._client.loop_start()
         try:
             while True:
-                await self._send_due()
+                try:
+                    await self._send_due()
+                except sqlite3.Error as exc:
+                    # A full or failing disk: nothing is lost (batches are formed and marked in
+                    # transactions); say so and try again at the next turn.
+                    self.state.last_error = f"outbox error: {exc}"
+                    log.error("sync: %s", self.state.last_error)
                 try:
                     kind, value = await asyncio.wait_for(self._events.get(), self.sync_config.idle_poll_s)
                 except TimeoutError:

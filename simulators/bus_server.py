@@ -185,7 +185,9 @@ class SimulatedBoard:
                 selected = [
                     c
                     for c in self.chips
-                    if c.spi_bus == target and self.pins.get(c.chip_select or -1, 1) == 0
+                    if c.spi_bus == target
+                    and c.chip_select is not None
+                    and self.pins.get(c.chip_select, 1) == 0
                 ]
                 if len(selected) != 1:
                     return STATUS_OK, b"\xff" * len(data)  # nobody drives MISO: it floats high

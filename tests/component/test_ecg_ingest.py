@@ -120,3 +120,16 @@ async def test_ecg_from_a_model_without_waveform_is_rejected(tmp_path: Path, key
     assert [link.decode_frame(f) for f in frames] == [(link.MSG_NAK, 2, bytes((link.NAK_REJECTED,)))]
     assert (await outbox.status()).rejections == 1
     await outbox.close()
+
+
+async def test_port_closing_mid_strip_keeps_the_chunks_for_recovery(
+    tmp_path: Path, keys: GatewayKeys, profiles
+) -> None:
+    ingest, outbox = await make_ingest(tmp_path, keys, profiles)
+    await ingest.handle_frame(hello_frame())
+    await ingest.handle_frame(chunk_frame(2, 0, 40))
+    ingest.session = None  # the serial port vanished before the strip was full
+    await ingest._flush_ecg()  # must not raise, must not drop the staged chunk
+    assert [s.chunk.first_sample for s in await outbox.staged_ecg_chunks()] == [0]
+    assert await recover_staged_ecg(outbox, profiles, "ntp") == 1
+    await outbox.close()
