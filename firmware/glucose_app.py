@@ -26,14 +26,15 @@ result) and every `sync_ms`, the board asks the meter for its newest record inde
 one at a time and only while the link ring has room, every record newer than the last one it
 handed to the link. Live results that follow on directly are sent at once; any gap is filled by
 the download, in index order, so nothing is sent twice and nothing is skipped. The index is kept
-in `state_path` (flash on a board), written only when the link ring is empty, i.e. when every
-record up to it has been acked by the gateway: after a reboot the board may resend the records
-of an unfinished batch, but never loses one. A meter whose counter went backwards (memory
+in `state_path` (flash on a board). With a link journal (`journal_path`) it is written as soon
+as every record up to it is on flash in the journal, which resends unacked records after a
+reboot under their original link seq, so the gateway stores each once. Without a journal it is
+written only when the link ring is empty (every record up to it acked): a reboot may then resend
+the records of an unfinished batch, but never loses one. A meter whose counter went backwards (memory
 cleared, or a different meter plugged in) is downloaded from its oldest record.
 """
 
 import select
-import struct
 import time
 
 import kiosk_link as link
@@ -123,15 +124,6 @@ def save_last_index(path, index, log):
             file.write("%d\n" % index)
     except OSError as exc:
         log("glucose: cannot save last index: %s" % exc)
-
-
-def new_boot_id():
-    try:
-        import os
-
-        return struct.unpack("<I", os.urandom(4))[0]
-    except (ImportError, AttributeError):
-        return time.ticks_cpu() & 0xFFFFFFFF
 
 
 class GlucoseBoard:
@@ -268,17 +260,26 @@ class GlucoseBoard:
             if client.send(msg_type, payload) is None:
                 break  # kept for the next turn: a message leaves the backlog only into the ring
             self.backlog.pop(0)
-        if self.last != self.saved and not self.backlog and client.pending() == 0:
+        handed_over = client.pending() == 0 or client.journaled  # acked, or on flash to be resent
+        if self.last != self.saved and not self.backlog and handed_over:
             save_last_index(self.state_path, self.last, self.log)
             self.saved = self.last
 
 
-def run(link_uart, meter_uart, device_id, state_path=None, max_ms=None, log=print, sync_ms=10000):
+def run(link_uart, meter_uart, device_id, state_path=None, max_ms=None, log=print, sync_ms=10000,
+        journal_path=None):  # fmt: skip
     """Main loop; returns after max_ms (tests) or never (board)."""
-    client = LinkClient(link_uart)
+    journal = None
+    if journal_path:
+        from link_journal import LinkJournal
+
+        journal = LinkJournal(journal_path, 16)
+    client = LinkClient(link_uart, journal=journal)
+    if client.restored:
+        log("resending %d unacked message(s) from flash" % client.restored)
     meter = GlucoseMeter(meter_uart)
     board = GlucoseBoard(client, meter, state_path, sync_ms, log)
-    client.hello(link.encode_hello(new_boot_id(), device_id, MODEL, FIRMWARE_VERSION))
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     poller.register(pollable(meter_uart), select.POLLIN)

@@ -112,6 +112,11 @@ class LinkClient:
         return self._synced_unix_s + time.ticks_diff(time.ticks_ms(), self._synced_ticks) // 1000
 
     @property
+    def journaled(self):
+        """True when durable messages are kept on flash until acked."""
+        return self._journal is not None
+
+    @property
     def session_id(self):
         return self._session.session_id
 

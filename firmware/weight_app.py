@@ -18,7 +18,6 @@ so with ERROR_SENSOR_FAULT instead of weighing with a wrong calibration.
 """
 
 import select
-import struct
 import time
 
 import kiosk_link as link
@@ -80,15 +79,6 @@ def load_config(path, log=print):
     except (OSError, ValueError) as exc:
         log("scale config %s unusable: %s" % (path, exc))
         return None
-
-
-def new_boot_id():
-    try:
-        import os
-
-        return struct.unpack("<I", os.urandom(4))[0]
-    except (ImportError, AttributeError):
-        return time.ticks_cpu() & 0xFFFFFFFF
 
 
 class Weigher:
@@ -164,7 +154,7 @@ def run(link_uart, sck, dout, device_id, config_path=None, max_ms=None, log=prin
     """
     config = load_config(config_path, log)
     client = LinkClient(link_uart)
-    client.hello(link.encode_hello(new_boot_id(), device_id, MODEL, FIRMWARE_VERSION))
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     events = irq_source()

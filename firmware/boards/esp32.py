@@ -62,7 +62,8 @@ BOARD = Board(
                 "link_uart": _LINK,
                 "meter_uart": Uart(id=1, tx=32, rx=33, baudrate=9600, purpose="glucose strip-meter module"),
             },
-            options={"state_path": "/glucose_app.index"},  # last meter record the gateway acked
+            # last meter record handed over; unacked readings kept on flash across a reboot
+            options={"state_path": "/glucose_app.index", "journal_path": "/glucose_app.journal"},
         ),
         "weight_app": App(
             device_prefix="ws",
