@@ -1,6 +1,6 @@
 """Link session roll-over on the MicroPython unix port (run by tests/unit/test_link_sessions.py).
 
-    micropython tests/micropython/link_sessions.py REPO_ROOT
+micropython tests/micropython/link_sessions.py REPO_ROOT
 """
 
 import sys
