@@ -4,7 +4,7 @@ The part (datasheet 19-7740) answers at 0x57 with PART_ID 0x15 at register 0xFF.
 (MODE_CONFIG 0b011) every sample is 6 bytes in a 32-deep FIFO: red (LED1) then IR (LED2), each
 3 bytes, most significant first, the ADC value left-justified in bits 17..0 (the low bits are
 zero at pulse widths shorter than 411 us). Reading FIFO_DATA (0x07) does not advance the
-register pointer, so one burst read of 6 * n bytes pops n samples. FIFO_WR_PTR, OVF_COUNTER and
+register pointer, so a burst read of 6 * n bytes pops n samples. FIFO_WR_PTR, OVF_COUNTER and
 FIFO_RD_PTR (0x04..0x06, read in one burst) tell how many samples wait; a non-zero OVF_COUNTER
 means the FIFO was full and that many samples were lost (it saturates at 31).
 
@@ -13,17 +13,25 @@ Set-up: 100 samples/s, 411 us pulses (18 bits), ADC full scale 4096 nA, no sampl
 wait. The application calls `service()` when INT falls and on a timer as a fallback.
 
 Each sample drives a small state machine; nothing is allocated per sample:
-  idle       no finger: IR below FINGER_IR (the photodiode sees only the cover glass)
+  idle       no finger: IR below _FINGER_IR (the photodiode sees only the cover glass)
   settling   finger seen: 1 s for the tissue to settle under the probe
-  measuring  a 5 s window of red and IR into preallocated lists
+  measuring  a 5 s window of red and IR into preallocated arrays
   full       window complete: service() runs estimate()
   done       result given; wait for the finger to leave before the next measurement
-A sample below FINGER_IR while settling goes quietly back to idle; while measuring it ends the
+A sample below _FINGER_IR while settling goes quietly back to idle; while measuring it ends the
 measurement with NO_FINGER. An overflow (samples lost) while measuring restarts the window,
 so a window never spans a gap. A power-on reset of the part (PWR_RDY) sets it up again.
+
+Memory: everything is allocated once, in the constructor. The windows are two `array("i")`,
+4 bytes a sample on every port (an 18-bit sample fits; a list would hold a pointer a sample),
+the beat indexes a small `array("H")`. The FIFO is read into one 192-byte buffer in bursts of
+32, 16, 8, 4, 2 and 1 samples (a count is read as its binary digits: one or two bursts at
+A_FULL), so six views of it serve every count. estimate() builds no list and, on a 32-bit
+board, no long int (see there); it returns one tuple per window.
 """
 
 import time
+from array import array
 
 try:
     from micropython import const
@@ -33,48 +41,50 @@ except ImportError:
         return value
 
 
-ADDRESS = const(0x57)
-PART_ID = const(0x15)
+# An underscored const() is folded into the code and takes no RAM on the board; only the names
+# other modules use (events, flags, states) are public.
+_ADDRESS = const(0x57)
+_PART_ID = const(0x15)
 
-REG_INT_STATUS_1 = const(0x00)
-REG_INT_STATUS_2 = const(0x01)
-REG_INT_ENABLE_1 = const(0x02)
-REG_FIFO_WR_PTR = const(0x04)
-REG_OVF_COUNTER = const(0x05)
-REG_FIFO_RD_PTR = const(0x06)
-REG_FIFO_DATA = const(0x07)
-REG_FIFO_CONFIG = const(0x08)
-REG_MODE_CONFIG = const(0x09)
-REG_SPO2_CONFIG = const(0x0A)
-REG_LED1_PA = const(0x0C)  # red
-REG_LED2_PA = const(0x0D)  # IR
-REG_TEMP_INT = const(0x1F)
-REG_TEMP_FRAC = const(0x20)
-REG_TEMP_CONFIG = const(0x21)
-REG_REV_ID = const(0xFE)
-REG_PART_ID = const(0xFF)
+_REG_INT_STATUS_1 = const(0x00)
+_REG_INT_STATUS_2 = const(0x01)
+_REG_INT_ENABLE_1 = const(0x02)
+_REG_FIFO_WR_PTR = const(0x04)
+_REG_OVF_COUNTER = const(0x05)
+_REG_FIFO_RD_PTR = const(0x06)
+_REG_FIFO_DATA = const(0x07)
+_REG_FIFO_CONFIG = const(0x08)
+_REG_MODE_CONFIG = const(0x09)
+_REG_SPO2_CONFIG = const(0x0A)
+_REG_LED1_PA = const(0x0C)  # red
+_REG_LED2_PA = const(0x0D)  # IR
+_REG_TEMP_INT = const(0x1F)
+_REG_TEMP_FRAC = const(0x20)
+_REG_TEMP_CONFIG = const(0x21)
+_REG_REV_ID = const(0xFE)
+_REG_PART_ID = const(0xFF)
 
-INT_A_FULL = const(0x80)
-INT_PPG_RDY = const(0x40)
-INT_ALC_OVF = const(0x20)
-INT_PWR_RDY = const(0x01)
-MODE_RESET = const(0x40)
-MODE_SPO2 = const(0x03)
+_INT_A_FULL = const(0x80)
+_INT_PPG_RDY = const(0x40)
+_INT_ALC_OVF = const(0x20)
+_INT_PWR_RDY = const(0x01)
+_MODE_RESET = const(0x40)
+_MODE_SPO2 = const(0x03)
 
 # FIFO_CONFIG: SMP_AVE 000 (none), FIFO_ROLLOVER_EN 0, FIFO_A_FULL 15 (17 samples waiting).
 _FIFO_CONFIG = const(0x0F)
 # SPO2_CONFIG: ADC range 01 (4096 nA) | SPO2_SR 001 (100 /s) | LED_PW 11 (411 us, 18 bits).
 _SPO2_CONFIG = const(0x27)
 _LED_PA = const(0x24)  # 0.2 mA per step: 7.2 mA
-SAMPLE_RATE = const(100)
+_SAMPLE_RATE = const(100)
 _FIFO_DEPTH = const(32)
 _BYTES_PER_SAMPLE = const(6)
-FULL_SCALE = const(0x3FFFF)
+_FULL_SCALE = const(0x3FFFF)
 
-FINGER_IR = const(50000)  # IR counts: above with a fingertip on the probe, tune per enclosure
-LOW_PERFUSION_PI = const(30)  # perfusion index below 0.30 % (units of 0.01 %) is flagged
-MIN_PERFUSION_PI = const(5)  # below 0.05 % the swing is noise: no value at all
-SPO2_FLOOR = const(70)  # below the empirical curve's useful range: report 70 + BELOW_RANGE
+_FINGER_IR = const(50000)  # IR counts: above with a fingertip on the probe, tune per enclosure
+_LOW_PERFUSION_PI = const(30)  # perfusion index below 0.30 % (units of 0.01 %) is flagged
+_MIN_PERFUSION_PI = const(5)  # below 0.05 % the swing is noise: no value at all
+_SPO2_FLOOR = const(70)  # below the empirical curve's useful range: report 70 + BELOW_RANGE
 _SETTLE = const(100)  # samples (1 s)
 _WINDOW = const(500)  # samples (5 s)
 _ATTEMPTS = const(2)  # windows without a usable pulse before giving up
@@ -104,11 +114,12 @@ STATE_FULL = const(3)
 STATE_DONE = const(4)
 
 
-def estimate(red, ir, count, rate):
+def estimate(red, ir, count, rate, beat_at):
     """SpO2 and pulse from `count` red and IR samples -> (status, spo2 %, pulse /min, flags).
 
-    A simple, documented estimate, run once per window (it allocates a little; the sample path
-    does not), in integers so the board and CPython agree to the unit:
+    `beat_at` is a preallocated array for the beat indexes (any length: it bounds the beats
+    counted). A simple, documented estimate, run once per window, in integers so the board and
+    CPython agree to the unit:
     1. DC of each channel: the mean over the window.
     2. Beats: IR light dips when the arterial blood volume peaks (systole). On the 4-sample
        moving sum of IR, a beat is the lowest point of each excursion below halfway between
@@ -122,6 +133,16 @@ def estimate(red, ir, count, rate):
     6. Perfusion index = AC_ir / DC_ir; below 0.30 % the reading carries LOW_PERFUSION.
     Unusable: fewer than 3 beats, a clipped (full-scale) sample, or a perfusion index below
     0.05 % (what the detector found is noise, not a pulse).
+
+    Integer sizes: on a 32-bit board an int below 2**30 is held in the object word itself; a
+    larger one is a heap object (a long int). Samples are below 2**18, a moving sum below 2**20,
+    a window's sum below count * 2**18 (2**27 for 500 samples) and the mean is taken without
+    forming 4 * sum, so no loop makes a long int. R and the perfusion index compare products of
+    those sums (up to 2**60), so they are not computed as written in the comments: `_muldiv`
+    divides while it multiplies, and floor(floor(x / a) / b) == floor(x / (a * b)) splits a
+    division by a product in two. The results are the same integers. The largest intermediate
+    is then about 2**27 for a normal finger and stays below 2**30 up to a 10 % pulse swing at
+    180 /min; a stronger pulse costs a few long ints, once in that window.
     """
     unusable = (EST_UNUSABLE, 0, 0, 0)
     if count < 8:
@@ -129,14 +150,16 @@ def estimate(red, ir, count, rate):
     dc_red = 0
     dc_ir = 0
     for i in range(count):
-        if red[i] >= FULL_SCALE or ir[i] >= FULL_SCALE:
+        r = red[i]
+        x = ir[i]
+        if r >= _FULL_SCALE or x >= _FULL_SCALE:
             return unusable
-        dc_red += red[i]
-        dc_ir += ir[i]
+        dc_red += r
+        dc_ir += x
     if dc_red == 0 or dc_ir == 0:
         return unusable
     last = count - 3  # moving sums s[i] = x[i] + ... + x[i+3] for i < last
-    mean = (4 * dc_ir) // count
+    mean = 4 * (dc_ir // count) + 4 * (dc_ir % count) // count  # (4 * dc_ir) // count
     low = mean
     s = ir[0] + ir[1] + ir[2] + ir[3]
     for i in range(last):
@@ -150,7 +173,7 @@ def estimate(red, ir, count, rate):
     enter = low + swing // 2
     leave = enter + swing // 8
     refractory = rate * 3 // 10
-    beat_at = [0] * _MAX_BEATS
+    max_beats = len(beat_at)
     beats = 0
     inside = False
     start = 0
@@ -168,7 +191,7 @@ def estimate(red, ir, count, rate):
                 inside = False
                 if (
                     start > 0
-                    and beats < _MAX_BEATS
+                    and beats < max_beats
                     and (beats == 0 or best_at - beat_at[beats - 1] >= refractory)
                 ):
                     beat_at[beats] = best_at
@@ -189,22 +212,22 @@ def estimate(red, ir, count, rate):
         ac_ir += _swing(ir, beat_at[k], beat_at[k + 1])
     if ac_ir <= 0 or ac_red <= 0:
         return unusable
-    den = ac_ir * dc_red
-    r_milli = (2000 * ac_red * dc_ir + den) // (2 * den)
+    # R in thousandths, rounded: (2000 * ac_red * dc_ir + ac_ir * dc_red) // (2 * ac_ir * dc_red).
+    r_milli = (_muldiv(2000 * ac_red, dc_ir, dc_red) + ac_ir) // (2 * ac_ir)
     spo2_milli = 110000 - 25 * r_milli
     flags = 0
     if spo2_milli >= 100000:
         spo2 = 100
-    elif spo2_milli < SPO2_FLOOR * 1000:
-        spo2 = SPO2_FLOOR
+    elif spo2_milli < _SPO2_FLOOR * 1000:
+        spo2 = _SPO2_FLOOR
         flags |= FLAG_BELOW_RANGE
     else:
         spo2 = (spo2_milli + 500) // 1000
     # Perfusion index in 0.01 %: (ac_ir / 4 / intervals) / (dc_ir / count) * 10000.
-    perfusion = (ac_ir * count * 10000) // (4 * (beats - 1) * dc_ir)
-    if perfusion < MIN_PERFUSION_PI:
+    perfusion = _muldiv(ac_ir, 2500 * count, dc_ir) // (beats - 1)
+    if perfusion < _MIN_PERFUSION_PI:
         return unusable  # the "beats" are noise: no pulsatile tissue under the probe
-    if perfusion < LOW_PERFUSION_PI:
+    if perfusion < _LOW_PERFUSION_PI:
         flags |= FLAG_LOW_PERFUSION
     return (EST_OK, spo2, pulse, flags)
 
@@ -223,10 +246,36 @@ def _swing(x, begin, end):
     return top - bottom
 
 
+def _muldiv(a, b, c):
+    """floor(a * b / c) for a, b >= 0 and c > 0, without forming a * b.
+
+    Long multiplication by the bits of b, dividing as it goes: the remainder stays below c and
+    each step below 3 * c, so with c < 2**28 (a window sum of up to 1024 samples) nothing is
+    larger than a or the result.
+    """
+    whole = a // c * b
+    a %= c
+    quotient = 0
+    rest = 0
+    bit = 1
+    while bit <= b:
+        bit <<= 1
+    while bit > 1:
+        bit >>= 1
+        quotient <<= 1
+        rest <<= 1
+        if b & bit:
+            rest += a
+        while rest >= c:
+            rest -= c
+            quotient += 1
+    return whole + quotient
+
+
 class Max30102:
     """Call `service()` on the INT edge and every few tens of ms; act on the event it returns."""
 
-    def __init__(self, i2c, address=ADDRESS, window=_WINDOW, settle=_SETTLE):
+    def __init__(self, i2c, address=_ADDRESS, window=_WINDOW, settle=_SETTLE):
         self._i2c = i2c
         self._address = address
         self._window = window
@@ -236,9 +285,12 @@ class Max30102:
         self._ptrs = bytearray(3)  # FIFO_WR_PTR, OVF_COUNTER, FIFO_RD_PTR
         self._fifo = bytearray(_FIFO_DEPTH * _BYTES_PER_SAMPLE)
         whole = memoryview(self._fifo)
-        self._views = [whole[: n * _BYTES_PER_SAMPLE] for n in range(_FIFO_DEPTH + 1)]
-        self._red = [0] * window
-        self._ir = [0] * window
+        # Bursts of 32, 16, 8, 4, 2 and 1 samples: any count is read as its binary digits.
+        self._bursts = [whole[: (1 << k) * _BYTES_PER_SAMPLE] for k in range(5, -1, -1)]
+        # Allocated once; range() sizes them without a temporary (contents are written first).
+        self._red = array("i", range(window))
+        self._ir = array("i", range(window))
+        self._beat_at = array("H", range(_MAX_BEATS))  # sample indexes: window <= 65535
         self.state = STATE_IDLE
         self.index = 0
         self._attempt = 0
@@ -267,11 +319,11 @@ class Max30102:
     def start(self):
         """Probe and set up the part -> True when a MAX30102 answered and is sampling."""
         try:
-            if self._read(REG_PART_ID) != PART_ID:
+            if self._read(_REG_PART_ID) != _PART_ID:
                 return False
-            self._write(REG_MODE_CONFIG, MODE_RESET)
+            self._write(_REG_MODE_CONFIG, _MODE_RESET)
             for _ in range(10):
-                if not self._read(REG_MODE_CONFIG) & MODE_RESET:
+                if not self._read(_REG_MODE_CONFIG) & _MODE_RESET:
                     break
                 time.sleep_ms(1)
             else:
@@ -282,16 +334,16 @@ class Max30102:
         return True
 
     def _configure(self):
-        self._read(REG_INT_STATUS_1)  # clears PWR_RDY, releases INT
-        self._write(REG_FIFO_CONFIG, _FIFO_CONFIG)
-        self._write(REG_SPO2_CONFIG, _SPO2_CONFIG)
-        self._write(REG_LED1_PA, _LED_PA)
-        self._write(REG_LED2_PA, _LED_PA)
-        self._write(REG_INT_ENABLE_1, INT_A_FULL)
-        self._write(REG_FIFO_WR_PTR, 0)
-        self._write(REG_OVF_COUNTER, 0)
-        self._write(REG_FIFO_RD_PTR, 0)
-        self._write(REG_MODE_CONFIG, MODE_SPO2)
+        self._read(_REG_INT_STATUS_1)  # clears PWR_RDY, releases INT
+        self._write(_REG_FIFO_CONFIG, _FIFO_CONFIG)
+        self._write(_REG_SPO2_CONFIG, _SPO2_CONFIG)
+        self._write(_REG_LED1_PA, _LED_PA)
+        self._write(_REG_LED2_PA, _LED_PA)
+        self._write(_REG_INT_ENABLE_1, _INT_A_FULL)
+        self._write(_REG_FIFO_WR_PTR, 0)
+        self._write(_REG_OVF_COUNTER, 0)
+        self._write(_REG_FIFO_RD_PTR, 0)
+        self._write(_REG_MODE_CONFIG, _MODE_SPO2)
         self.state = STATE_IDLE
 
     # --- sample path (allocation-free) ---------------------------------------------------
@@ -299,25 +351,29 @@ class Max30102:
         """Pop every waiting sample into the state machine -> number of samples read."""
         i2c = self._i2c
         address = self._address
-        i2c.readfrom_mem_into(address, REG_INT_STATUS_1, self._one)  # releases INT
-        if self._one[0] & INT_PWR_RDY:
+        i2c.readfrom_mem_into(address, _REG_INT_STATUS_1, self._one)  # releases INT
+        if self._one[0] & _INT_PWR_RDY:
             self.power_resets += 1  # the part lost power: its set-up is gone
             self._configure()
             return 0
         ptrs = self._ptrs
-        i2c.readfrom_mem_into(address, REG_FIFO_WR_PTR, ptrs)
+        i2c.readfrom_mem_into(address, _REG_FIFO_WR_PTR, ptrs)
         lost = ptrs[1] & 0x1F
         count = _FIFO_DEPTH if lost else (ptrs[0] - ptrs[2]) & 0x1F
         if count:
-            i2c.readfrom_mem_into(address, REG_FIFO_DATA, self._views[count])
             buf = self._fifo
-            offset = 0
-            for _ in range(count):
-                self._sample(
-                    ((buf[offset] & 0x03) << 16) | (buf[offset + 1] << 8) | buf[offset + 2],
-                    ((buf[offset + 3] & 0x03) << 16) | (buf[offset + 4] << 8) | buf[offset + 5],
-                )
-                offset += _BYTES_PER_SAMPLE
+            left = count  # samples still to read, taken in bursts of 32, 16, 8, 4, 2 and 1
+            for burst in self._bursts:
+                size = len(burst)
+                if left * _BYTES_PER_SAMPLE < size:
+                    continue
+                i2c.readfrom_mem_into(address, _REG_FIFO_DATA, burst)
+                left -= size // _BYTES_PER_SAMPLE
+                for offset in range(0, size, _BYTES_PER_SAMPLE):
+                    self._sample(
+                        ((buf[offset] & 0x03) << 16) | (buf[offset + 1] << 8) | buf[offset + 2],
+                        ((buf[offset + 3] & 0x03) << 16) | (buf[offset + 4] << 8) | buf[offset + 5],
+                    )
             self.samples = (self.samples + count) & 0x3FFFFFFF  # stays a small int
         if lost:
             # Samples were lost after the ones just read: the window starts again past the gap.
@@ -330,7 +386,7 @@ class Max30102:
 
     def _sample(self, red, ir):
         state = self.state
-        if ir < FINGER_IR:
+        if ir < _FINGER_IR:
             if state == STATE_MEASURING:
                 self._event = NO_FINGER
             if state != STATE_FULL:
@@ -389,7 +445,7 @@ class Max30102:
         return NONE  # still missing: said so already
 
     def _finish(self):
-        status, spo2, pulse, flags = estimate(self._red, self._ir, self._window, SAMPLE_RATE)
+        status, spo2, pulse, flags = estimate(self._red, self._ir, self._window, _SAMPLE_RATE, self._beat_at)
         if status == EST_OK:
             self.spo2 = spo2
             self.pulse = pulse

@@ -24,9 +24,10 @@ except ImportError:
         return value
 
 
-ADDRESS = const(0x5A)
-RAM_TA = const(0x06)
-RAM_TOBJ1 = const(0x07)
+# An underscored const() is folded into the code and takes no RAM on the board.
+_ADDRESS = const(0x5A)
+_RAM_TA = const(0x06)
+_RAM_TOBJ1 = const(0x07)
 
 # measure() results
 OK = const(0)
@@ -37,8 +38,8 @@ AMBIENT_OUT_OF_RANGE = const(3)  # the sensor's own temperature is outside its a
 _ERROR_FLAG = const(0x8000)
 _ZERO_CELSIUS_CK = const(27315)  # 273.15 K in centikelvin
 # Ambient range (centi-degC) in which this board's readings are trusted.
-AMBIENT_MIN = const(0)
-AMBIENT_MAX = const(5000)
+_AMBIENT_MIN = const(0)
+_AMBIENT_MAX = const(5000)
 
 
 def pec_update(crc, byte):
@@ -57,7 +58,7 @@ def centi_celsius(raw):
 class Mlx90614:
     """`measure()` reads Tobj1 and Ta; the results land in `ambient` and `object` (centi-degC)."""
 
-    def __init__(self, i2c, address=ADDRESS, attempts=3):
+    def __init__(self, i2c, address=_ADDRESS, attempts=3):
         self._i2c = i2c
         self._address = address
         self._attempts = attempts
@@ -70,11 +71,11 @@ class Mlx90614:
 
     def measure(self):
         """Read Tobj1 then Ta -> OK, NOT_FOUND, FAULT or AMBIENT_OUT_OF_RANGE."""
-        status = self._read_word(RAM_TOBJ1)
+        status = self._read_word(_RAM_TOBJ1)
         if status != OK:
             return status
         object_raw = self._word
-        status = self._read_word(RAM_TA)
+        status = self._read_word(_RAM_TA)
         if status != OK:
             return status
         ambient_raw = self._word
@@ -82,7 +83,7 @@ class Mlx90614:
             return FAULT
         self.ambient = centi_celsius(ambient_raw)
         self.object = centi_celsius(object_raw)
-        if not AMBIENT_MIN <= self.ambient <= AMBIENT_MAX:
+        if not _AMBIENT_MIN <= self.ambient <= _AMBIENT_MAX:
             return AMBIENT_OUT_OF_RANGE
         return OK
 

@@ -9,8 +9,8 @@ _FIFO_POLL_MS so a missed edge costs nothing. Every driver outcome becomes a REA
 typed DEVICE_ERROR message.
 """
 
+import gc
 import select
-import struct
 import time
 
 import kiosk_link as link
@@ -91,15 +91,6 @@ def temperature_payload(centi_celsius, device_time=0):
     )
 
 
-def new_boot_id():
-    try:
-        import os
-
-        return struct.unpack("<I", os.urandom(4))[0]
-    except (ImportError, AttributeError):
-        return time.ticks_cpu() & 0xFFFFFFFF
-
-
 class _Counts:
     """Driver counters last logged, so each overflow is logged once."""
 
@@ -107,7 +98,7 @@ class _Counts:
     restarts = 0
 
 
-def _spo2_event(oximeter, event, backlog, seen, log):
+def _spo2_event(oximeter, event, backlog, seen, log, device_time):
     if oximeter.overflows != seen.overflows:
         restarted = oximeter.restarts != seen.restarts
         log(
@@ -119,7 +110,8 @@ def _spo2_event(oximeter, event, backlog, seen, log):
     if event == spo2.NONE:
         return
     if event == spo2.RESULT:
-        backlog.append((link.MSG_READING, spo2_payload(oximeter.spo2, oximeter.pulse, oximeter.flags)))
+        payload = spo2_payload(oximeter.spo2, oximeter.pulse, oximeter.flags, device_time)
+        backlog.append((link.MSG_READING, payload))
         log("spo2 %d%% pulse %d flags %x" % (oximeter.spo2, oximeter.pulse, oximeter.flags))
     elif event == spo2.FOUND:
         log("spo2 sensor ready")
@@ -129,10 +121,10 @@ def _spo2_event(oximeter, event, backlog, seen, log):
         log("spo2 error %s" % link.ERROR_NAMES[code])
 
 
-def _measure_temperature(thermometer, backlog, log):
+def _measure_temperature(thermometer, backlog, log, device_time):
     status = thermometer.measure()
     if status == thermo.OK:
-        backlog.append((link.MSG_READING, temperature_payload(thermometer.object)))
+        backlog.append((link.MSG_READING, temperature_payload(thermometer.object, device_time)))
         log("temperature %d cC (ambient %d cC)" % (thermometer.object, thermometer.ambient))
         return
     code = _TEMPERATURE_ERRORS[status]
@@ -142,10 +134,12 @@ def _measure_temperature(thermometer, backlog, log):
 
 def run(link_uart, i2c, device_id, max_ms=None, log=print):
     """Main loop; returns after max_ms (tests) or never (board)."""
-    client = LinkClient(link_uart)
-    client.hello(link.encode_hello(new_boot_id(), device_id, MODEL, FIRMWARE_VERSION))
+    # The drivers first: the oximeter's sample windows want free space in one piece.
     oximeter = spo2.Max30102(i2c)
     thermometer = thermo.Mlx90614(i2c)
+    client = LinkClient(link_uart)
+    # The hello's boot id is the link session id (LinkClient.hello puts it there).
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
     Pin(BOARD["spo2_int"], Pin.IN, Pin.PULL_UP).irq(_on_spo2_int, Pin.IRQ_FALLING)
     Pin(BOARD["button"], Pin.IN, Pin.PULL_UP).irq(_on_button, Pin.IRQ_FALLING)
     poller = select.poll()
@@ -160,20 +154,28 @@ def run(link_uart, i2c, device_id, max_ms=None, log=print):
     last_press = time.ticks_add(started, -_DEBOUNCE_MS)
     wait = 0
     while max_ms is None or time.ticks_diff(time.ticks_ms(), started) < max_ms:
-        poller.poll(min(wait, _TICK_MS))
+        poller.ipoll(min(wait, _TICK_MS))  # ipoll: no list of events built each turn
         service_irqs()
         now = time.ticks_ms()
         if _pending[_IRQ_SPO2] or time.ticks_diff(now, last_fifo) >= _FIFO_POLL_MS:
             _pending[_IRQ_SPO2] = 0
             last_fifo = now
-            _spo2_event(oximeter, oximeter.service(), backlog, seen, log)
+            _spo2_event(oximeter, oximeter.service(), backlog, seen, log, client.device_time())
         if _pending[_IRQ_BUTTON]:
             _pending[_IRQ_BUTTON] = 0
             if time.ticks_diff(now, last_press) >= _DEBOUNCE_MS:
                 last_press = now
-                _measure_temperature(thermometer, backlog, log)
+                _measure_temperature(thermometer, backlog, log, client.device_time())
         while backlog and client.has_room():
-            msg_type, payload = backlog.pop(0)
-            client.send(msg_type, payload)
+            msg_type, payload = backlog[0]
+            if client.send(msg_type, payload) is None:
+                break  # a message leaves the backlog only into the link ring
+            backlog.pop(0)
         wait = client.poll()
     return client
+
+
+# Loading the modules above leaves garbage between the code they keep. Collected now, before the
+# caller (main.py) makes its UART and I2C objects, those fill the holes instead of splitting the
+# free space at the top of the heap, where run() needs room in one piece for the sample windows.
+gc.collect()
