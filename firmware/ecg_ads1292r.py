@@ -10,8 +10,11 @@ the IRQ handler clocks out the 72-bit frame:
     ch2:24     = lead II (LL - RA)
 
 The handler only copies the raw frame into a preallocated slot of a sample ring; it allocates
-nothing. The part has no sample counter, so missing samples (a conversion the part skipped, a
-frame overwritten because DRDY was serviced more than a period late) are found from time: each
+nothing. The ring is one flat bytearray (slot i at offset 9 * i) and one int array for the gap
+before each slot: no per-slot objects, so 512 frames cost about 6.5 KB of heap.
+
+The part has no sample counter, so missing samples (a conversion the part skipped, a frame
+overwritten because DRDY was serviced more than a period late) are found from time: each
 frame is expected one period after the one before. A frame more than half a period late opens
 a question, held open while frames keep coming: if later frames catch up (a late interrupt,
 then frames on time) nothing was missed; if they stay late by N periods for 50 ms, N samples are
@@ -29,6 +32,7 @@ Sample indices are ints counted from the first frame; on a 32-bit port they stay
 """
 
 import time
+from array import array
 
 try:
     from micropython import const
@@ -99,14 +103,12 @@ class Ads1292r:
         self._size = ring_size
         self._mask = ring_size - 1
         self._wrap = 2 * ring_size - 1  # head and tail run over 2 x size: full != empty
-        self._frames = bytearray(ring_size * FRAME_SIZE)
-        frames = memoryview(self._frames)
-        self._slots = [frames[i * FRAME_SIZE : (i + 1) * FRAME_SIZE] for i in range(ring_size)]
-        self._gaps = [0] * ring_size  # sample periods missed just before each slot
+        self._frames = bytearray(ring_size * FRAME_SIZE)  # slot i: bytes 9 * i .. 9 * i + 8
+        self._gaps = array("i", (0 for _ in range(ring_size)))  # periods missed before each slot
         self._head = 0  # written by the IRQ only
         self._tail = 0  # written by take() only
         self._zeros = bytearray(FRAME_SIZE)  # DIN stays low while the frame is clocked out
-        self._scratch = bytearray(FRAME_SIZE)
+        self._scratch = bytearray(FRAME_SIZE)  # the SPI reads here; stored frames are copied out
         self._cmd = bytearray(1)
         self._rreg = bytearray(2)
         self._regs = bytearray(len(CONFIG))
@@ -190,9 +192,9 @@ class Ads1292r:
         self._command(CMD_STOP)
 
     # -- the sample path ------------------------------------------------------------------------
-    def _read_frame(self, buf):
+    def _read_frame(self):
         self._cs.value(0)
-        self._spi.write_readinto(self._zeros, buf)
+        self._spi.write_readinto(self._zeros, self._scratch)
         self._cs.value(1)
 
     def _on_drdy(self, _pin):
@@ -238,12 +240,17 @@ class Ads1292r:
         self.received = (self.received + 1) & 0x3FFFFFFF
         head = self._head
         if ((head - self._tail) & self._wrap) == self._size:
-            self._read_frame(self._scratch)  # keep the part in step, drop the sample
+            self._read_frame()  # keep the part in step, drop the sample
             self.overruns += 1
             self._pending_gap += gap + 1
             return
         slot = head & self._mask
-        self._read_frame(self._slots[slot])
+        self._read_frame()
+        frames = self._frames
+        scratch = self._scratch
+        offset = slot * FRAME_SIZE
+        for index in range(FRAME_SIZE):  # by index: a slice would allocate a slice object
+            frames[offset + index] = scratch[index]
         self._gaps[slot] = self._pending_gap + gap
         self._pending_gap = 0
         if self._late_open and self._hold < 0:

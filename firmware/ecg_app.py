@@ -203,8 +203,9 @@ def run(link_uart, spi, cs, drdy, device_id, max_ms=None, log=print):
     """Main loop; returns the streamer after max_ms (tests) or never (board).
 
     The link client is polled when the gateway sent something and otherwise every _LOOP_MS
-    (its retransmit timers need no finer grain), not on every DRDY: each poll allocates a
-    little, and less garbage means shorter collections holding off the DRDY handler.
+    (its retransmit timers need no finer grain), not on every DRDY. An idle poll allocates
+    nothing, but each frame received and each burst of resends does, and less garbage means
+    shorter collections holding off the DRDY handler.
     """
     client = LinkClient(link_uart, ring_size=LINK_RING)
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))

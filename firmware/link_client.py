@@ -51,6 +51,43 @@ def _seq_of(slot):
     return slot[_SEQ]
 
 
+class _Receiver:
+    """Cuts the UART's bytes into frames in one preallocated buffer (kiosk_link.FrameSplitter's
+    rules: oversize garbage is dropped up to the next 0x00) and hands each frame to a callback.
+
+    `feed_into(buf, count, handle)` reads buf[0:count] by index: no slice, no list of frames,
+    no per-frame buffer; the only allocation is the callback's (decoding the frame).
+    """
+
+    def __init__(self, max_encoded=link.MAX_ENCODED):
+        self._buf = bytearray(max_encoded)
+        self._view = memoryview(self._buf)
+        self._len = 0
+        self._overflowed = False
+        self.dropped_bytes = 0
+
+    def feed_into(self, data, count, handle):
+        buf = self._buf
+        size = len(buf)
+        for index in range(count):
+            byte = data[index]
+            if byte == 0:
+                if self._overflowed:
+                    self._overflowed = False
+                elif self._len:
+                    handle(self._view[: self._len])  # valid until the next byte: decode at once
+                self._len = 0
+            elif self._overflowed:
+                self.dropped_bytes += 1
+            elif self._len >= size:
+                self.dropped_bytes += self._len + 1
+                self._len = 0
+                self._overflowed = True
+            else:
+                buf[self._len] = byte
+                self._len += 1
+
+
 class RamSession:
     """Session numbering without flash (the journal's interface, minus persistence)."""
 
@@ -75,8 +112,9 @@ class RamSession:
 class LinkClient:
     def __init__(self, uart, ring_size=16, journal=None):
         self._uart = uart
-        self._splitter = link.FrameSplitter()
+        self._receiver = _Receiver()
         self._rx = bytearray(64)
+        self._handle_frame = self._handle  # bound once: a bound method is an allocation
         self._journal = journal
         self._session = journal if journal is not None else RamSession()
         if journal is not None:
@@ -207,11 +245,14 @@ class LinkClient:
         return [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS, -1]
 
     def poll(self):
-        """Handle incoming acks/naks and retransmit what is due. Returns ms until the next retry."""
+        """Handle incoming acks/naks and retransmit what is due. Returns ms until the next retry.
+
+        Allocates nothing when nothing came in and at most one message is due for a resend;
+        each frame received allocates only what decoding it takes.
+        """
         count = self._uart.readinto(self._rx)
         if count:
-            for encoded in self._splitter.feed(memoryview(self._rx)[:count]):
-                self._handle(encoded)
+            self._receiver.feed_into(self._rx, count, self._handle_frame)
         return self._retransmit_due()
 
     def _handle(self, encoded):
@@ -278,15 +319,35 @@ class LinkClient:
             wait = self._retransmit(self._hello_slot, now, wait)
             if self._hello_slot is not None:
                 return wait  # readings wait until the gateway has heard the hello
-        due = [slot for slot in self._slots if slot is not None and time.ticks_diff(slot[_DUE], now) <= 0]
-        if len(due) > 1:
-            due.sort(key=_seq_of)  # oldest first: the gateway stores in the order it hears
-        for slot in due:
-            wait = self._retransmit(slot, now, wait)
+        first = None  # the one slot due, while only one is: no list for the usual case
+        several = False
+        for slot in self._slots:
+            if slot is not None and time.ticks_diff(slot[_DUE], now) <= 0:
+                if first is None:
+                    first = slot
+                else:
+                    several = True
+                    break
+        if several:
+            wait = self._retransmit_in_order(now, wait)
+        elif first is not None:
+            wait = self._retransmit(first, now, wait)
         for slot in self._slots:
             if slot is not None:
                 wait = min(wait, time.ticks_diff(slot[_DUE], now))
         return max(wait, 0)
+
+    def _retransmit_in_order(self, now, wait):
+        # A method of its own: a comprehension over `now` in _retransmit_due would make `now` a
+        # closure cell there, allocated on every call.
+        due = []
+        for slot in self._slots:
+            if slot is not None and time.ticks_diff(slot[_DUE], now) <= 0:
+                due.append(slot)
+        due.sort(key=_seq_of)  # oldest first: the gateway stores in the order it hears
+        for slot in due:
+            wait = self._retransmit(slot, now, wait)
+        return wait
 
     def _retransmit(self, slot, now, wait):
         remaining = time.ticks_diff(slot[_DUE], now)
