@@ -59,7 +59,13 @@ def run(link_uart, cuff_uart, device_id, max_ms=None, log=print, journal_path=No
     if client.restored:
         log("resending %d unacked message(s) from flash" % client.restored)
     cuff = BpCuff(cuff_uart)
-    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
+    capabilities = (
+        link.capability_of_kind(link.KIND_BP)
+        | link.CAP_TIME_SYNC
+        | link.CAP_STATUS
+        | (link.CAP_JOURNAL if journal else 0)
+    )
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     poller.register(pollable(cuff_uart), select.POLLIN)

@@ -208,7 +208,8 @@ def run(link_uart, spi, cs, drdy, device_id, max_ms=None, log=print):
     shorter collections holding off the DRDY handler.
     """
     client = LinkClient(link_uart, ring_size=LINK_RING)
-    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
+    capabilities = link.capability_of_kind(link.KIND_ECG) | link.CAP_STATUS
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     streamer = EcgStreamer(client, Ads1292r(spi, cs, drdy, ring_size=SAMPLE_RING), log)
     poller = select.poll()
     link_stream = pollable(link_uart)

@@ -279,7 +279,10 @@ def run(link_uart, meter_uart, device_id, state_path=None, max_ms=None, log=prin
         log("resending %d unacked message(s) from flash" % client.restored)
     meter = GlucoseMeter(meter_uart)
     board = GlucoseBoard(client, meter, state_path, sync_ms, log)
-    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
+    capabilities = (
+        link.capability_of_kind(link.KIND_GLUCOSE) | link.CAP_TIME_SYNC | (link.CAP_JOURNAL if journal else 0)
+    )
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     poller.register(pollable(meter_uart), select.POLLIN)

@@ -297,9 +297,23 @@ def _unpack_str(payload, offset):
     return bytes(payload[offset + 1 : end]).decode("utf-8"), end
 
 
-def encode_hello(boot_id, device_id, model, firmware_version):
-    """HELLO: boot_id:u32 then device id, model and firmware version as u8-length strings."""
-    return struct.pack("<I", boot_id) + _pack_str(device_id) + _pack_str(model) + _pack_str(firmware_version)
+# HELLO capabilities (optional trailing u16): one bit per kind the board measures, plus features.
+CAP_JOURNAL = const(0x0100)  # unacked readings are kept on flash across a reboot
+CAP_TIME_SYNC = const(0x0200)  # stamps readings with the clock from TIME_SYNC
+CAP_STATUS = const(0x0400)  # sends STATUS messages
+
+
+def capability_of_kind(kind):
+    return 1 << (kind - 1)
+
+
+def encode_hello(boot_id, device_id, model, firmware_version, capabilities=0):
+    """HELLO: boot_id:u32, device id, model and firmware version as u8-length strings, then
+    capabilities:u16 when non-zero (older boards send none; decoders treat that as 0)."""
+    out = struct.pack("<I", boot_id) + _pack_str(device_id) + _pack_str(model) + _pack_str(firmware_version)
+    if capabilities:
+        out += struct.pack("<H", capabilities)
+    return out
 
 
 def decode_hello(payload):
@@ -310,9 +324,16 @@ def decode_hello(payload):
     device_id, offset = _unpack_str(payload, 4)
     model, offset = _unpack_str(payload, offset)
     firmware_version, offset = _unpack_str(payload, offset)
-    if offset != len(payload):
+    if offset != len(payload) and offset + 2 != len(payload):
         raise LinkError(NAK_BAD_PAYLOAD, "trailing bytes after hello")
     return boot_id, device_id, model, firmware_version
+
+
+def decode_hello_capabilities(payload):
+    """The hello's capability bits (0 when the board sent none)."""
+    boot_id, device_id, model, firmware_version = decode_hello(payload)
+    end = 4 + 3 + len(device_id.encode()) + len(model.encode()) + len(firmware_version.encode())
+    return struct.unpack("<H", payload[end : end + 2])[0] if len(payload) == end + 2 else 0
 
 
 _READING_HEAD = "<BHIB"  # kind, flags, device_time (s since 1970, 0 = clock not set), count

@@ -177,9 +177,10 @@ class LinkClient:
             build_payload = payload
         else:
             _, device_id, model, firmware = link.decode_hello(payload)
+            capabilities = link.decode_hello_capabilities(payload)
 
             def build_payload(session_id):
-                return link.encode_hello(session_id, device_id, model, firmware)
+                return link.encode_hello(session_id, device_id, model, firmware, capabilities)
 
         self._hello_builder = build_payload
         self._hello_payload = build_payload(self._session.session_id)

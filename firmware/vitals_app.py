@@ -139,7 +139,12 @@ def run(link_uart, i2c, device_id, max_ms=None, log=print):
     thermometer = thermo.Mlx90614(i2c)
     client = LinkClient(link_uart)
     # The hello's boot id is the link session id (LinkClient.hello puts it there).
-    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
+    capabilities = (
+        link.capability_of_kind(link.KIND_SPO2)
+        | link.capability_of_kind(link.KIND_TEMPERATURE)
+        | link.CAP_TIME_SYNC
+    )
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     Pin(BOARD["spo2_int"], Pin.IN, Pin.PULL_UP).irq(_on_spo2_int, Pin.IRQ_FALLING)
     Pin(BOARD["button"], Pin.IN, Pin.PULL_UP).irq(_on_button, Pin.IRQ_FALLING)
     poller = select.poll()

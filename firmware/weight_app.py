@@ -154,7 +154,8 @@ def run(link_uart, sck, dout, device_id, config_path=None, max_ms=None, log=prin
     """
     config = load_config(config_path, log)
     client = LinkClient(link_uart)
-    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION))
+    capabilities = link.capability_of_kind(link.KIND_WEIGHT) | link.CAP_TIME_SYNC
+    client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)
     events = irq_source()

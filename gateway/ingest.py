@@ -49,6 +49,22 @@ class DeviceSession:
     battery_percent: int | None = None
     error_flags: int = 0
     uptime_s: int = 0
+    capabilities: int = 0
+
+
+_FEATURES = {link.CAP_JOURNAL: "journal", link.CAP_TIME_SYNC: "time_sync", link.CAP_STATUS: "status"}
+
+
+def capability_kinds(capabilities: int) -> tuple[str, ...]:
+    return tuple(
+        name for code, name in sorted(link.KIND_NAMES.items()) if capabilities & link.capability_of_kind(code)
+    )
+
+
+def capability_names(capabilities: int) -> list[str]:
+    """For the status page: kinds first, then features."""
+    features = [name for bit, name in _FEATURES.items() if capabilities & bit]
+    return [*capability_kinds(capabilities), *features]
 
 
 def time_sync_frame() -> bytes:
@@ -155,10 +171,19 @@ class LinkIngest:
         if profile is None:
             self.session = None
             raise RejectedReading(device_id, f"unknown device model {model!r} (no device profile)")
+        capabilities = link.decode_hello_capabilities(payload)
+        claimed = capability_kinds(capabilities)
+        if not set(claimed) <= set(profile.kinds):
+            self.session = None
+            raise RejectedReading(
+                device_id,
+                f"firmware {firmware_version} of {model} measures {', '.join(claimed)} but the device "
+                f"profile describes {', '.join(sorted(profile.kinds))}: wrong firmware or profile",
+            )
         device = DeviceRef(device_id, model, firmware_version)
         await self._flush_ecg()
         self._ecg = None
-        self.session = DeviceSession(device, boot_id, profile)
+        self.session = DeviceSession(device, boot_id, profile, capabilities=capabilities)
         await self.outbox.note_device(device, boot_id, self.transport.name)
         log.info(
             "link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version

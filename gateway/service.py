@@ -11,7 +11,7 @@ import uvicorn
 from gateway.api import create_app, mask
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.ingest import LinkIngest, recover_staged_ecg, serve_link
+from gateway.ingest import LinkIngest, capability_names, recover_staged_ecg, serve_link
 from gateway.keys import GatewayKeys
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
@@ -54,6 +54,7 @@ class GatewayService:
                     "counters": dataclasses.asdict(ingest.counters),
                     "last_device_error": ingest.last_device_error,
                     "battery_percent": ingest.session.battery_percent if ingest.session else None,
+                    "capabilities": capability_names(ingest.session.capabilities) if ingest.session else None,
                     "uptime_s": ingest.session.uptime_s if ingest.session else None,
                 }
                 for ingest in self.links

@@ -133,3 +133,22 @@ async def test_port_closing_mid_strip_keeps_the_chunks_for_recovery(
     assert [s.chunk.first_sample for s in await outbox.staged_ecg_chunks()] == [0]
     assert await recover_staged_ecg(outbox, profiles, "ntp") == 1
     await outbox.close()
+
+
+async def test_hello_capabilities_must_match_the_profile(tmp_path: Path, keys: GatewayKeys, profiles) -> None:
+    ingest, outbox = await make_ingest(tmp_path, keys, profiles)
+    ecg_caps = link.capability_of_kind(link.KIND_ECG) | link.CAP_STATUS
+    hello = link.encode_hello(77, "ecg-01", "KX-ECG-TEST", "0.1.0", ecg_caps)
+    assert reply_types(await ingest.handle_frame(link.encode_frame(link.MSG_HELLO, 1, hello)[:-1]))[0] == (
+        link.MSG_ACK,
+        1,
+    )
+    assert ingest.session is not None and ingest.session.capabilities == ecg_caps
+
+    wrong = link.encode_hello(77, "ecg-01", "KX-ECG-TEST", "9.9.9", link.capability_of_kind(link.KIND_BP))
+    reply = await ingest.handle_frame(link.encode_frame(link.MSG_HELLO, 2, wrong)[:-1])
+    frames = link.FrameSplitter().feed(reply or b"")
+    assert [link.decode_frame(f) for f in frames] == [(link.MSG_NAK, 2, bytes((link.NAK_REJECTED,)))]
+    assert ingest.session is None
+    assert (await outbox.status()).rejections == 1
+    await outbox.close()

@@ -132,3 +132,15 @@ def test_same_vectors_on_micropython() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed, 0 failed" in result.stdout
+
+
+def test_hello_capabilities_are_optional() -> None:
+    with_caps = next(c for c in cases("link_frames.json") if c["name"] == "hello_with_capabilities")
+    without = next(c for c in cases("link_frames.json") if c["name"] == "hello")
+    assert link.decode_hello(unhex(with_caps["payload"])) == link.decode_hello(unhex(without["payload"]))
+    assert link.decode_hello_capabilities(unhex(with_caps["payload"])) == (
+        link.capability_of_kind(link.KIND_BP) | link.CAP_JOURNAL | link.CAP_TIME_SYNC | link.CAP_STATUS
+    )
+    assert link.decode_hello_capabilities(unhex(without["payload"])) == 0
+    with pytest.raises(link.LinkError, match="trailing bytes"):
+        link.decode_hello(unhex(without["payload"]) + b"\x01")
