@@ -12,11 +12,12 @@ app = typer.Typer(help="Simulated peripherals and the end-to-end demo.", no_args
 @app.command()
 def demo(
     workdir: Path | None = typer.Option(None, help="Keep the demo's files here (default: a temp dir)."),
+    keep_running: bool = typer.Option(False, help="Leave the services up afterwards, until Ctrl-C."),
 ) -> None:
     """Run the whole chain on this machine: firmware → gateway → MQTT → bridge → FHIR."""
     from simulators.demo import run_demo
 
-    raise typer.Exit(run_demo(workdir))
+    raise typer.Exit(run_demo(workdir, keep_running=keep_running))
 
 
 @app.command()

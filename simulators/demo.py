@@ -25,7 +25,7 @@ RESIDENT = ("health-record", "330781-2026-000123")
 OPERATOR = "doctor-wang"
 
 
-def run_demo(workdir: Path | None = None) -> int:
+def run_demo(workdir: Path | None = None, *, keep_running: bool = False) -> int:
     console = Console()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="kiosk-demo-"))
     broker_port = free_port()
@@ -96,6 +96,16 @@ def run_demo(workdir: Path | None = None) -> int:
         console.print(
             f"[bold green]demo finished in {time.monotonic() - started:.1f}s[/] — logs in {workdir / 'logs'}"
         )
+        if keep_running:
+            console.print(
+                f"services keep running: the record at the URL above, the gateway's status at "
+                f"http://127.0.0.1:{chain.gateway_api_port}/api/status — Ctrl-C to stop"
+            )
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                console.print("stopping")
         return 0
     except Exception as exc:
         console.print(f"[bold red]demo failed:[/] {exc}")
