@@ -61,3 +61,20 @@ def stopped_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path)
     yield broker
     broker.stop()
+
+
+def run_on_micropython(script: str, *args: str, timeout: float = 60) -> str:
+    """Run tests/micropython/<script> on the unix port; fail with its output unless all passed."""
+    import subprocess
+
+    from simulators.chain import REPO_ROOT, micropython_binary
+
+    result = subprocess.run(
+        [micropython_binary(), str(REPO_ROOT / "tests" / "micropython" / script), str(REPO_ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failed" in result.stdout, result.stdout
+    return result.stdout

@@ -8,9 +8,11 @@ import time
 
 ROOT = sys.argv[1]
 sys.path.insert(0, ROOT + "/firmware")
+sys.path.insert(0, ROOT + "/tests/micropython")
 
 import kiosk_link as link  # noqa: E402
 from link_client import LinkClient  # noqa: E402
+from mp_runner import run_tests  # noqa: E402
 
 
 class Wire:
@@ -108,20 +110,4 @@ def test_rejected_hello_backs_off():
     assert 55000 < due_in <= 60000, due_in  # asks again in a minute, not in a loop
 
 
-def main():
-    failed = 0
-    passed = 0
-    for name in sorted(globals()):
-        if name.startswith("test_"):
-            try:
-                globals()[name]()
-                passed += 1
-                print("ok", name)
-            except Exception as exc:  # report every failure, then exit non-zero
-                failed += 1
-                print("FAIL", name, repr(exc))
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
-
-
-main()
+run_tests(globals())

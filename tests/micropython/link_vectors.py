@@ -8,8 +8,10 @@ import sys
 
 ROOT = sys.argv[1]
 sys.path.insert(0, ROOT + "/firmware")
+sys.path.insert(0, ROOT + "/tests/micropython")
 
 import kiosk_link as link  # noqa: E402
+from mp_runner import run_tests  # noqa: E402
 
 
 def unhex(text):
@@ -69,20 +71,4 @@ def test_splitter_resynchronises():
     assert got[1:] == [f[:-1] for f in frames]
 
 
-def main():
-    failed = 0
-    passed = 0
-    for name in sorted(globals()):
-        if name.startswith("test_"):
-            try:
-                globals()[name]()
-                passed += 1
-                print("ok", name)
-            except Exception as exc:  # report every failure, then exit non-zero
-                failed += 1
-                print("FAIL", name, repr(exc))
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
-
-
-main()
+run_tests(globals())

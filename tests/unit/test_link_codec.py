@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firmware import kiosk_link as link
-from simulators.chain import micropython_binary
+from tests.conftest import run_on_micropython
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"
@@ -124,14 +123,7 @@ def test_frame_round_trip(msg_type: int, seq: int, payload: bytes) -> None:
 
 @pytest.mark.micropython
 def test_same_vectors_on_micropython() -> None:
-    result = subprocess.run(
-        [micropython_binary(), str(ROOT / "tests" / "micropython" / "link_vectors.py"), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 passed, 0 failed" in result.stdout
+    assert "5 passed, 0 failed" in run_on_micropython("link_vectors.py")
 
 
 def test_hello_capabilities_are_optional() -> None:
