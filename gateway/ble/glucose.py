@@ -5,8 +5,7 @@ Pure: bytes in, frozen dataclasses out; no I/O, clock or logging. A payload that
 `RACP_*_LAYOUT`): one row per field, in wire order, with the flag bit that makes it present.
 
 This module also holds the small shared helpers the PLX decoder uses (`BleParseError`, `NoValue`,
-`DateTime`, `_sfloat`, `_read_layout`). `_sfloat`/`NoValue` are a stand-in for
-`gateway.ble.ieee11073.decode_sfloat` and must be replaced by it once that module lands.
+`DateTime`, `_read_layout`); SFLOAT values and `NoValue` come from `gateway.ble.ieee11073`.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from decimal import Decimal
 from enum import IntEnum, IntFlag
 from typing import Any, Final, Literal
 
+from gateway.ble.ieee11073 import NoValue, NoValueReason, decode_sfloat
 from gateway.errors import GatewayError
 
 __all__ = [
@@ -58,13 +58,6 @@ class BleParseError(GatewayError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class NoValue:
-    """An IEEE 11073 special value (NaN, NRes, +INF, -INF, reserved): never a number."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class Bound:
     """The device says the true value lies beyond `limit` (FHIR Quantity.comparator '>' or '<').
 
@@ -95,29 +88,8 @@ class DateTime:
 
 
 # IEEE 11073-20601 SFLOAT special values (whole 16-bit word, exponent 0).
-_SFLOAT_SPECIAL: Final[dict[int, str]] = {
-    0x07FF: "NaN",
-    0x0800: "NRes",
-    0x07FE: "+INF",
-    0x0802: "-INF",
-    0x0801: "reserved",
-}
-
-
 def _sfloat(raw: int) -> Decimal | NoValue:
-    """IEEE 11073 16-bit SFLOAT: signed 4-bit exponent (high), signed 12-bit mantissa (low).
-
-    Stand-in: replace with `gateway.ble.ieee11073.decode_sfloat` once it exists.
-    """
-    if raw in _SFLOAT_SPECIAL:
-        return NoValue(_SFLOAT_SPECIAL[raw])
-    exponent = raw >> 12
-    if exponent >= 0x8:
-        exponent -= 0x10
-    mantissa = raw & 0x0FFF
-    if mantissa >= 0x800:
-        mantissa -= 0x1000
-    return Decimal(mantissa).scaleb(exponent)
+    return decode_sfloat(raw)
 
 
 def _uint(chunk: bytes) -> int:
@@ -278,7 +250,7 @@ def _bounded(value: Decimal | NoValue, status: GlucoseSensorStatus | None) -> Va
     high = bool(status and status & GlucoseSensorStatus.RESULT_HIGHER_THAN_DEVICE_CAN_PROCESS)
     low = bool(status and status & GlucoseSensorStatus.RESULT_LOWER_THAN_DEVICE_CAN_PROCESS)
     if high and low:
-        return NoValue("result both higher and lower than device can process")
+        return NoValue(NoValueReason.CONTRADICTORY_RANGE)
     if not (high or low):
         return value
     return Bound(">" if high else "<", None if isinstance(value, NoValue) else value)

@@ -40,6 +40,7 @@ class NoValueReason(enum.StrEnum):
     NEGATIVE_INFINITY = "-INF"
     RESERVED = "reserved"
     MEASUREMENT_UNSUCCESSFUL = "measurement unsuccessful"  # Weight Scale: weight 0xFFFF
+    CONTRADICTORY_RANGE = "result both higher and lower than device can process"  # Glucose status
 
 
 @dataclass(frozen=True, slots=True)
