@@ -458,7 +458,7 @@ async def ecg_throughput(firmware: Path, seconds: int, workdir: Path) -> dict[st
     await asyncio.sleep(0.5)
     serving.cancel()
     await asyncio.gather(serving, return_exceptions=True)
-    await ingest._flush_ecg()
+    await ingest.flush_ecg()
     await transport.close()
     figures = dict(line.split(" ", 1) for line in output.decode().splitlines() if " " in line)
     sent, per_chunk, elapsed_ms = (

@@ -98,7 +98,7 @@ class LinkIngest:
             try:
                 data = await asyncio.wait_for(self.transport.read(), timeout=ECG_IDLE_FLUSH_S)
             except TimeoutError:
-                await self._flush_ecg()  # the stream stopped: a short strip is still a strip
+                await self.flush_ecg()  # the stream stopped: a short strip is still a strip
                 continue
             for encoded in splitter.feed(data):
                 reply = await self.handle_frame(encoded)
@@ -181,7 +181,7 @@ class LinkIngest:
                 f"profile describes {', '.join(sorted(profile.kinds))}: wrong firmware or profile",
             )
         device = DeviceRef(device_id, model, firmware_version)
-        await self._flush_ecg()
+        await self.flush_ecg()
         self._ecg = None
         self.session = DeviceSession(device, boot_id, profile, capabilities=capabilities)
         await self.outbox.note_device(device, boot_id, self.transport.name)
@@ -258,7 +258,7 @@ class LinkIngest:
             self._ecg_started_ms = now_ms - chunk.count * 1000 // waveform.sample_rate_hz
         return link.encode_frame(link.MSG_ACK, seq)
 
-    async def _flush_ecg(self) -> None:
+    async def flush_ecg(self) -> None:
         """End the current strip. Never raises: a strip that cannot be stored now keeps its
         chunks staged on disk, and recover_staged_ecg rebuilds it at the next start."""
         if self._ecg is None:
@@ -339,7 +339,7 @@ async def serve_link(ingest: LinkIngest, *, reopen_delay_s: float = 1.0) -> None
             log.warning("link %s: %s; retrying in %.1fs", ingest.transport.name, exc, reopen_delay_s)
         finally:
             await ingest.transport.close()
-        await ingest._flush_ecg()
+        await ingest.flush_ecg()
         ingest.session = None
         await asyncio.sleep(reopen_delay_s)
 

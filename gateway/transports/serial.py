@@ -17,10 +17,12 @@ class SerialTransport(Transport):
         self._baudrate = baudrate
         self._port: serial.Serial | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.write_overruns = 0
 
     async def open(self) -> None:
         try:
-            self._port = serial.Serial(self._path, self._baudrate, timeout=0, write_timeout=1)
+            # Non-blocking both ways: a board that stopped reading must not stall the event loop.
+            self._port = serial.Serial(self._path, self._baudrate, timeout=0, write_timeout=0)
         except serial.SerialException as exc:
             raise TransportClosed(f"cannot open {self._path}: {exc}") from exc
         asyncio.get_running_loop().add_reader(self._port.fileno(), self._on_readable)
@@ -48,6 +50,10 @@ class SerialTransport(Transport):
             raise TransportClosed(f"{self._path} is not open")
         try:
             self._port.write(data)
+        except serial.SerialTimeoutException:
+            # The board's receive buffer is full: the answer is lost like a UART overrun, and
+            # the board's retransmit (deduplicated here) brings the message back.
+            self.write_overruns += 1
         except serial.SerialException as exc:
             raise TransportClosed(f"write to {self._path} failed: {exc}") from exc
 

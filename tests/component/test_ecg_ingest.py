@@ -129,7 +129,7 @@ async def test_port_closing_mid_strip_keeps_the_chunks_for_recovery(
     await ingest.handle_frame(hello_frame())
     await ingest.handle_frame(chunk_frame(2, 0, 40))
     ingest.session = None  # the serial port vanished before the strip was full
-    await ingest._flush_ecg()  # must not raise, must not drop the staged chunk
+    await ingest.flush_ecg()  # must not raise, must not drop the staged chunk
     assert [s.chunk.first_sample for s in await outbox.staged_ecg_chunks()] == [0]
     assert await recover_staged_ecg(outbox, profiles, "ntp") == 1
     await outbox.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 import serial
@@ -19,36 +18,9 @@ from simulators.bp_cuff import SimulatedCuff
 from simulators.chain import REPO_ROOT, micropython_binary
 from simulators.residents import BloodPressure
 from simulators.serial_cable import SerialCable
+from tests.component.link_peer import GatewayEnd
 
 pytestmark = pytest.mark.micropython
-
-
-@dataclass
-class GatewayEnd:
-    port: serial.Serial
-    splitter: link.FrameSplitter = field(default_factory=link.FrameSplitter)
-    seen: list[tuple[int, int, bytes]] = field(default_factory=list)
-
-    def collect(self, seconds: float) -> list[tuple[int, int, bytes]]:
-        got: list[tuple[int, int, bytes]] = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for encoded in self.splitter.feed(self.port.read(4096)):
-                got.append(link.decode_frame(encoded))
-            time.sleep(0.01)
-        self.seen += got
-        return got
-
-    def wait_for(self, msg_type: int, timeout: float = 10) -> tuple[int, int, bytes]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for frame in self.collect(0.05):
-                if frame[0] == msg_type:
-                    return frame
-        raise TimeoutError(f"no {link.MESSAGE_NAMES[msg_type]} frame within {timeout}s")
-
-    def send(self, msg_type: int, seq: int, payload: bytes = b"") -> None:
-        self.port.write(link.encode_frame(msg_type, seq, payload))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ acks what it wants kept and checks every decoded message whole.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from firmware import kiosk_link as link
 from simulators.chain import REPO_ROOT, micropython_binary, wait_for
 from simulators.glucose_meter import GLUCOSE_RESIDENTS, SimulatedMeter
 from simulators.serial_cable import SerialCable
-from tests.component.test_firmware_bp import GatewayEnd
+from tests.component.link_peer import GatewayEnd
 
 pytestmark = pytest.mark.micropython
 
@@ -33,7 +32,6 @@ class Rig:
         self.meter = SimulatedMeter(countdown_step_s=0.01)
         self.state = state
         self.process: subprocess.Popen[bytes] | None = None
-        self.early: list[Message] = []
         self.gateway = GatewayEnd(serial.Serial(self.cable.gateway_path, 115200, timeout=0))
 
     def start(self) -> None:
@@ -59,43 +57,13 @@ class Rig:
             assert "Traceback" not in output, output
 
     def hello(self, timeout: float = 5) -> tuple[int, str, str, str]:
-        """Wait for the hello and ack it; frames sent meanwhile are kept for `messages`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            frames = self.gateway.collect(0.05)
-            for index, (msg_type, seq, payload) in enumerate(frames):
-                if msg_type == link.MSG_HELLO:
-                    self.early += frames[index + 1 :]
-                    self.gateway.send(link.MSG_ACK, seq)
-                    return link.decode_hello(payload)
-                self.early.append((msg_type, seq, payload))
-        raise TimeoutError("no hello")
+        return self.gateway.hello(timeout)
 
     def messages(self, count: int, timeout: float = 5) -> list[tuple[int, tuple]]:
-        """The next `count` distinct readings/device errors, each acked, decoded, in order."""
-        got: list[tuple[int, tuple]] = []
-        seen: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
-            frames, self.early = self.early + self.gateway.collect(0.05), []
-            for msg_type, seq, payload in frames:
-                if msg_type not in (link.MSG_READING, link.MSG_DEVICE_ERROR):
-                    continue
-                self.gateway.send(link.MSG_ACK, seq)
-                if seq in seen:
-                    continue
-                seen.add(seq)
-                decoded = (
-                    link.decode_reading(payload)
-                    if msg_type == link.MSG_READING
-                    else link.decode_device_error(payload)
-                )
-                got.append((msg_type, decoded))
-        return got
+        return self.gateway.messages(count, timeout)
 
-    def quiet(self, seconds: float) -> list[Message]:
-        """Readings and errors that arrive in the next `seconds` (retransmissions excluded)."""
-        return [f for f in self.gateway.collect(seconds) if f[0] in (link.MSG_READING, link.MSG_DEVICE_ERROR)]
+    def quiet(self, seconds: float) -> list[tuple[int, int, bytes]]:
+        return self.gateway.quiet(seconds)
 
     def close(self) -> None:
         try:

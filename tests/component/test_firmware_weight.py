@@ -22,7 +22,7 @@ from simulators.bus_server import SimulatedBoard
 from simulators.chain import REPO_ROOT, micropython_binary
 from simulators.chips.hx711 import Hx711
 from simulators.serial_cable import SerialCable
-from tests.component.test_firmware_bp import GatewayEnd
+from tests.component.link_peer import GatewayEnd
 
 pytestmark = pytest.mark.micropython
 
@@ -42,42 +42,15 @@ class Rig:
             (self.dir / "scale.cfg").write_text(config)
             argv.append(str(self.dir / "scale.cfg"))
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.early: list[tuple[int, int, bytes]] = []
 
     def hello(self, timeout: float = 5) -> tuple[int, str, str, str]:
-        """Wait for the hello and ack it; frames sent meanwhile are kept for `messages`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            frames = self.gateway.collect(0.05)
-            for index, (msg_type, seq, payload) in enumerate(frames):
-                if msg_type == link.MSG_HELLO:
-                    self.early += frames[index + 1 :]
-                    self.gateway.send(link.MSG_ACK, seq)
-                    return link.decode_hello(payload)
-                self.early.append((msg_type, seq, payload))
-        raise TimeoutError("no hello")
+        return self.gateway.hello(timeout)
 
     def messages(self, count: int, timeout: float = 5) -> list[tuple[int, tuple]]:
-        """The next `count` distinct readings/device errors, each acked, decoded, in order."""
-        got: list[tuple[int, tuple]] = []
-        seen: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
-            frames, self.early = self.early + self.gateway.collect(0.05), []
-            for msg_type, seq, payload in frames:
-                if msg_type not in (link.MSG_READING, link.MSG_DEVICE_ERROR):
-                    continue
-                self.gateway.send(link.MSG_ACK, seq)
-                if seq not in seen:
-                    seen.add(seq)
-                    decoder = (
-                        link.decode_reading if msg_type == link.MSG_READING else link.decode_device_error
-                    )
-                    got.append((msg_type, decoder(payload)))
-        return got
+        return self.gateway.messages(count, timeout)
 
     def quiet(self, seconds: float) -> list[tuple[int, int, bytes]]:
-        return [f for f in self.gateway.collect(seconds) if f[0] in (link.MSG_READING, link.MSG_DEVICE_ERROR)]
+        return self.gateway.quiet(seconds)
 
     def close(self) -> None:
         self.process.kill()
