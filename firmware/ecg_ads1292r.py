@@ -18,9 +18,12 @@ overwritten because DRDY was serviced more than a period late) are found from ti
 frame is expected one period after the one before. A frame more than half a period late opens
 a question, held open while frames keep coming: if later frames catch up (a late interrupt,
 then frames on time) nothing was missed; if they stay late by N periods for 50 ms, N samples are
-missing just before the first late frame. Frames from that one on wait in the ring until the
-answer is known, so a gap is placed exactly and never hidden. The expected time follows the
-part's clock (its crystal drifts from ours) from the earliest frames.
+missing just before the first late frame. A frame a whole period later still, while the question
+is open, starts a question of its own, answered after the first: samples lost there are placed
+there. Frames from the first late one on wait in the ring until the answer is known, so a gap
+is placed exactly and never hidden. The expected time follows the part's clock (its crystal
+drifts from ours) from the earliest frames. Each frame's time is taken once it has been read,
+so it is never earlier than its conversion: a handler held off can only make a frame look late.
 
 When the ring is full the handler still reads the frame (the part keeps its rhythm) but drops
 it, counts an overrun and adds it to the gap before the next stored frame. `take()`
@@ -124,6 +127,9 @@ class Ads1292r:
         self._late_min = 0  # least lateness since then
         self._late_since = self._expected_us
         self._hold = -1  # ring position of that frame: take() stops there until the answer
+        self._jump = -1  # ring position of a frame a period later than the open question's least
+        self._jump_min = 0  # least lateness since that frame (the same clock as _late_min)
+        self._jump_since = self._expected_us
         self._last_us = time.ticks_us()
         self._last_ms = time.ticks_ms()
         self._pending_gap = 0  # periods missing before the next frame stored
@@ -201,7 +207,19 @@ class Ads1292r:
         """DRDY fell: read the frame into the ring. Runs as an IRQ: no allocation."""
         if not self._running:
             return
-        now = time.ticks_us()
+        if not self._fresh:
+            edge = time.ticks_us()
+            late = time.ticks_diff(edge, time.ticks_add(self._expected_us, self._period_us))
+            off_time = late > self._open_us or late < self._early_us
+            if (off_time or time.ticks_diff(edge, self._last_us) < self._open_us) and self._drdy.value():
+                # An edge off time or right after another, and DRDY already high: its frame was
+                # read by the call before (edges queued while the handler was held off).
+                self.spurious += 1
+                return
+        head = self._head
+        full = ((head - self._tail) & self._wrap) == self._size
+        self._read_frame()  # read even into a full ring: the part keeps its rhythm
+        now = time.ticks_us()  # after the read: never earlier than the frame's conversion
         gap = 0
         if self._fresh:  # first frame since start(): no timing to compare with
             self._fresh = False
@@ -213,12 +231,6 @@ class Ads1292r:
         else:
             expected = time.ticks_add(self._expected_us, self._period_us)
             late = time.ticks_diff(now, expected)
-            off_time = late > self._open_us or late < self._early_us
-            if (off_time or time.ticks_diff(now, self._last_us) < self._open_us) and self._drdy.value():
-                # An edge off time or right after another, and DRDY already high: its frame was
-                # read by the call before (edges queued while the handler was held off).
-                self.spurious += 1
-                return
             if late < 0:
                 expected = now  # the part's clock runs ahead of ours, or we had been late
                 late = 0
@@ -226,7 +238,18 @@ class Ads1292r:
             if self._late_open:
                 if late < self._late_min:
                     self._late_min = late
-                if self._late_min <= self._open_us or time.ticks_diff(now, self._late_since) > _SETTLE_US:
+                if self._jump >= 0:
+                    if late < self._jump_min:
+                        self._jump_min = late
+                elif late - self._late_min > self._period_us and not full:
+                    # A whole period later than any frame since the question opened: if that
+                    # lasts, samples went missing here too, not before the frame that opened it.
+                    self._jump = head
+                    self._jump_min = late
+                    self._jump_since = now
+                while self._late_open and (
+                    self._late_min <= self._open_us or time.ticks_diff(now, self._late_since) > _SETTLE_US
+                ):
                     settled = self._late_min
                     self._settle()
                     late -= settled
@@ -238,14 +261,11 @@ class Ads1292r:
         self._last_us = now
         self._last_ms = time.ticks_ms()
         self.received = (self.received + 1) & 0x3FFFFFFF
-        head = self._head
-        if ((head - self._tail) & self._wrap) == self._size:
-            self._read_frame()  # keep the part in step, drop the sample
+        if full:
             self.overruns += 1
             self._pending_gap += gap + 1
             return
         slot = head & self._mask
-        self._read_frame()
         frames = self._frames
         scratch = self._scratch
         offset = slot * FRAME_SIZE
@@ -268,10 +288,16 @@ class Ads1292r:
         self._expected_us = time.ticks_add(self._expected_us, least)  # re-anchor on the part's clock
         self._late_open = False
         self._hold = -1
+        if self._jump >= 0:  # the later question goes on, measured from the re-anchored clock
+            self._late_open = True
+            self._hold = self._jump
+            self._late_min = self._jump_min - least
+            self._late_since = self._jump_since
+            self._jump = -1
 
     def settle(self):
         """Release frames held for a timing question, when DRDY has stopped (the IRQ is quiet)."""
-        if self._late_open:
+        while self._late_open:
             self._settle()
 
     def available(self):

@@ -82,6 +82,8 @@ class SimulatedBoard:
         self.lock = threading.RLock()
         self._watched: set[int] = set()
         self._event_socks: list[socket.socket] = []
+        self._edges_held_until = 0.0
+        self._held_edges: dict[int, None] = {}  # pins with an edge pending while held (in order)
         self._stop = threading.Event()
         for chip in self.chips:
             chip.attach(self)
@@ -112,7 +114,17 @@ class SimulatedBoard:
             if pin in self._watched:
                 self._send_edge(pin)
 
+    def hold_edges(self, seconds: float) -> None:
+        """Deliver no edge for `seconds`, then one per pin that had any: the firmware's interrupts
+        masked for that long (a flash erase with IRQs off), its controller latching one pending
+        edge per line. Held in the bus, so the firmware is never stopped inside a handler."""
+        with self.lock:
+            self._edges_held_until = time.monotonic() + seconds
+
     def _send_edge(self, pin: int) -> None:
+        if self._edges_held_until and time.monotonic() < self._edges_held_until:
+            self._held_edges[pin] = None
+            return
         for sock in list(self._event_socks):
             try:
                 sock.sendall(bytes((pin,)))
@@ -133,6 +145,11 @@ class SimulatedBoard:
         while not self._stop.is_set():
             now = time.monotonic()
             with self.lock:
+                if self._edges_held_until and now >= self._edges_held_until:
+                    self._edges_held_until = 0.0
+                    for pin in self._held_edges:
+                        self._send_edge(pin)
+                    self._held_edges.clear()
                 for chip in self.chips:
                     chip.tick(now)
             time.sleep(self.tick_interval_s)

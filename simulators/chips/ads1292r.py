@@ -348,6 +348,13 @@ class Ads1292r(Chip):
         with self.board.lock:
             self._drop += count
 
+    def set_grace(self, grace_s: float) -> None:
+        """Change the grace from now on: 0 makes the part the datasheet's for a stretch of a test."""
+        if grace_s < 0:
+            raise ValueError(f"grace must be >= 0 s, got {grace_s}")
+        with self.board.lock:
+            self.grace_s = grace_s
+
     def snapshot(self) -> AdsSnapshot:
         with self.board.lock:
             return AdsSnapshot(
@@ -614,7 +621,9 @@ class Ads1292r(Chip):
 
 # --- the part on a board of its own, in a process of its own --------------------------------------
 
-_REMOTE_METHODS = frozenset({"set_electrodes_off", "set_present", "set_stalled", "drop_samples", "snapshot"})
+_REMOTE_METHODS = frozenset(
+    {"set_electrodes_off", "set_present", "set_stalled", "drop_samples", "set_grace", "snapshot"}
+)
 
 
 def _serve_board(conn: Connection, path: str, realtime: bool, options: dict[str, Any]) -> None:
@@ -638,6 +647,9 @@ def _serve_board(conn: Connection, path: str, realtime: bool, options: dict[str,
             if name == "close":
                 conn.send(("ok", None))
                 return
+            if name == "hold_edges":
+                conn.send(("ok", board.hold_edges(*args)))
+                continue
             if name not in _REMOTE_METHODS:
                 conn.send(("error", f"no such method {name!r}"))
                 continue
@@ -695,6 +707,13 @@ class AdsBoardProcess:
 
     def drop_samples(self, count: int) -> None:
         self._call("drop_samples", count)
+
+    def set_grace(self, grace_s: float) -> None:
+        self._call("set_grace", grace_s)
+
+    def hold_edges(self, seconds: float) -> None:
+        """The board delivers no DRDY edge for `seconds` (see SimulatedBoard.hold_edges)."""
+        self._call("hold_edges", seconds)
 
     def snapshot(self) -> AdsSnapshot:
         return self._call("snapshot")  # type: ignore[no-any-return]

@@ -43,14 +43,13 @@ def stream(poller, afe, out, wanted):
     return taken
 
 
-def starve(poller, afe, edges):
-    """Service DRDY `edges` times without draining: the ring fills, then overruns."""
-    served = 0
-    while served < edges:
+def starve(poller, afe, overruns):
+    """Service DRDY without draining until the ring has overrun `overruns` times (or 5 s passed)."""
+    target = afe.overruns + overruns
+    started = time.ticks_ms()
+    while afe.overruns < target and time.ticks_diff(time.ticks_ms(), started) < 5000:
         poller.ipoll(100)
         service_irqs()
-        served += 1
-    return served
 
 
 def hold_off(ms):
@@ -81,7 +80,7 @@ def main():
     try:
         taken = stream(poller, afe, out, wanted)
         phase = "overrun"
-        starve(poller, afe, RING + 40)
+        starve(poller, afe, 40)
         phase = "drain after overrun"
         taken += stream(poller, afe, out, RING + 10)  # past the ring: the gap of the overrun
         phase = "held off"
