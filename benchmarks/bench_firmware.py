@@ -92,6 +92,32 @@ def compile_firmware(into: Path) -> Path:
     return target
 
 
+ROM_IMAGE = "rom.img"
+
+
+def build_romfs(firmware: Path, into: Path) -> Path:
+    """The compiled modules as a ROMFS image (`mpremote romfs build`), in a firmware directory
+    holding nothing else: imports then come from the image, as on a board with a ROM partition."""
+    target = into / "firmware-romfs"
+    target.mkdir(parents=True)
+    mpremote = Path(sys.executable).with_name("mpremote")
+    subprocess.run(
+        [str(mpremote), "romfs", "--output", str(target / ROM_IMAGE), "build", str(firmware)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return target
+
+
+def rom_boot(firmware: Path) -> list[str]:
+    """What goes before the script on the command line: the ROMFS boot when `firmware` is an image."""
+    image = firmware / ROM_IMAGE
+    return [str(REPO / "benchmarks" / "mp_romfs_boot.py"), str(image)] if image.exists() else []
+
+
+def code_argv(firmware: Path, code: str) -> list[str]:
+    return [*rom_boot(firmware), "-c", code]
+
+
 GOAL_KB = 32
 RUN_TIMEOUT_S = 8  # bound on one step of a scenario (a verdict never depends on it)
 
@@ -123,9 +149,11 @@ def smallest_heap(runs: Callable[[int], bool], low_kb: int, start_kb: int, step_
     return high_kb
 
 
-def heap_script_runs(kb: int, script: str) -> bool:
+def heap_script_runs(firmware: Path, kb: int, script: str) -> bool:
     result = subprocess.run(
-        [micropython_binary(), "-X", f"heapsize={kb}K", "-c", script], capture_output=True, text=True
+        [micropython_binary(), "-X", f"heapsize={kb}K", *code_argv(firmware, script)],
+        capture_output=True,
+        text=True,
     )
     return result.returncode == 0 and result.stdout.strip() == "ok"
 
@@ -138,14 +166,14 @@ def paths_line(firmware: Path) -> str:
 
 def uart_shims_run(firmware: Path, kb: int) -> bool:
     """Raw baseline of a UART board: the interpreter and the HAL with its pty-backed UART shim."""
-    return heap_script_runs(kb, paths_line(firmware) + "import hal; print('ok')")
+    return heap_script_runs(firmware, kb, paths_line(firmware) + "import hal; print('ok')")
 
 
 def bus_shims_run(firmware: Path, bus_path: str, kb: int) -> bool:
     """Raw baseline of a bus board: the same, plus the simulated-bus client connected (sim_bus,
     its socket pair and buffers), which stands in for the board's I2C/SPI/GPIO peripherals."""
     script = paths_line(firmware) + f"import hal, hal_unix; hal_unix.attach_bus({bus_path!r}); print('ok')"
-    return heap_script_runs(kb, script)
+    return heap_script_runs(firmware, kb, script)
 
 
 def shim_modules(bus: bool) -> tuple[str, ...]:
@@ -153,7 +181,7 @@ def shim_modules(bus: bool) -> tuple[str, ...]:
 
 
 def imports_run(firmware: Path, modules: tuple[str, ...], kb: int) -> bool:
-    return heap_script_runs(kb, paths_line(firmware) + f"import {', '.join(modules)}; print('ok')")
+    return heap_script_runs(firmware, kb, paths_line(firmware) + f"import {', '.join(modules)}; print('ok')")
 
 
 MODULE_PROBE = """
@@ -179,7 +207,9 @@ def module_heap(firmware: Path, shims: tuple[str, ...], modules: tuple[str, ...]
     script = MODULE_PROBE.format(
         firmware=str(firmware), host=str(firmware / "host"), shims=shims, modules=list(modules)
     )
-    result = subprocess.run([micropython_binary(), "-c", script], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [micropython_binary(), *code_argv(firmware, script)], capture_output=True, text=True, check=True
+    )
     heap = [int(line.split()[2]) for line in result.stdout.splitlines() if line.startswith("heap ")]
     qstr = [int(line.rsplit("=", 1)[1]) for line in result.stdout.splitlines() if "n_total_bytes=" in line]
     sizes = [(name, (heap[i + 1] - heap[i]) - (qstr[i + 1] - qstr[i])) for i, name in enumerate(modules)]
@@ -202,8 +232,8 @@ class AppRun:
         self.log = workdir / f"{script}.{kb}K.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [micropython_binary(), "-X", f"heapsize={kb}K", str(firmware / "host" / script),
-                 self.cable.device_path, *args],
+                [micropython_binary(), "-X", f"heapsize={kb}K", *rom_boot(firmware),
+                 str(firmware / "host" / script), self.cable.device_path, *args],
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.splitter = link.FrameSplitter()
@@ -634,8 +664,9 @@ def measure_heaps(firmware: Path, workdir: Path, step_kb: int) -> tuple[Baseline
     return baselines, figures
 
 
-def print_heaps(baselines: Baselines, figures: list[HeapFigure], step_kb: int) -> None:
-    print(f"\nheap needed (bisected -X heapsize, {step_kb} KB steps; app = total - raw baseline)")
+def print_heaps(deployment: str, baselines: Baselines, figures: list[HeapFigure], step_kb: int) -> None:
+    print(f"\nheap needed, {deployment}")
+    print(f"(bisected -X heapsize, {step_kb} KB steps; app = total - raw baseline)")
     print(f"  raw baseline, interpreter + HAL with the pty UART shim           {baselines.uart} KB")
     print(f"  raw baseline, the same + simulated-bus client attached (I2C/SPI) {baselines.bus} KB")
     print(f"  {'app':<8} {'board':<10} {'baseline':>8} {'total KB':>8} {'app KB':>7} {'goal':>7}  met")
@@ -648,6 +679,8 @@ def print_heaps(baselines: Baselines, figures: list[HeapFigure], step_kb: int) -
         met = "yes" if app_kb <= GOAL_KB else "no"
         goal = f"<= {GOAL_KB}"
         print(f"  {f.app.name:<8} {f.app.model:<10} {floor:>8} {f.total_kb:>8} {app_kb:>7} {goal:>7}  {met}")
+    if deployment != MPY_FILES:
+        return
     print("\n  scenarios (passed when every message is delivered with exact values, the process is")
     print("  alive and its output has no MemoryError or traceback):")
     for f in figures:
@@ -670,6 +703,10 @@ def print_heaps(baselines: Baselines, figures: list[HeapFigure], step_kb: int) -
             )
 
 
+MPY_FILES = "modules as .mpy files: bytecode loaded into the heap"
+ROMFS = "modules in a ROMFS image: bytecode executed in place, as from a board's ROM partition"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -686,7 +723,11 @@ def main() -> None:
         print(f"MicroPython: {micropython_binary()}  (modules as .mpy bytecode, {os.cpu_count()} CPUs)")
         (Path(tmp) / "runs").mkdir()
         baselines, heaps = measure_heaps(firmware, Path(tmp) / "runs", step_kb)
-        print_heaps(baselines, heaps, step_kb)
+        print_heaps(MPY_FILES, baselines, heaps, step_kb)
+        romfs = build_romfs(firmware, Path(tmp))
+        (Path(tmp) / "runs-romfs").mkdir()
+        baselines, heaps = measure_heaps(romfs, Path(tmp) / "runs-romfs", step_kb)
+        print_heaps(ROMFS, baselines, heaps, step_kb)
         figures = asyncio.run(ecg_throughput(firmware, 5 if args.quick else 20, Path(tmp) / "ecg"))
     ratio_line = figures["payload_bytes_per_s"] / figures["line_bytes_per_s"]
     ratio_capacity = figures["payload_bytes_per_s"] / figures["payload_capacity_per_s"]

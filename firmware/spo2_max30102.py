@@ -20,7 +20,10 @@ Each sample drives a small state machine; nothing is allocated per sample:
   done       result given; wait for the finger to leave before the next measurement
 A sample below _FINGER_IR while settling goes quietly back to idle; while measuring it ends the
 measurement with NO_FINGER. An overflow (samples lost) while measuring restarts the window,
-so a window never spans a gap. A power-on reset of the part (PWR_RDY) sets it up again.
+so a window never spans a gap. Not seen: an overflow between reading the pointers and popping
+the samples, as the part clears OVF_COUNTER on every pop; at 100 SPS, read at A_FULL (17
+samples), that takes a stall of 150 ms inside one read cycle. A power-on reset of the part
+(PWR_RDY) sets it up again.
 
 Memory: everything is allocated once, in the constructor. The windows are two `array("i")`,
 4 bytes a sample on every port (an 18-bit sample fits; a list would hold a pointer a sample),

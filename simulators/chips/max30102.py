@@ -292,6 +292,11 @@ class Max30102Chip(Chip):
         if self._count >= FIFO_DEPTH - (self.regs[REG_FIFO_CONFIG] & 0x0F):
             self.regs[REG_INT_STATUS_1] |= INT_A_FULL
 
+    @property
+    def fifo_count(self) -> int:
+        """Samples waiting in the FIFO (0: the firmware has popped everything it had counted)."""
+        return self._count
+
     def tick(self, now: float) -> None:
         if self.i2c_address is None:
             return

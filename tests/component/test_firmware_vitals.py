@@ -116,9 +116,19 @@ class Rig:
         self.board.drive_pin(BUTTON_PIN, 1)
 
     def stall_host(self, seconds: float) -> None:
-        """Hold the bus: the firmware cannot read while the part keeps sampling."""
-        with self.board.lock:
-            time.sleep(seconds)
+        """Hold the bus: the firmware cannot read while the part keeps sampling.
+
+        The stall starts between two FIFO reads (the FIFO just emptied), as a host stall of a
+        board would: one between reading the pointers and popping the samples would let the
+        pops clear OVF_COUNTER (the part resets it on every pop) before the firmware saw it."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self.board.lock:
+                if self.oximeter.fifo_count == 0:
+                    time.sleep(seconds)
+                    return
+            time.sleep(0.0002)
+        raise AssertionError("the firmware never emptied the FIFO within 5 s")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
