@@ -31,5 +31,5 @@ if sys.argv[2] == "-c":
     exec(code)
 else:
     name = sys.argv[2].rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    sys.argv = ["/rom/host/" + name + ".py"] + sys.argv[3:]
+    sys.argv[:] = ["/rom/host/" + name + ".py"] + sys.argv[3:]
     __import__(name)

@@ -132,17 +132,28 @@ def _measure_temperature(thermometer, backlog, log, device_time):
     log("temperature error %s" % link.ERROR_NAMES[code])
 
 
-def run(link_uart, i2c, device_id, max_ms=None, log=print):
-    """Main loop; returns after max_ms (tests) or never (board)."""
+def run(link_uart, i2c, device_id, max_ms=None, log=print, journal_path=None):
+    """Main loop; returns after max_ms (tests) or never (board).
+
+    With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
+    """
     # The drivers first: the oximeter's sample windows want free space in one piece.
     oximeter = spo2.Max30102(i2c)
     thermometer = thermo.Mlx90614(i2c)
-    client = LinkClient(link_uart)
+    journal = None
+    if journal_path:
+        from link_journal import LinkJournal
+
+        journal = LinkJournal(journal_path, 8)
+    client = LinkClient(link_uart, journal=journal)
+    if client.restored:
+        log("resending %d unacked message(s) from flash" % client.restored)
     # The hello's boot id is the link session id (LinkClient.hello puts it there).
     capabilities = (
         link.capability_of_kind(link.KIND_SPO2)
         | link.capability_of_kind(link.KIND_TEMPERATURE)
         | link.CAP_TIME_SYNC
+        | (link.CAP_JOURNAL if journal else 0)
     )
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     Pin(BOARD["spo2_int"], Pin.IN, Pin.PULL_UP).irq(_on_spo2_int, Pin.IRQ_FALLING)

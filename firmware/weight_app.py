@@ -147,14 +147,25 @@ class Weigher:
             self.state = _DONE  # no reading from this weighing; wait for the platform to empty
 
 
-def run(link_uart, sck, dout, device_id, config_path=None, max_ms=None, log=print, reset_hold_ms=1):
+def run(link_uart, sck, dout, device_id, config_path=None, max_ms=None, log=print, reset_hold_ms=1,
+        journal_path=None):
     """Main loop; returns after max_ms (tests) or never (board).
 
     `reset_hold_ms`: how long PD_SCK is held high to power-cycle the HX711 at boot (> 60 us).
+    With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
     """
     config = load_config(config_path, log)
-    client = LinkClient(link_uart)
-    capabilities = link.capability_of_kind(link.KIND_WEIGHT) | link.CAP_TIME_SYNC
+    journal = None
+    if journal_path:
+        from link_journal import LinkJournal
+
+        journal = LinkJournal(journal_path, 8)
+    client = LinkClient(link_uart, journal=journal)
+    if client.restored:
+        log("resending %d unacked message(s) from flash" % client.restored)
+    capabilities = (
+        link.capability_of_kind(link.KIND_WEIGHT) | link.CAP_TIME_SYNC | (link.CAP_JOURNAL if journal else 0)
+    )
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)

@@ -76,6 +76,7 @@ BOARD = Board(
                     pin=14, output=False, pull_up=True, purpose="HX711 DOUT; falls when a sample is ready"
                 ),
             },
+            options={"journal_path": "/weight_app.journal"},  # unacked readings survive a reboot
         ),
         "vitals_app": App(
             device_prefix="vs",
@@ -89,6 +90,7 @@ BOARD = Board(
                     purpose="MAX30102 at 0x57, MLX90614 at 0x5A; 100 kHz for SMBus",
                 ),
             },
+            options={"journal_path": "/vitals_app.journal"},  # unacked readings survive a reboot
             fixed_pins={"spo2_int": 4, "button": 5},  # vitals_app.BOARD: MAX30102 INT, "measure" button
         ),
     },

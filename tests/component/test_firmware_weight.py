@@ -30,18 +30,34 @@ BOOT_S = 1.7  # reset, 400 ms settling, then one second of an empty platform to 
 
 
 class Rig:
-    def __init__(self, chip: Hx711, config: str | None = None) -> None:
+    def __init__(self, chip: Hx711, config: str | None = None, journal: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ws-"))  # short: a Unix socket path has 108 bytes
         self.chip = chip
         self.board = SimulatedBoard(str(self.dir / "bus"), chips=[chip])
         self.cable = SerialCable()
         self.gateway = GatewayEnd(serial.Serial(self.cable.gateway_path, 115200, timeout=0))
-        argv = [micropython_binary(), str(REPO_ROOT / "firmware/host/run_weight.py"),
-                self.cable.device_path, self.board.path, "ws-0003", "115200"]  # fmt: skip
+        self.argv = [micropython_binary(), str(REPO_ROOT / "firmware/host/run_weight.py"),
+                     self.cable.device_path, self.board.path, "ws-0003", "115200"]  # fmt: skip
         if config is not None:
             (self.dir / "scale.cfg").write_text(config)
-            argv.append(str(self.dir / "scale.cfg"))
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if config is not None or journal:
+            self.argv.append(str(self.dir / "scale.cfg") if config is not None else "-")
+        if journal:
+            self.argv.append(str(self.dir / "link.journal"))  # stands in for the board's flash
+        self.output = ""
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def stop_firmware(self) -> str:
+        """SIGKILL the firmware (power gone mid-whatever); everything it printed so far."""
+        if self.process.stdout is not None and not self.process.stdout.closed:
+            self.process.kill()
+            self.output += self.process.communicate()[0].decode(errors="replace")
+        return self.output
+
+    def power_cut(self) -> None:
+        """The power goes and comes back: the firmware boots again on the same flash."""
+        self.stop_firmware()
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def hello(self, timeout: float = 5) -> tuple[int, str, str, str]:
         return self.gateway.hello(timeout)
@@ -53,8 +69,7 @@ class Rig:
         return self.gateway.quiet(seconds)
 
     def close(self) -> None:
-        self.process.kill()
-        output = self.process.communicate()[0].decode(errors="replace")
+        output = self.stop_firmware()
         self.gateway.port.close()
         self.cable.close()
         self.board.close()
@@ -66,8 +81,8 @@ class Rig:
 def make_rig() -> Iterator:
     rigs: list[Rig] = []
 
-    def make(chip: Hx711 | None = None, config: str | None = None) -> Rig:
-        rigs.append(Rig(chip or Hx711(), config))
+    def make(chip: Hx711 | None = None, config: str | None = None, journal: bool = False) -> Rig:
+        rigs.append(Rig(chip or Hx711(), config, journal))
         return rigs[-1]
 
     yield make
@@ -97,6 +112,32 @@ def test_one_exact_reading_per_resident_until_they_step_off(make_rig) -> None:
     rig.chip.step_on(58.0)
     assert rig.messages(1) == [weight(580)]
     assert rig.chip.resets == 1  # the board power-cycled the HX711 once, at boot
+
+
+def test_unacked_reading_survives_a_power_cut_and_an_acked_one_is_not_sent_again(make_rig) -> None:
+    rig = make_rig(journal=True)
+    assert rig.hello()[1:] == ("ws-0003", "KX-WS200", "0.1.0")
+    time.sleep(BOOT_S)
+    rig.chip.step_on(72.4)
+    assert rig.messages(1) == [weight(724)]  # acked: stored at the gateway
+    rig.chip.step_off()
+    time.sleep(0.3)
+    rig.chip.step_on(58.0)
+    _, unacked_seq, unacked = rig.gateway.wait_for(link.MSG_READING)  # never acked
+    assert link.decode_reading(unacked)[3] == [(link.FIELD_BODY_WEIGHT, 580, -1)]
+    rig.chip.step_off()  # off the platform before the board comes back: nothing new to weigh
+
+    rig.power_cut()
+    session = rig.hello()[0]
+    resent = rig.quiet(1.5)  # not acked yet: the board keeps retrying the journaled reading
+    assert resent and set(resent) == {(link.MSG_READING, unacked_seq, unacked)}  # same seq, same bytes
+    rig.gateway.send(link.MSG_ACK, unacked_seq)
+    time.sleep(0.3)
+    assert rig.quiet(1.0) == []  # 72.4 kg, acked before the cut, is not sent again
+    rig.power_cut()
+    assert rig.hello()[0] == session  # the journal keeps the session across boots
+    assert rig.quiet(1.0) == []  # nothing left to resend
+    assert rig.stop_firmware().count("resending 1 unacked message(s) from flash") == 1
 
 
 def test_resident_who_keeps_moving_is_weighed_with_the_unstable_flag(make_rig) -> None:
