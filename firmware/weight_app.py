@@ -147,8 +147,17 @@ class Weigher:
             self.state = _DONE  # no reading from this weighing; wait for the platform to empty
 
 
-def run(link_uart, sck, dout, device_id, config_path=None, max_ms=None, log=print, reset_hold_ms=1,
-        journal_path=None):
+def run(
+    link_uart,
+    sck,
+    dout,
+    device_id,
+    config_path=None,
+    max_ms=None,
+    log=print,
+    reset_hold_ms=1,
+    journal_path=None,
+):
     """Main loop; returns after max_ms (tests) or never (board).
 
     `reset_hold_ms`: how long PD_SCK is held high to power-cycle the HX711 at boot (> 60 us).

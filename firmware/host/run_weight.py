@@ -4,8 +4,9 @@ micropython firmware/host/run_weight.py LINK_TTY BUS_SOCKET DEVICE_ID [BAUD [CON
 
 BUS_SOCKET is where simulators/bus_server.py serves the HX711 model. CONFIG is the scale's
 calibration file ('name = integer' lines, see weight_hx711.DEFAULTS); on a board it lives on
-flash, as does JOURNAL (unacked readings kept across a reboot; '-' for no config). Each simulated bus transaction takes about 0.1 ms, so the simulated HX711 stretches its
-60 us power-down threshold, and the reset here holds PD_SCK high long enough for it.
+flash, as does JOURNAL (unacked readings kept across a reboot; CONFIG '-' for none). Each
+simulated bus transaction takes about 0.1 ms, so the simulated HX711 stretches its 60 us
+power-down threshold, and the reset here holds PD_SCK high long enough for it.
 """
 
 import sys
