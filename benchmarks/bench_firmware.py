@@ -7,9 +7,10 @@
    interpreter loads just the unix-port HAL (hal + hal_unix: a pty stands in for the UART), and
    for the apps on the simulated I2C/SPI/GPIO bus the same with the bus client (sim_bus)
    connected -- host-only code a board does not have. "App heap" = ours - that baseline.
-   Goal: app heap <= 32 KB. Conservative: the bytecode and its interned names are loaded into
-   the heap here, while a board image with frozen modules keeps them in flash; and the unix port
-   is 64-bit, so pointers, lists and GC blocks (32 B) are twice a 32-bit board's.
+   Goal: app heap <= 32 KB. Measured twice: modules as .mpy files (bytecode loaded into the
+   heap: conservative) and modules in a ROMFS image (bytecode executed in place, as from a
+   board's ROM partition; benchmarks/mp_romfs_boot.py). Either way the unix port is 64-bit, so
+   pointers, lists and GC blocks (32 B) are twice a 32-bit board's.
 2. ECG link throughput: ECG chunks streamed as fast as the link allows through a serial cable
    limited to 921600 baud (8N1), into the real gateway ingest and its SQLite outbox (each chunk
    committed before its ack). Raw baseline: the line rate itself, baud / 10 bytes per second.
