@@ -48,6 +48,8 @@ class GatewayEnd:
         self._lock = threading.Lock()
         self._frames: list[tuple[int, int, bytes]] = []
         self._taken = 0
+        self.acking = True  # False: the gateway "crashed before its commit" and acks nothing
+        self.raw: list[tuple[int, int, bytes]] = []  # every frame, retransmissions too
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
@@ -57,7 +59,10 @@ class GatewayEnd:
         while not self._stop.is_set():
             for encoded in self._splitter.feed(self.port.read(4096)):
                 msg_type, seq, payload = link.decode_frame(encoded)
-                self.port.write(link.encode_frame(link.MSG_ACK, seq))
+                if self.acking:
+                    self.port.write(link.encode_frame(link.MSG_ACK, seq))
+                with self._lock:
+                    self.raw.append((msg_type, seq, payload))
                 if (msg_type, seq) not in seen:  # a retransmission is not a new message
                     seen.add((msg_type, seq))
                     with self._lock:
@@ -107,7 +112,16 @@ class Rig:
     board: SimulatedBoard
     gateway: GatewayEnd
     log_path: Path
+    argv: list[str]
+    process: subprocess.Popen[bytes]
     hello: tuple[int, str, str, str] = field(default=(0, "", "", ""))
+
+    def power_cut(self) -> None:
+        """SIGKILL the firmware and boot it again on the same flash (journal file)."""
+        self.process.kill()
+        self.process.wait()
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(self.argv, stdout=log_file, stderr=subprocess.STDOUT)
 
     def press_button(self) -> None:
         """Press and release: two edges, one measurement (the firmware debounces)."""
@@ -147,25 +161,26 @@ def start_board() -> Iterator[Callable[..., Rig]]:
     """Start the firmware against a board holding the given chip models; yields a factory."""
     cleanups: list[Callable[[], None]] = []
 
-    def start(oximeter: Max30102Chip | None = None, thermometer: Mlx90614Chip | None = None) -> Rig:
+    def start(
+        oximeter: Max30102Chip | None = None, thermometer: Mlx90614Chip | None = None, journal: bool = False
+    ) -> Rig:
         oximeter = oximeter or Max30102Chip(int_pin=INT_PIN, time_scale=TIME_SCALE)
         thermometer = thermometer or Mlx90614Chip()
         workdir = Path(tempfile.mkdtemp(prefix="vs-"))  # short: Unix socket paths are limited
         board = SimulatedBoard(str(workdir / "bus"), chips=[oximeter, thermometer])
         cable = SerialCable()
         log_path = workdir / "firmware.log"
+        argv = [micropython_binary(), str(REPO_ROOT / "firmware/host/run_vitals.py"), cable.device_path,
+                board.path, "vs-0007", "115200"]  # fmt: skip
+        if journal:
+            argv.append(str(workdir / "link.journal"))  # stands in for the board's flash
         with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [micropython_binary(), str(REPO_ROOT / "firmware/host/run_vitals.py"), cable.device_path,
-                 board.path, "vs-0007"],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
         gateway = GatewayEnd(cable.gateway_path)
 
         def stop() -> None:
-            process.kill()
-            process.wait()
+            rig.process.kill()
+            rig.process.wait()
             gateway.close()
             board.close()
             cable.close()
@@ -174,7 +189,7 @@ def start_board() -> Iterator[Callable[..., Rig]]:
             assert "Traceback" not in output, output
 
         cleanups.append(stop)
-        rig = Rig(oximeter, thermometer, board, gateway, log_path)
+        rig = Rig(oximeter, thermometer, board, gateway, log_path, argv, process)
         msg_type, payload = gateway.expect(timeout=10)
         assert msg_type == link.MSG_HELLO
         rig.hello = link.decode_hello(payload)
@@ -205,6 +220,30 @@ def test_hello_then_normal_resident_gives_spo2_and_pulse(start_board: Callable[.
     rig.oximeter.place_finger(max30102.NORMAL)
     assert reading(rig.gateway.expect()) == spo2_reading(98, 72)
     assert rig.quiet_for(0.3) == []  # one reading per finger placement
+
+
+def test_unacked_reading_survives_a_power_cut_and_an_acked_one_is_not_sent_again(
+    start_board: Callable[..., Rig],
+) -> None:
+    rig = start_board(journal=True)
+    rig.oximeter.place_finger(max30102.NORMAL)
+    assert reading(rig.gateway.expect()) == spo2_reading(98, 72)  # acked
+    rig.oximeter.remove_finger()
+    time.sleep(0.2)
+    rig.gateway.acking = False
+    rig.oximeter.place_finger(max30102.HYPOXAEMIC)
+    assert reading(rig.gateway.expect()) == spo2_reading(88, 110)  # never acked
+    unacked = [frame for frame in rig.gateway.raw if frame[0] == link.MSG_READING][-1]
+    rig.oximeter.remove_finger()  # gone before the board comes back: nothing new to measure
+
+    rig.gateway.acking = True
+    before = len(rig.gateway.raw)
+    rig.power_cut()
+    assert rig.gateway.expect(timeout=10)[0] == link.MSG_HELLO
+    assert rig.quiet_for(1.5) == []  # the resent reading is the same message, not a new one
+    after = [frame for frame in rig.gateway.raw[before:] if frame[0] == link.MSG_READING]
+    assert after and set(after) == {unacked}  # same seq, same bytes; the acked 98 % not again
+    assert "resending 1 unacked message(s) from flash" in rig.log()
 
 
 def test_hypoxaemic_resident_is_reported_low_by_value(start_board: Callable[..., Rig]) -> None:
