@@ -731,6 +731,9 @@ def main() -> None:
         baselines, heaps = measure_heaps(romfs, Path(tmp) / "runs-romfs", step_kb)
         print_heaps(ROMFS, baselines, heaps, step_kb)
         figures = asyncio.run(ecg_throughput(firmware, 5 if args.quick else 20, Path(tmp) / "ecg"))
+        drdy_seconds = 10 if args.quick else 30
+        bare = drdy_service(firmware, drdy_seconds, Path(tmp), baseline=True)
+        ours = drdy_service(firmware, drdy_seconds, Path(tmp), baseline=False)
     ratio_line = figures["payload_bytes_per_s"] / figures["line_bytes_per_s"]
     ratio_capacity = figures["payload_bytes_per_s"] / figures["payload_capacity_per_s"]
     lost = figures["samples_sent"] - figures["samples_stored"]
@@ -753,11 +756,6 @@ def main() -> None:
     if lost:
         raise SystemExit(f"ECG samples lost: {lost}")
 
-    drdy_seconds = 10 if args.quick else 30
-    with tempfile.TemporaryDirectory(prefix="kiosk-bench-drdy-") as tmp:
-        firmware = compile_firmware(Path(tmp))
-        bare = drdy_service(firmware, drdy_seconds, Path(tmp), baseline=True)
-        ours = drdy_service(firmware, drdy_seconds, Path(tmp), baseline=False)
     print(f"\nECG DRDY service on this host, {drdy_seconds} s at 500 SPS each")
     for name, figure in (("raw baseline, bare handler", bare), ("ECG app (link, ring, timing)", ours)):
         print(

@@ -6,7 +6,7 @@ import time
 import kiosk_link as link
 from bp_cuff import EVENT_ERROR, EVENT_RESULT, STATUS_CUFF_LOOSE, STATUS_IRREGULAR, STATUS_MOVEMENT, BpCuff
 from hal import pollable
-from link_client import LinkClient
+from link_client import open_client
 
 MODEL = "KX-BP100"
 FIRMWARE_VERSION = "0.1.0"
@@ -50,21 +50,9 @@ def run(link_uart, cuff_uart, device_id, max_ms=None, log=print, journal_path=No
 
     With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
     """
-    journal = None
-    if journal_path:
-        from link_journal import LinkJournal
-
-        journal = LinkJournal(journal_path, 16)
-    client = LinkClient(link_uart, journal=journal)
-    if client.restored:
-        log("resending %d unacked message(s) from flash" % client.restored)
+    client, journal_caps = open_client(link_uart, journal_path, log=log)
     cuff = BpCuff(cuff_uart)
-    capabilities = (
-        link.capability_of_kind(link.KIND_BP)
-        | link.CAP_TIME_SYNC
-        | link.CAP_STATUS
-        | (link.CAP_JOURNAL if journal else 0)
-    )
+    capabilities = link.capability_of_kind(link.KIND_BP) | link.CAP_TIME_SYNC | link.CAP_STATUS | journal_caps
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)

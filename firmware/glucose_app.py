@@ -57,7 +57,7 @@ from glucose_meter import (
     GlucoseMeter,
 )
 from hal import pollable
-from link_client import LinkClient
+from link_client import open_client
 
 try:
     from micropython import const
@@ -269,19 +269,10 @@ class GlucoseBoard:
 def run(link_uart, meter_uart, device_id, state_path=None, max_ms=None, log=print, sync_ms=10000,
         journal_path=None):  # fmt: skip
     """Main loop; returns after max_ms (tests) or never (board)."""
-    journal = None
-    if journal_path:
-        from link_journal import LinkJournal
-
-        journal = LinkJournal(journal_path, 16)
-    client = LinkClient(link_uart, journal=journal)
-    if client.restored:
-        log("resending %d unacked message(s) from flash" % client.restored)
+    client, journal_caps = open_client(link_uart, journal_path, log=log)
     meter = GlucoseMeter(meter_uart)
     board = GlucoseBoard(client, meter, state_path, sync_ms, log)
-    capabilities = (
-        link.capability_of_kind(link.KIND_GLUCOSE) | link.CAP_TIME_SYNC | (link.CAP_JOURNAL if journal else 0)
-    )
+    capabilities = link.capability_of_kind(link.KIND_GLUCOSE) | link.CAP_TIME_SYNC | journal_caps
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)

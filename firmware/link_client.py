@@ -359,3 +359,17 @@ class LinkClient:
             slot[_DUE] = time.ticks_add(now, slot[_BACKOFF])
             remaining = slot[_BACKOFF]
         return min(wait, remaining)
+
+
+def open_client(uart, journal_path=None, slots=16, log=print):
+    """A LinkClient, with its flash journal when `journal_path` is given (unacked readings then
+    survive a reboot); logs what it will resend. Returns (client, capability bits it adds)."""
+    journal = None
+    if journal_path:
+        from link_journal import LinkJournal  # only boards with a journal pay for the module
+
+        journal = LinkJournal(journal_path, slots)
+    client = LinkClient(uart, slots, journal)
+    if client.restored:
+        log("resending %d unacked message(s) from flash" % client.restored)
+    return client, (link.CAP_JOURNAL if journal is not None else 0)

@@ -17,7 +17,7 @@ import kiosk_link as link
 import spo2_max30102 as spo2
 import temp_mlx90614 as thermo
 from hal import Pin, irq_source, pollable, service_irqs
-from link_client import LinkClient
+from link_client import open_client
 
 try:
     from micropython import const
@@ -140,20 +140,13 @@ def run(link_uart, i2c, device_id, max_ms=None, log=print, journal_path=None):
     # The drivers first: the oximeter's sample windows want free space in one piece.
     oximeter = spo2.Max30102(i2c)
     thermometer = thermo.Mlx90614(i2c)
-    journal = None
-    if journal_path:
-        from link_journal import LinkJournal
-
-        journal = LinkJournal(journal_path, 8)
-    client = LinkClient(link_uart, journal=journal)
-    if client.restored:
-        log("resending %d unacked message(s) from flash" % client.restored)
+    client, journal_caps = open_client(link_uart, journal_path, log=log)
     # The hello's boot id is the link session id (LinkClient.hello puts it there).
     capabilities = (
         link.capability_of_kind(link.KIND_SPO2)
         | link.capability_of_kind(link.KIND_TEMPERATURE)
         | link.CAP_TIME_SYNC
-        | (link.CAP_JOURNAL if journal else 0)
+        | journal_caps
     )
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     Pin(BOARD["spo2_int"], Pin.IN, Pin.PULL_UP).irq(_on_spo2_int, Pin.IRQ_FALLING)

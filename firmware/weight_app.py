@@ -22,7 +22,7 @@ import time
 
 import kiosk_link as link
 from hal import irq_source, pollable, service_irqs
-from link_client import LinkClient
+from link_client import open_client
 from weight_hx711 import (
     DEFAULTS,
     FAULT_OVERLOAD,
@@ -164,17 +164,8 @@ def run(
     With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
     """
     config = load_config(config_path, log)
-    journal = None
-    if journal_path:
-        from link_journal import LinkJournal
-
-        journal = LinkJournal(journal_path, 8)
-    client = LinkClient(link_uart, journal=journal)
-    if client.restored:
-        log("resending %d unacked message(s) from flash" % client.restored)
-    capabilities = (
-        link.capability_of_kind(link.KIND_WEIGHT) | link.CAP_TIME_SYNC | (link.CAP_JOURNAL if journal else 0)
-    )
+    client, journal_caps = open_client(link_uart, journal_path, log=log)
+    capabilities = link.capability_of_kind(link.KIND_WEIGHT) | link.CAP_TIME_SYNC | journal_caps
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()
     poller.register(pollable(link_uart), select.POLLIN)

@@ -621,9 +621,10 @@ class Ads1292r(Chip):
 
 # --- the part on a board of its own, in a process of its own --------------------------------------
 
-_REMOTE_METHODS = frozenset(
+_CHIP_METHODS = frozenset(
     {"set_electrodes_off", "set_present", "set_stalled", "drop_samples", "set_grace", "snapshot"}
 )
+_BOARD_METHODS = frozenset({"hold_edges"})
 
 
 def _serve_board(conn: Connection, path: str, realtime: bool, options: dict[str, Any]) -> None:
@@ -647,13 +648,11 @@ def _serve_board(conn: Connection, path: str, realtime: bool, options: dict[str,
             if name == "close":
                 conn.send(("ok", None))
                 return
-            if name == "hold_edges":
-                conn.send(("ok", board.hold_edges(*args)))
-                continue
-            if name not in _REMOTE_METHODS:
+            target = chip if name in _CHIP_METHODS else board if name in _BOARD_METHODS else None
+            if target is None:
                 conn.send(("error", f"no such method {name!r}"))
                 continue
-            conn.send(("ok", getattr(chip, name)(*args)))
+            conn.send(("ok", getattr(target, name)(*args)))
     finally:
         board.close()
 
