@@ -10,6 +10,8 @@ from link_client import open_client
 
 MODEL = "KX-BP100"
 FIRMWARE_VERSION = "0.1.0"
+# A link slot holds this board's largest message, a reading of 4 fields.
+_FRAME_CAPACITY = link.frame_size(link.reading_size(4))
 
 _CUFF_ERRORS = {1: link.ERROR_CUFF_LEAK, 2: link.ERROR_MOTION, 3: link.ERROR_OVER_PRESSURE}
 
@@ -50,7 +52,7 @@ def run(link_uart, cuff_uart, device_id, max_ms=None, log=print, journal_path=No
 
     With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
     """
-    client, journal_caps = open_client(link_uart, journal_path, log=log)
+    client, journal_caps = open_client(link_uart, journal_path, log=log, frame_capacity=_FRAME_CAPACITY)
     cuff = BpCuff(cuff_uart)
     capabilities = link.capability_of_kind(link.KIND_BP) | link.CAP_TIME_SYNC | link.CAP_STATUS | journal_caps
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))

@@ -1,10 +1,12 @@
 """ECG board application: ADS1292R frames -> ECG_CHUNK messages on the kiosk link.
 
 Samples go out 40 per chunk (both leads: `ecg_chunk_capacity(2)`, 80 ms at 500 SPS) through the
-link client's ring of unacked messages (LINK_RING chunks: 2.56 s of ECG in flight). While that
-ring is full, samples wait in the driver's ring (SAMPLE_RING frames, about 1 s more); if that
-overflows too, the driver drops frames and the gap shows in first_sample. first_sample counts
-sample periods since the part first started, so consecutive chunks satisfy
+link client's ring of unacked messages (LINK_RING chunks: 1.28 s of ECG in flight, 4 KB of
+preallocated frames). While that ring is full, samples wait in the driver's ring (SAMPLE_RING
+frames, 0.5 s more); if that overflows too, the driver drops frames and the gap shows in
+first_sample. The link ring is the larger of the two on purpose: a sample waits there as 3 bytes
+per lead, against 9 bytes per frame (status word included) plus its gap count in the driver's.
+first_sample counts sample periods since the part first started, so consecutive chunks satisfy
 first_sample + count == next first_sample unless samples are missing: every gap is visible.
 
 The chunk's lead_off byte carries the part's LOFF_STAT bits: 0x01 LA, 0x02 and 0x08 RA,
@@ -18,6 +20,7 @@ The chunk's lead_off byte carries the part's LOFF_STAT bits: 0x01 LA, 0x02 and 0
   is on again, first_sample showing the time that passed.
 """
 
+import gc
 import select
 import time
 
@@ -38,8 +41,9 @@ MODEL = "KX-ECG200"
 FIRMWARE_VERSION = "0.1.0"
 
 CHUNK = link.ecg_chunk_capacity(CHANNELS)
-LINK_RING = const(32)
-SAMPLE_RING = const(512)
+CHUNK_PAYLOAD = link.ECG_HEAD_SIZE + 3 * CHANNELS * CHUNK
+LINK_RING = const(16)
+SAMPLE_RING = const(256)
 _FLUSH_MS = const(200)  # a partial chunk waits at most this long for more samples
 _TIMEOUT_US = const(100000)
 _RESTART_MS = const(1000)
@@ -59,7 +63,7 @@ class EcgStreamer:
         self.afe = afe
         self.log = log
         self.samples = [0] * (CHUNK * CHANNELS)
-        self.payload = bytearray(link.ECG_HEAD_SIZE + 3 * CHANNELS * CHUNK)
+        self.payload = bytearray(CHUNK_PAYLOAD)
         self.fill = 0
         self.first = 0
         self.lead_off = 0
@@ -207,10 +211,13 @@ def run(link_uart, spi, cs, drdy, device_id, max_ms=None, log=print):
     nothing, but each frame received and each burst of resends does, and less garbage means
     shorter collections holding off the DRDY handler.
     """
-    client = LinkClient(link_uart, ring_size=LINK_RING)
+    # The sample ring is the largest block the app takes: it goes first, into a collected heap.
+    gc.collect()
+    afe = Ads1292r(spi, cs, drdy, ring_size=SAMPLE_RING)
+    client = LinkClient(link_uart, LINK_RING, frame_capacity=link.frame_size(CHUNK_PAYLOAD))
     capabilities = link.capability_of_kind(link.KIND_ECG) | link.CAP_STATUS
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
-    streamer = EcgStreamer(client, Ads1292r(spi, cs, drdy, ring_size=SAMPLE_RING), log)
+    streamer = EcgStreamer(client, afe, log)
     poller = select.poll()
     link_stream = pollable(link_uart)
     poller.register(link_stream, select.POLLIN)

@@ -69,6 +69,8 @@ except ImportError:
 
 MODEL = "KX-GLU100"
 FIRMWARE_VERSION = "0.1.0"
+# A link slot holds this board's largest message, a reading of 1 field.
+_FRAME_CAPACITY = link.frame_size(link.reading_size(1))
 
 _METER_ERRORS = {1: link.ERROR_STRIP, 2: link.ERROR_TEMPERATURE, 3: link.ERROR_SAMPLE_INSUFFICIENT}
 
@@ -269,7 +271,7 @@ class GlucoseBoard:
 def run(link_uart, meter_uart, device_id, state_path=None, max_ms=None, log=print, sync_ms=10000,
         journal_path=None):  # fmt: skip
     """Main loop; returns after max_ms (tests) or never (board)."""
-    client, journal_caps = open_client(link_uart, journal_path, log=log)
+    client, journal_caps = open_client(link_uart, journal_path, log=log, frame_capacity=_FRAME_CAPACITY)
     meter = GlucoseMeter(meter_uart)
     board = GlucoseBoard(client, meter, state_path, sync_ms, log)
     capabilities = link.capability_of_kind(link.KIND_GLUCOSE) | link.CAP_TIME_SYNC | journal_caps

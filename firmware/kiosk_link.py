@@ -36,17 +36,6 @@ MSG_DEVICE_ERROR = const(0x06)
 MSG_ECG_CHUNK = const(0x07)
 MSG_TIME_SYNC = const(0x08)
 
-MESSAGE_NAMES = {
-    MSG_HELLO: "hello",
-    MSG_READING: "reading",
-    MSG_ACK: "ack",
-    MSG_NAK: "nak",
-    MSG_STATUS: "status",
-    MSG_DEVICE_ERROR: "device_error",
-    MSG_ECG_CHUNK: "ecg_chunk",
-    MSG_TIME_SYNC: "time_sync",
-}
-
 # NAK reasons.
 NAK_BAD_CRC = const(1)
 NAK_BAD_COBS = const(2)
@@ -64,15 +53,6 @@ KIND_SPO2 = const(4)
 KIND_TEMPERATURE = const(5)
 KIND_WEIGHT = const(6)
 
-KIND_NAMES = {
-    KIND_BP: "bp",
-    KIND_GLUCOSE: "glucose",
-    KIND_ECG: "ecg",
-    KIND_SPO2: "spo2",
-    KIND_TEMPERATURE: "temperature",
-    KIND_WEIGHT: "weight",
-}
-
 # Measurement fields; the unit of each comes from the device profile.
 FIELD_SYSTOLIC = const(1)
 FIELD_DIASTOLIC = const(2)
@@ -82,17 +62,6 @@ FIELD_GLUCOSE = const(10)
 FIELD_SPO2 = const(20)
 FIELD_BODY_TEMPERATURE = const(30)
 FIELD_BODY_WEIGHT = const(40)
-
-FIELD_NAMES = {
-    FIELD_SYSTOLIC: "systolic",
-    FIELD_DIASTOLIC: "diastolic",
-    FIELD_MEAN_ARTERIAL: "mean_arterial",
-    FIELD_PULSE_RATE: "pulse_rate",
-    FIELD_GLUCOSE: "glucose",
-    FIELD_SPO2: "spo2",
-    FIELD_BODY_TEMPERATURE: "body_temperature",
-    FIELD_BODY_WEIGHT: "body_weight",
-}
 
 # Reading flag bits.
 FLAG_IRREGULAR_PULSE = const(0x0001)
@@ -107,20 +76,6 @@ FLAG_BELOW_RANGE = const(0x0100)  # the device showed "LO": true value below its
 FLAG_FASTING = const(0x0200)  # glucose: taken fasting (the >= 7.0 mmol/L threshold applies)
 FLAG_AFTER_MEAL = const(0x0400)  # glucose: taken after a meal
 
-FLAG_NAMES = {
-    FLAG_IRREGULAR_PULSE: "irregular_pulse",
-    FLAG_BODY_MOVEMENT: "body_movement",
-    FLAG_CUFF_LOOSE: "cuff_loose",
-    FLAG_CONTROL_SOLUTION: "control_solution",
-    FLAG_LOW_PERFUSION: "low_perfusion",
-    FLAG_LEAD_OFF: "lead_off",
-    FLAG_UNSTABLE: "unstable",
-    FLAG_ABOVE_RANGE: "above_range",
-    FLAG_BELOW_RANGE: "below_range",
-    FLAG_FASTING: "fasting",
-    FLAG_AFTER_MEAL: "after_meal",
-}
-
 # Device error codes (MSG_DEVICE_ERROR payload: kind:u8 code:u8).
 ERROR_CUFF_LEAK = const(1)
 ERROR_MOTION = const(2)
@@ -134,21 +89,6 @@ ERROR_NO_FINGER = const(9)  # SpO2: no finger in the probe
 ERROR_SENSOR_NOT_FOUND = const(10)  # the part did not answer on its bus
 ERROR_OVERLOAD = const(11)  # scale: load above capacity
 ERROR_SENSOR_FAULT = const(12)  # the part reports an internal fault
-
-ERROR_NAMES = {
-    ERROR_CUFF_LEAK: "cuff_leak",
-    ERROR_MOTION: "motion",
-    ERROR_OVER_PRESSURE: "over_pressure",
-    ERROR_SENSOR_TIMEOUT: "sensor_timeout",
-    ERROR_STRIP: "strip_error",
-    ERROR_TEMPERATURE: "temperature_out_of_range",
-    ERROR_SAMPLE_INSUFFICIENT: "sample_insufficient",
-    ERROR_LEAD_OFF: "lead_off",
-    ERROR_NO_FINGER: "no_finger",
-    ERROR_SENSOR_NOT_FOUND: "sensor_not_found",
-    ERROR_OVERLOAD: "overload",
-    ERROR_SENSOR_FAULT: "sensor_fault",
-}
 
 
 class LinkError(ValueError):
@@ -175,20 +115,31 @@ _CRC_TABLE = _make_crc_table()
 
 def crc16(data, crc=0xFFFF):
     """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF); check value of b"123456789" is 0x29B1."""
+    return _crc16_head(data, len(data), crc)
+
+
+def _crc16_head(data, length, crc):
+    """crc16 of data[0:length], without the slice a prefix would allocate."""
     table = _CRC_TABLE
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ byte) & 0xFF]
+    for index in range(length):
+        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ data[index]) & 0xFF]
     return crc
 
 
 def cobs_encode(data):
     """Consistent Overhead Byte Stuffing: returns bytes with no 0x00 (delimiter not added)."""
     out = bytearray(len(data) + len(data) // 254 + 1)
-    code_index = 0
-    out_index = 1
+    return bytes(out[: _cobs_encode_into(data, len(data), out, 0)])
+
+
+def _cobs_encode_into(data, length, out, start):
+    """COBS-encode data[0:length] into out[start:]; returns the end offset. No allocation."""
+    code_index = start
+    out_index = start + 1
     code = 1
-    last = len(data) - 1
-    for index, byte in enumerate(data):
+    last = length - 1
+    for index in range(length):
+        byte = data[index]
         if byte == 0:
             out[code_index] = code
             code_index = out_index
@@ -205,7 +156,7 @@ def cobs_encode(data):
             out_index += 1
             code = 1
     out[code_index] = code
-    return bytes(out[:out_index])
+    return out_index
 
 
 def cobs_decode(data):
@@ -228,13 +179,39 @@ def cobs_decode(data):
     return bytes(out)
 
 
+def frame_size(payload_length):
+    """Most bytes one frame with a payload of this length takes on the wire, delimiter included
+    (COBS adds one byte per 254, fewer when the body has zeros)."""
+    body = payload_length + 5
+    return body + body // 254 + 2
+
+
+_BODY = bytearray(MAX_FRAME)  # encode_frame_into's scratch: frames are encoded one at a time
+
+
+def encode_frame_into(out, start, msg_type, seq, payload=b""):
+    """Write one delimited frame into out[start:]; returns its end offset. No allocation.
+
+    `out` needs frame_size(len(payload)) bytes from `start`. Not reentrant (one scratch body):
+    never call it from an interrupt handler.
+    """
+    length = len(payload)
+    if length > MAX_PAYLOAD:
+        raise LinkError(NAK_BAD_PAYLOAD, "payload too long: %d" % length)
+    body = _BODY
+    struct.pack_into("<BH", body, 0, msg_type, seq & 0xFFFF)
+    body[3 : 3 + length] = payload
+    end = 3 + length
+    struct.pack_into("<H", body, end, _crc16_head(body, end, 0xFFFF))
+    end = _cobs_encode_into(body, end + 2, out, start)
+    out[end] = 0
+    return end + 1
+
+
 def encode_frame(msg_type, seq, payload=b""):
     """Build one delimited frame ready to write to the UART."""
-    if len(payload) > MAX_PAYLOAD:
-        raise LinkError(NAK_BAD_PAYLOAD, "payload too long: %d" % len(payload))
-    body = struct.pack("<BH", msg_type, seq & 0xFFFF) + bytes(payload)
-    body += struct.pack("<H", crc16(body))
-    return cobs_encode(body) + b"\x00"
+    out = bytearray(frame_size(len(payload)))
+    return bytes(out[: encode_frame_into(out, 0, msg_type, seq, payload)])
 
 
 def decode_frame(encoded):
@@ -338,6 +315,11 @@ def decode_hello_capabilities(payload):
 
 _READING_HEAD = "<BHIB"  # kind, flags, device_time (s since 1970, 0 = clock not set), count
 _READING_FIELD = "<BbI"  # field, decimal exponent, mantissa (two's complement i32)
+
+
+def reading_size(field_count):
+    """Payload bytes of a READING with this many fields (a board sizes its link slots by it)."""
+    return 8 + 6 * field_count
 
 
 def encode_reading(kind, flags, device_time, fields):

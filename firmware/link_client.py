@@ -1,10 +1,13 @@
 """Board side of the kiosk link: sequence numbers, an unacked ring buffer, retransmit until acked.
 
 Every message the board sends is kept in a fixed ring of slots until the gateway acks its
-sequence number. A NAK (corrupt frame seen by the gateway) or a silent timeout sends it again,
-with the timeout doubling up to a ceiling, so a busy or restarting gateway loses nothing.
-The hello has a slot of its own, so a gateway that restarted and asks who we are
-(NAK_HELLO_REQUIRED) hears it at once, even while the ring is full of readings.
+sequence number. Each slot has a frame buffer of `frame_capacity` bytes, allocated at start-up,
+so sending allocates no frame: a streaming board's heap stays flat. The buffers are separate
+blocks, not one: a fragmented heap has room for many small blocks where one large one fails. A NAK (corrupt
+frame seen by the gateway) or a silent timeout sends it again, with the timeout doubling up to a
+ceiling, so a busy or restarting gateway loses nothing. The hello has a slot of its own, so a
+gateway that restarted and asks who we are (NAK_HELLO_REQUIRED) hears it at once, even while the
+ring is full of readings.
 
 The gateway knows a message by (device, session id from the hello, seq). When the 16-bit seq
 space of a session is used up, the ring is drained and a new session starts with a new hello,
@@ -110,7 +113,7 @@ class RamSession:
 
 
 class LinkClient:
-    def __init__(self, uart, ring_size=16, journal=None):
+    def __init__(self, uart, ring_size=16, journal=None, frame_capacity=link.MAX_ENCODED):
         self._uart = uart
         self._receiver = _Receiver()
         self._rx = bytearray(64)
@@ -119,7 +122,11 @@ class LinkClient:
         self._session = journal if journal is not None else RamSession()
         if journal is not None:
             ring_size = journal.slots
-        self._slots = [None] * ring_size  # each: [seq, frame, due_ms, backoff_ms, journal_slot]
+        self._capacity = frame_capacity
+        self._buffers = [memoryview(bytearray(frame_capacity)) for _ in range(ring_size)]
+        # Each slot's record, made once: [seq, frame, due_ms, backoff_ms, journal_slot].
+        self._records = [[0, None, 0, 0, -1] for _ in range(ring_size)]
+        self._slots = [None] * ring_size  # the record while its message is unacked, else None
         self._hello_payload = None
         self._hello_builder = None
         self._hello_slot = None
@@ -135,8 +142,10 @@ class LinkClient:
         if journal is not None:
             now = time.ticks_ms()
             for index, seq, frame in journal.pending():
-                if index < ring_size:
-                    self._slots[index] = [seq, frame, now, _RETRY_FIRST_MS, index]
+                if index < ring_size and len(frame) <= frame_capacity:
+                    buffer = self._buffers[index]
+                    buffer[: len(frame)] = frame
+                    self._occupy(index, seq, buffer[: len(frame)], now, index)
                     self.restored += 1
 
     def device_time(self):
@@ -196,6 +205,11 @@ class LinkClient:
             # Until the gateway acks the hello it may still hold an older session of ours, and
             # would file these seqs under it: nothing goes out before the hello is heard.
             return None
+        if link.frame_size(len(payload)) > self._capacity:
+            raise link.LinkError(
+                link.NAK_BAD_PAYLOAD,
+                "a %d-byte payload does not fit a %d-byte link slot" % (len(payload), self._capacity),
+            )
         try:
             index = self._slots.index(None)
         except ValueError:
@@ -206,15 +220,24 @@ class LinkClient:
             # this message waits until the gateway has acked that hello.
             self._start_new_session()
             return None
-        frame = link.encode_frame(msg_type, seq, payload)
+        buffer = self._buffers[index]
+        frame = buffer[: link.encode_frame_into(buffer, 0, msg_type, seq, payload)]
         journal_slot = -1
         if self._journal is not None and durable:
             self._journal.store(index, seq, frame)
             journal_slot = index
         self._uart.write(frame)
-        self._slots[index] = [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS,
-                              journal_slot]  # fmt: skip
+        self._occupy(index, seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), journal_slot)
         return seq
+
+    def _occupy(self, index, seq, frame, due_ms, journal_slot):
+        record = self._records[index]
+        record[_SEQ] = seq
+        record[_FRAME] = frame
+        record[_DUE] = due_ms
+        record[_BACKOFF] = _RETRY_FIRST_MS
+        record[_JOURNAL_SLOT] = journal_slot
+        self._slots[index] = record
 
     def _start_new_session(self):
         """Seq space used up: once everything of the old session is acked, start a new one."""
@@ -361,7 +384,7 @@ class LinkClient:
         return min(wait, remaining)
 
 
-def open_client(uart, journal_path=None, slots=16, log=print):
+def open_client(uart, journal_path=None, slots=16, log=print, frame_capacity=link.MAX_ENCODED):
     """A LinkClient, with its flash journal when `journal_path` is given (unacked readings then
     survive a reboot); logs what it will resend. Returns (client, capability bits it adds)."""
     journal = None
@@ -369,7 +392,7 @@ def open_client(uart, journal_path=None, slots=16, log=print):
         from link_journal import LinkJournal  # only boards with a journal pay for the module
 
         journal = LinkJournal(journal_path, slots)
-    client = LinkClient(uart, slots, journal)
+    client = LinkClient(uart, slots, journal, frame_capacity)
     if client.restored:
         log("resending %d unacked message(s) from flash" % client.restored)
     return client, (link.CAP_JOURNAL if journal is not None else 0)

@@ -29,6 +29,8 @@ except ImportError:
 
 MODEL = "KX-VS300"
 FIRMWARE_VERSION = "0.1.0"
+# A link slot holds this board's largest message, a reading of 2 fields.
+_FRAME_CAPACITY = link.frame_size(link.reading_size(2))
 
 # Board wiring (ESP32 DevKit numbering; the unix port's simulated bus uses the same numbers).
 BOARD = {
@@ -118,7 +120,7 @@ def _spo2_event(oximeter, event, backlog, seen, log, device_time):
     else:
         code = _SPO2_ERRORS[event]
         backlog.append((link.MSG_DEVICE_ERROR, link.encode_device_error(link.KIND_SPO2, code)))
-        log("spo2 error %s" % link.ERROR_NAMES[code])
+        log("spo2 error %d" % code)
 
 
 def _measure_temperature(thermometer, backlog, log, device_time):
@@ -129,7 +131,7 @@ def _measure_temperature(thermometer, backlog, log, device_time):
         return
     code = _TEMPERATURE_ERRORS[status]
     backlog.append((link.MSG_DEVICE_ERROR, link.encode_device_error(link.KIND_TEMPERATURE, code)))
-    log("temperature error %s" % link.ERROR_NAMES[code])
+    log("temperature error %d" % code)
 
 
 def run(link_uart, i2c, device_id, max_ms=None, log=print, journal_path=None):
@@ -140,7 +142,7 @@ def run(link_uart, i2c, device_id, max_ms=None, log=print, journal_path=None):
     # The drivers first: the oximeter's sample windows want free space in one piece.
     oximeter = spo2.Max30102(i2c)
     thermometer = thermo.Mlx90614(i2c)
-    client, journal_caps = open_client(link_uart, journal_path, log=log)
+    client, journal_caps = open_client(link_uart, journal_path, log=log, frame_capacity=_FRAME_CAPACITY)
     # The hello's boot id is the link session id (LinkClient.hello puts it there).
     capabilities = (
         link.capability_of_kind(link.KIND_SPO2)

@@ -46,6 +46,8 @@ except ImportError:
 
 MODEL = "KX-WS200"
 FIRMWARE_VERSION = "0.1.0"
+# A link slot holds this board's largest message, a reading of 1 field.
+_FRAME_CAPACITY = link.frame_size(link.reading_size(1))
 
 _FAULT_ERRORS = {
     FAULT_TIMEOUT: link.ERROR_SENSOR_TIMEOUT,
@@ -164,7 +166,7 @@ def run(
     With `journal_path` (a file on the board's flash), unacked readings survive a reboot.
     """
     config = load_config(config_path, log)
-    client, journal_caps = open_client(link_uart, journal_path, log=log)
+    client, journal_caps = open_client(link_uart, journal_path, log=log, frame_capacity=_FRAME_CAPACITY)
     capabilities = link.capability_of_kind(link.KIND_WEIGHT) | link.CAP_TIME_SYNC | journal_caps
     client.hello(link.encode_hello(client.session_id, device_id, MODEL, FIRMWARE_VERSION, capabilities))
     poller = select.poll()

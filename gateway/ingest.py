@@ -17,6 +17,7 @@ from contract.wire import DeviceRef, Waveform
 from firmware import kiosk_link as link
 from gateway.ecg import EcgChunk, Strip, StripAssembler
 from gateway.errors import RejectedReading, StorageFullError
+from gateway.link_names import ERROR_NAMES, KIND_NAMES, MESSAGE_NAMES
 from gateway.profiles import DeviceProfile
 from gateway.store import NewReading, Outbox, StagedChunk
 from gateway.transports.base import Transport, TransportClosed
@@ -57,7 +58,7 @@ _FEATURES = {link.CAP_JOURNAL: "journal", link.CAP_TIME_SYNC: "time_sync", link.
 
 def capability_kinds(capabilities: int) -> tuple[str, ...]:
     return tuple(
-        name for code, name in sorted(link.KIND_NAMES.items()) if capabilities & link.capability_of_kind(code)
+        name for code, name in sorted(KIND_NAMES.items()) if capabilities & link.capability_of_kind(code)
     )
 
 
@@ -134,7 +135,7 @@ class LinkIngest:
             if msg_type in (link.MSG_ACK, link.MSG_NAK):
                 return None
         except link.LinkError as exc:
-            await self._reject(f"bad {link.MESSAGE_NAMES.get(msg_type, msg_type)} payload: {exc}")
+            await self._reject(f"bad {MESSAGE_NAMES.get(msg_type, msg_type)} payload: {exc}")
             return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
         except RejectedReading as exc:
             await self._reject(exc.reason)
@@ -147,7 +148,7 @@ class LinkIngest:
             # reading: the board keeps it and retries (NAK_BUSY), we log the whole traceback.
             self.counters.internal_errors += 1
             log.exception("link %s: failed to process %s frame seq %d", self.transport.name,
-                          link.MESSAGE_NAMES.get(msg_type, msg_type), seq)  # fmt: skip
+                          MESSAGE_NAMES.get(msg_type, msg_type), seq)  # fmt: skip
             return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_BUSY))
         await self._reject(f"unsupported message type {msg_type}")
         return link.encode_frame(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
@@ -323,8 +324,8 @@ class LinkIngest:
     def _on_device_error(self, seq: int, payload: bytes) -> bytes:
         kind_code, code = link.decode_device_error(payload)
         self.counters.device_errors += 1
-        kind = link.KIND_NAMES.get(kind_code, str(kind_code))
-        self.last_device_error = f"{kind}: {link.ERROR_NAMES.get(code, f'error {code}')}"
+        kind = KIND_NAMES.get(kind_code, str(kind_code))
+        self.last_device_error = f"{kind}: {ERROR_NAMES.get(code, f'error {code}')}"
         log.warning("link %s: device reports %s", self.transport.name, self.last_device_error)
         return link.encode_frame(link.MSG_ACK, seq)
 

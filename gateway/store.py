@@ -252,24 +252,25 @@ class Outbox:
     async def stage_ecg_chunk(
         self, device: DeviceRef, boot_id: int, link_seq: int, received_at_ms: int, chunk: EcgChunk
     ) -> int | None:
-        """Keep a chunk durably before its ack; returns its staging key, None if already staged."""
+        """Keep a chunk durably before its ack; returns its staging key, None if already staged.
+
+        One statement in autocommit mode is its own durable transaction (synchronous=FULL): one
+        round trip to the database thread per chunk, where look-then-insert took four. The lock
+        keeps it out of another task's open transaction on the same connection.
+        """
         samples = array.array("i", chunk.samples)
         try:
-            async with self._transaction():
-                async with self._db.execute(
-                    "SELECT 1 FROM ecg_chunks WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
-                    (device.id, boot_id, link_seq),
-                ) as cursor:
-                    if await cursor.fetchone() is not None:
-                        return None
-                async with self._db.execute(
-                    """INSERT INTO ecg_chunks (device_id, boot_id, link_seq, device_model, device_firmware,
-                           received_at_ms, first_sample, channels, lead_off, samples)
+            async with (
+                self._lock,
+                self._db.execute(
+                    """INSERT OR IGNORE INTO ecg_chunks (device_id, boot_id, link_seq, device_model,
+                           device_firmware, received_at_ms, first_sample, channels, lead_off, samples)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (device.id, boot_id, link_seq, device.model, device.firmware, received_at_ms,
                      chunk.first_sample, chunk.channels, chunk.lead_off, samples.tobytes()),
-                ) as cursor:  # fmt: skip
-                    return cursor.lastrowid
+                ) as cursor,
+            ):  # fmt: skip
+                return cursor.lastrowid if cursor.rowcount else None
         except sqlite3.OperationalError as exc:
             if "full" in str(exc):
                 raise StorageFullError(f"outbox cannot stage more ECG: {exc}") from exc

@@ -5,20 +5,20 @@ from __future__ import annotations
 from decimal import Decimal
 
 from contract.wire import Measurement
-from firmware import kiosk_link as link
 from gateway.errors import RejectedReading
+from gateway.link_names import FIELD_NAMES, FLAG_NAMES, KIND_NAMES
 from gateway.profiles import DeviceProfile
 
 
 def flag_names(flags: int) -> tuple[str, ...]:
-    return tuple(name for bit, name in sorted(link.FLAG_NAMES.items()) if flags & bit)
+    return tuple(name for bit, name in sorted(FLAG_NAMES.items()) if flags & bit)
 
 
 def to_measurements(
     device_id: str, profile: DeviceProfile, kind_code: int, fields: list[tuple[int, int, int]]
 ) -> tuple[str, tuple[Measurement, ...]]:
     """-> (kind, measurements); raises RejectedReading saying which field and why."""
-    kind = link.KIND_NAMES.get(kind_code)
+    kind = KIND_NAMES.get(kind_code)
     if kind is None:
         raise RejectedReading(device_id, f"unknown kind code {kind_code}")
     spec = profile.kinds.get(kind)  # type: ignore[call-overload]
@@ -27,7 +27,7 @@ def to_measurements(
     measurements: list[Measurement] = []
     seen: set[str] = set()
     for field_code, mantissa, exponent in fields:
-        name = link.FIELD_NAMES.get(field_code)
+        name = FIELD_NAMES.get(field_code)
         if name is None or name not in spec.fields:
             raise RejectedReading(device_id, f"{kind}: unexpected field code {field_code}")
         if name in seen:

@@ -10,15 +10,20 @@ recovery. Bytes the far end cannot take are dropped and counted, like a UART ove
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import multiprocessing
 import os
 import selectors
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 from simulators.pty_port import PtyPort
 
 _CHUNK = 256
+_OVERSHOOT_S = 0.001  # most a thread oversleeps: the line is never counted busier than this
 
 
 @dataclass
@@ -76,7 +81,11 @@ class SerialCable:
         selector.register(source.master_fd, selectors.EVENT_READ)
         line_free_at = time.monotonic()
         while not self._stop.is_set():
-            if not selector.select(timeout=0.1):
+            # Bytes already waiting when the line came free leave right behind the last ones,
+            # as from a UART's FIFO; counting from now would add this thread's wake-up and
+            # sleep overshoot to every chunk as idle line (a few % of a saturated line).
+            backlog = bool(selector.select(timeout=0))
+            if not backlog and not selector.select(timeout=0.1):
                 continue
             try:
                 data = os.read(source.master_fd, _CHUNK)
@@ -90,7 +99,9 @@ class SerialCable:
                 continue
             if self.baudrate:
                 # The bytes leave the far UART one character time (10 bits) after another.
-                line_free_at = max(line_free_at, time.monotonic()) + len(data) * 10 / self.baudrate
+                now = time.monotonic()
+                start = max(line_free_at, now - _OVERSHOOT_S) if backlog else max(line_free_at, now)
+                line_free_at = start + len(data) * 10 / self.baudrate
                 delay = line_free_at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -133,3 +144,58 @@ class SerialCable:
             thread.join(timeout=2)
         self.device_end.close()
         self.gateway_end.close()
+
+
+class SerialCableProcess:
+    """A paced SerialCable served from a process of its own.
+
+    Why: a cable in the process of the gateway it feeds shares the GIL with it, so a throughput
+    figure would measure the two fighting over one interpreter, not the line. A real UART moves
+    bytes in hardware, beside the gateway's CPU. Stats are read over a pipe.
+    """
+
+    def __init__(self, baudrate: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_cable, args=(child, baudrate), name="serial-cable", daemon=True
+        )
+        self._process.start()
+        child.close()
+        if not self._conn.poll(30):
+            self._process.kill()
+            raise RuntimeError("serial cable process did not come up within 30 s")
+        self.device_path, self.gateway_path = self._conn.recv()
+        self.baudrate = baudrate
+
+    def stats(self) -> CableStats:
+        self._conn.send("stats")
+        return CableStats(**self._conn.recv())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self._conn.send("close")
+            self._conn.recv()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()
+
+
+def _serve_cable(conn: Connection, baudrate: int) -> None:
+    cable = SerialCable(baudrate=baudrate)
+    conn.send((cable.device_path, cable.gateway_path))
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:
+                return
+            if request == "stats":
+                with cable._lock:
+                    conn.send(dataclasses.asdict(cable.stats))
+            else:
+                conn.send(None)
+                return
+    finally:
+        cable.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import serial
 
 from firmware import kiosk_link as link
+from gateway.link_names import MESSAGE_NAMES
 
 Frame = tuple[int, int, bytes]
 _DATA = (link.MSG_READING, link.MSG_DEVICE_ERROR)
@@ -39,7 +40,7 @@ class GatewayEnd:
             for frame in self.collect(0.05):
                 if frame[0] == msg_type:
                     return frame
-        raise TimeoutError(f"no {link.MESSAGE_NAMES[msg_type]} frame within {timeout}s")
+        raise TimeoutError(f"no {MESSAGE_NAMES[msg_type]} frame within {timeout}s")
 
     def send(self, msg_type: int, seq: int, payload: bytes = b"") -> None:
         self.port.write(link.encode_frame(msg_type, seq, payload))

@@ -23,6 +23,7 @@ import serial
 
 from firmware import kiosk_link as link
 from firmware import temp_mlx90614
+from gateway.link_names import MESSAGE_NAMES
 from simulators.bus_server import SimulatedBoard
 from simulators.chain import REPO_ROOT, micropython_binary
 from simulators.chips import max30102, mlx90614
@@ -95,13 +96,13 @@ class GatewayEnd:
 
 def reading(message: tuple[int, bytes]) -> tuple[int, int, int, list[tuple[int, int, int]]]:
     msg_type, payload = message
-    assert msg_type == link.MSG_READING, (link.MESSAGE_NAMES[msg_type], payload)
+    assert msg_type == link.MSG_READING, (MESSAGE_NAMES[msg_type], payload)
     return link.decode_reading(payload)
 
 
 def device_error(message: tuple[int, bytes]) -> tuple[int, int]:
     msg_type, payload = message
-    assert msg_type == link.MSG_DEVICE_ERROR, (link.MESSAGE_NAMES[msg_type], payload)
+    assert msg_type == link.MSG_DEVICE_ERROR, (MESSAGE_NAMES[msg_type], payload)
     return link.decode_device_error(payload)
 
 

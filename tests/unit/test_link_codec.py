@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firmware import kiosk_link as link
+from gateway import link_names
 from tests.conftest import run_on_micropython
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +137,34 @@ def test_hello_capabilities_are_optional() -> None:
     assert link.decode_hello_capabilities(unhex(without["payload"])) == 0
     with pytest.raises(link.LinkError, match="trailing bytes"):
         link.decode_hello(unhex(without["payload"]) + b"\x01")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "names"),
+    [
+        ("MSG_", link_names.MESSAGE_NAMES),
+        ("KIND_", link_names.KIND_NAMES),
+        ("FIELD_", link_names.FIELD_NAMES),
+        ("FLAG_", link_names.FLAG_NAMES),
+        ("ERROR_", link_names.ERROR_NAMES),
+    ],
+)
+def test_every_link_code_has_a_name_for_the_gateway(prefix: str, names: dict[int, str]) -> None:
+    codes = {value for key, value in vars(link).items() if key.startswith(prefix) and isinstance(value, int)}
+    assert codes == set(names), f"{prefix}* codes without a name: {sorted(codes - set(names))}"
+    assert len(set(names.values())) == len(names), f"two {prefix}* codes share a name"
+
+
+def test_encode_frame_into_writes_the_same_bytes_as_encode_frame_at_an_offset() -> None:
+    payload = bytes(range(256))[:250]  # zeros and a full 254-byte COBS block
+    expected = link.encode_frame(link.MSG_ECG_CHUNK, 0xBEEF, payload)
+    out = bytearray(b"\xaa" * (7 + len(expected) + 3))
+    end = link.encode_frame_into(out, 7, link.MSG_ECG_CHUNK, 0xBEEF, payload)
+    assert end == 7 + len(expected) <= 7 + link.frame_size(len(payload))
+    assert bytes(out[7:end]) == expected
+    assert out[:7] == b"\xaa" * 7 and out[end:] == b"\xaa" * 3  # nothing written outside the frame
+
+
+@given(st.binary(max_size=link.MAX_PAYLOAD))
+def test_frame_size_bounds_every_frame(payload: bytes) -> None:
+    assert len(link.encode_frame(link.MSG_READING, 1, payload)) <= link.frame_size(len(payload))
