@@ -72,6 +72,10 @@ FAULT_NOT_FOUND = const(1)  # no answer, or another part: the ID register is not
 FAULT_CONFIG = const(2)  # registers did not read back as written: bus or part fault
 
 SAMPLE_RATE_HZ = const(500)
+_PERIOD_US = const(1000000 // SAMPLE_RATE_HZ)
+_GUARD_US = const(_PERIOD_US // 4)  # rounding margin when counting missing periods
+_OPEN_US = const(_PERIOD_US // 2)  # a frame this late opens the question
+_EARLY_US = const(_GUARD_US - _PERIOD_US)  # this early: an edge with no new frame behind it
 FRAME_SIZE = const(9)
 CHANNELS = const(2)
 _SETTLE_US = const(50000)  # how long frames must stay late before the missing ones are counted
@@ -115,10 +119,6 @@ class Ads1292r:
         self._cmd = bytearray(1)
         self._rreg = bytearray(2)
         self._regs = bytearray(len(CONFIG))
-        self._period_us = 1000000 // SAMPLE_RATE_HZ
-        self._guard_us = self._period_us // 4  # rounding margin when counting missing periods
-        self._open_us = self._period_us // 2  # a frame this late opens the question
-        self._early_us = self._guard_us - self._period_us  # this early: an edge with no new frame
         self._running = False
         self._fresh = True  # the next frame restarts the timing (after start())
         self._seen = False  # a frame has arrived since boot
@@ -209,9 +209,9 @@ class Ads1292r:
             return
         if not self._fresh:
             edge = time.ticks_us()
-            late = time.ticks_diff(edge, time.ticks_add(self._expected_us, self._period_us))
-            off_time = late > self._open_us or late < self._early_us
-            if (off_time or time.ticks_diff(edge, self._last_us) < self._open_us) and self._drdy.value():
+            late = time.ticks_diff(edge, time.ticks_add(self._expected_us, _PERIOD_US))
+            off_time = late > _OPEN_US or late < _EARLY_US
+            if (off_time or time.ticks_diff(edge, self._last_us) < _OPEN_US) and self._drdy.value():
                 # An edge off time or right after another, and DRDY already high: its frame was
                 # read by the call before (edges queued while the handler was held off).
                 self.spurious += 1
@@ -229,7 +229,7 @@ class Ads1292r:
                     gap = 0
             self._expected_us = now
         else:
-            expected = time.ticks_add(self._expected_us, self._period_us)
+            expected = time.ticks_add(self._expected_us, _PERIOD_US)
             late = time.ticks_diff(now, expected)
             if late < 0:
                 expected = now  # the part's clock runs ahead of ours, or we had been late
@@ -241,19 +241,19 @@ class Ads1292r:
                 if self._jump >= 0:
                     if late < self._jump_min:
                         self._jump_min = late
-                elif late - self._late_min > self._period_us and not full:
+                elif late - self._late_min > _PERIOD_US and not full:
                     # A whole period later than any frame since the question opened: if that
                     # lasts, samples went missing here too, not before the frame that opened it.
                     self._jump = head
                     self._jump_min = late
                     self._jump_since = now
                 while self._late_open and (
-                    self._late_min <= self._open_us or time.ticks_diff(now, self._late_since) > _SETTLE_US
+                    self._late_min <= _OPEN_US or time.ticks_diff(now, self._late_since) > _SETTLE_US
                 ):
                     settled = self._late_min
                     self._settle()
                     late -= settled
-            if not self._late_open and late > self._open_us:
+            if not self._late_open and late > _OPEN_US:
                 self._late_open = True
                 self._late_min = late
                 self._late_since = now
@@ -280,7 +280,7 @@ class Ads1292r:
     def _settle(self):
         """Answer the open question: the least lateness seen, in whole periods, was missed."""
         least = self._late_min
-        missing = (least + self._guard_us) // self._period_us
+        missing = (least + _GUARD_US) // _PERIOD_US
         if self._hold >= 0:
             self._gaps[self._hold & self._mask] += missing
         else:

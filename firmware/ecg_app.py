@@ -3,7 +3,7 @@
 Samples go out 40 per chunk (both leads: `ecg_chunk_capacity(2)`, 80 ms at 500 SPS) through the
 link client's ring of unacked messages (LINK_RING chunks: 1.28 s of ECG in flight, 4 KB of
 preallocated frames). While that ring is full, samples wait in the driver's ring (SAMPLE_RING
-frames, 0.5 s more); if that overflows too, the driver drops frames and the gap shows in
+frames, 0.26 s more); if that overflows too, the driver drops frames and the gap shows in
 first_sample. The link ring is the larger of the two on purpose: a sample waits there as 3 bytes
 per lead, against 9 bytes per frame (status word included) plus its gap count in the driver's.
 first_sample counts sample periods since the part first started, so consecutive chunks satisfy
@@ -23,6 +23,7 @@ The chunk's lead_off byte carries the part's LOFF_STAT bits: 0x01 LA, 0x02 and 0
 import gc
 import select
 import time
+from array import array
 
 import kiosk_link as link
 from ecg_ads1292r import CHANNELS, FAULT_NONE, FAULT_NOT_FOUND, Ads1292r
@@ -43,7 +44,7 @@ FIRMWARE_VERSION = "0.1.0"
 CHUNK = link.ecg_chunk_capacity(CHANNELS)
 CHUNK_PAYLOAD = link.ECG_HEAD_SIZE + 3 * CHANNELS * CHUNK
 LINK_RING = const(16)
-SAMPLE_RING = const(256)
+SAMPLE_RING = const(128)
 _FLUSH_MS = const(200)  # a partial chunk waits at most this long for more samples
 _TIMEOUT_US = const(100000)
 _RESTART_MS = const(1000)
@@ -62,7 +63,7 @@ class EcgStreamer:
         self.client = client
         self.afe = afe
         self.log = log
-        self.samples = [0] * (CHUNK * CHANNELS)
+        self.samples = array("i", bytes(4 * CHUNK * CHANNELS))
         self.payload = bytearray(CHUNK_PAYLOAD)
         self.fill = 0
         self.first = 0

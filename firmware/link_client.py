@@ -18,6 +18,7 @@ under their original session and seq, so the gateway stores each exactly once.
 
 import struct
 import time
+from array import array
 
 import kiosk_link as link
 
@@ -31,11 +32,6 @@ except ImportError:
 
 _RETRY_FIRST_MS = const(300)
 _RETRY_MAX_MS = const(4000)
-_SEQ = const(0)
-_FRAME = const(1)
-_DUE = const(2)
-_BACKOFF = const(3)
-_JOURNAL_SLOT = const(4)
 _LAST_SEQ = const(0xFFFF)
 _HELLO_RESERVE = const(32)  # last seqs of a session: only hellos may use them
 _REJECTED_HELLO_RETRY_MS = const(60000)
@@ -48,10 +44,6 @@ def _random_u32():
         return struct.unpack("<I", os.urandom(4))[0] or 1
     except (ImportError, AttributeError):
         return (time.ticks_cpu() & 0xFFFFFFFF) or 1
-
-
-def _seq_of(slot):
-    return slot[_SEQ]
 
 
 class _Receiver:
@@ -113,6 +105,10 @@ class RamSession:
 
 
 class LinkClient:
+    """The board's end of the link. Slot state is kept as parallel arrays (struct of arrays):
+    four ints per slot in arrays cost a fraction of a list per slot, on a board's heap.
+    Slot `ring_size` is the hello's: its frame is kept apart (a hello may be larger than a slot)."""
+
     def __init__(self, uart, ring_size=16, journal=None, frame_capacity=link.MAX_ENCODED):
         self._uart = uart
         self._receiver = _Receiver()
@@ -122,14 +118,19 @@ class LinkClient:
         self._session = journal if journal is not None else RamSession()
         if journal is not None:
             ring_size = journal.slots
+        self._size = ring_size
         self._capacity = frame_capacity
-        self._buffers = [memoryview(bytearray(frame_capacity)) for _ in range(ring_size)]
-        # Each slot's record, made once: [seq, frame, due_ms, backoff_ms, journal_slot].
-        self._records = [[0, None, 0, 0, -1] for _ in range(ring_size)]
-        self._slots = [None] * ring_size  # the record while its message is unacked, else None
+        self._buffers = [bytearray(frame_capacity) for _ in range(ring_size)]
+        slots = ring_size + 1  # the last one is the hello's
+        self._seqs = array("i", bytes(4 * slots))  # seq of the unacked message; 0: slot free
+        self._lengths = array("H", bytes(2 * slots))  # its frame's length in the slot's buffer
+        self._due = array("i", bytes(4 * slots))  # ticks_ms of its next resend
+        self._backoff = array("i", bytes(4 * slots))  # ms until the resend after that
+        self._journal_slots = array("h", bytes(2 * slots))  # its journal slot, -1: not journaled
+        self._due_order = array("H", bytes(2 * slots))  # scratch: slots due, oldest first
+        self._hello_frame = b""
         self._hello_payload = None
         self._hello_builder = None
-        self._hello_slot = None
         self.acked = 0
         self.naks_received = 0
         self.retransmits = 0
@@ -143,9 +144,8 @@ class LinkClient:
             now = time.ticks_ms()
             for index, seq, frame in journal.pending():
                 if index < ring_size and len(frame) <= frame_capacity:
-                    buffer = self._buffers[index]
-                    buffer[: len(frame)] = frame
-                    self._occupy(index, seq, buffer[: len(frame)], now, index)
+                    self._buffers[index][: len(frame)] = frame
+                    self._occupy(index, seq, len(frame), now, index)
                     self.restored += 1
 
     def device_time(self):
@@ -167,13 +167,24 @@ class LinkClient:
     def session_id(self):
         return self._session.session_id
 
+    def _hello_waiting(self):
+        return self._seqs[self._size] != 0
+
+    def _free_slot(self):
+        """Index of a free ring slot, or -1."""
+        seqs = self._seqs
+        for index in range(self._size):
+            if not seqs[index]:
+                return index
+        return -1
+
     def pending(self):
-        count = sum(1 for slot in self._slots if slot is not None)
-        return count + (1 if self._hello_slot is not None else 0)
+        seqs = self._seqs
+        return sum(1 for index in range(self._size + 1) if seqs[index])
 
     def has_room(self):
         """True when send() would take a message now: the gateway has our hello, a slot is free."""
-        return self._hello_slot is None and None in self._slots
+        return not self._hello_waiting() and self._free_slot() >= 0
 
     def hello(self, payload):
         """Introduce the board with a HELLO payload (kiosk_link.encode_hello).
@@ -193,26 +204,26 @@ class LinkClient:
 
         self._hello_builder = build_payload
         self._hello_payload = build_payload(self._session.session_id)
-        self._hello_slot = self._transmit(link.MSG_HELLO, self._hello_payload)
+        self._send_hello(self._hello_payload)
 
     def send(self, msg_type, payload, durable=True):
         """Queue and send a message; returns its sequence, or None when it cannot go yet.
 
         With a journal, a durable message is on flash before it is on the wire; pass
         durable=False for high-rate streams (ECG chunks), whose gaps are visible downstream.
+        Allocates nothing but the memoryview handed to the UART.
         """
-        if self._hello_slot is not None:
-            # Until the gateway acks the hello it may still hold an older session of ours, and
-            # would file these seqs under it: nothing goes out before the hello is heard.
-            return None
         if link.frame_size(len(payload)) > self._capacity:
             raise link.LinkError(
                 link.NAK_BAD_PAYLOAD,
                 "a %d-byte payload does not fit a %d-byte link slot" % (len(payload), self._capacity),
             )
-        try:
-            index = self._slots.index(None)
-        except ValueError:
+        if self._hello_waiting():
+            # Until the gateway acks the hello it may still hold an older session of ours, and
+            # would file these seqs under it: nothing goes out before the hello is heard.
+            return None
+        index = self._free_slot()
+        if index < 0:
             return None
         seq = self._session.take_seq()
         if seq is None:
@@ -220,24 +231,27 @@ class LinkClient:
             # this message waits until the gateway has acked that hello.
             self._start_new_session()
             return None
-        buffer = self._buffers[index]
-        frame = buffer[: link.encode_frame_into(buffer, 0, msg_type, seq, payload)]
+        length = link.encode_frame_into(self._buffers[index], 0, msg_type, seq, payload)
+        frame = memoryview(self._buffers[index])[:length]
         journal_slot = -1
         if self._journal is not None and durable:
             self._journal.store(index, seq, frame)
             journal_slot = index
         self._uart.write(frame)
-        self._occupy(index, seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), journal_slot)
+        self._occupy(index, seq, length, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), journal_slot)
         return seq
 
-    def _occupy(self, index, seq, frame, due_ms, journal_slot):
-        record = self._records[index]
-        record[_SEQ] = seq
-        record[_FRAME] = frame
-        record[_DUE] = due_ms
-        record[_BACKOFF] = _RETRY_FIRST_MS
-        record[_JOURNAL_SLOT] = journal_slot
-        self._slots[index] = record
+    def _occupy(self, index, seq, length, due_ms, journal_slot):
+        self._seqs[index] = seq
+        self._lengths[index] = length
+        self._due[index] = due_ms
+        self._backoff[index] = _RETRY_FIRST_MS
+        self._journal_slots[index] = journal_slot
+
+    def _frame(self, index):
+        if index == self._size:
+            return self._hello_frame
+        return memoryview(self._buffers[index])[: self._lengths[index]]
 
     def _start_new_session(self):
         """Seq space used up: once everything of the old session is acked, start a new one."""
@@ -247,14 +261,14 @@ class LinkClient:
         self.sessions_started += 1
         if self._hello_builder is not None:
             self._hello_payload = self._hello_builder(self._session.session_id)
-            self._hello_slot = self._transmit(link.MSG_HELLO, self._hello_payload)
+            self._send_hello(self._hello_payload)
         return True
 
-    def _transmit(self, msg_type, payload):
+    def _send_hello(self, payload):
         # Hellos may use the seqs reserved at the end of a session, so answering a gateway's
         # NAK_HELLO_REQUIRED never forces a new session while messages are still pending.
-        seq = self._session.take_seq(msg_type == link.MSG_HELLO)
-        if seq is None and msg_type == link.MSG_HELLO and self.pending():
+        seq = self._session.take_seq(True)
+        if seq is None and self.pending():
             # No seq left, messages of this session still unacked: they must stay in it, so
             # the hello reuses the last seq (a hello's seq only pairs it with its ack).
             seq = _LAST_SEQ - 1
@@ -262,17 +276,19 @@ class LinkClient:
             self._session.restart_session()
             self.sessions_started += 1
             seq = self._session.take_seq(True)
-            if msg_type == link.MSG_HELLO and self._hello_builder is not None:
+            if self._hello_builder is not None:
                 self._hello_payload = payload = self._hello_builder(self._session.session_id)
-        frame = link.encode_frame(msg_type, seq, payload)
-        self._uart.write(frame)
-        return [seq, frame, time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), _RETRY_FIRST_MS, -1]
+        self._hello_frame = link.encode_frame(link.MSG_HELLO, seq, payload)
+        self._uart.write(self._hello_frame)
+        self._occupy(
+            self._size, seq, len(self._hello_frame), time.ticks_add(time.ticks_ms(), _RETRY_FIRST_MS), -1
+        )
 
     def poll(self):
         """Handle incoming acks/naks and retransmit what is due. Returns ms until the next retry.
 
-        Allocates nothing when nothing came in and at most one message is due for a resend;
-        each frame received allocates only what decoding it takes.
+        Allocates nothing when nothing came in and nothing is due; a resend allocates the
+        memoryview handed to the UART, and each frame received what decoding it takes.
         """
         count = self._uart.readinto(self._rx)
         if count:
@@ -298,31 +314,31 @@ class LinkClient:
         elif msg_type == link.MSG_NAK:
             self.naks_received += 1
             reason = payload[0] if payload else 0
-            hello = self._hello_slot
-            if reason == link.NAK_REJECTED and hello is not None and hello[_SEQ] == seq:
+            hello = self._size
+            if reason == link.NAK_REJECTED and self._hello_waiting() and self._seqs[hello] == seq:
                 # The gateway does not accept this model: ask again much later, not in a loop.
-                hello[_DUE] = time.ticks_add(time.ticks_ms(), _REJECTED_HELLO_RETRY_MS)
-                hello[_BACKOFF] = _REJECTED_HELLO_RETRY_MS
+                self._due[hello] = time.ticks_add(time.ticks_ms(), _REJECTED_HELLO_RETRY_MS)
+                self._backoff[hello] = _REJECTED_HELLO_RETRY_MS
             elif reason == link.NAK_REJECTED:
                 self._ack(seq)  # refused for good (the gateway logged why): do not resend
             elif reason == link.NAK_HELLO_REQUIRED:
-                if self._hello_slot is None and self._hello_payload is not None:
-                    self._hello_slot = self._transmit(link.MSG_HELLO, self._hello_payload)
+                if not self._hello_waiting() and self._hello_payload is not None:
+                    self._send_hello(self._hello_payload)
             elif reason != link.NAK_BUSY:
                 self._resend_now(seq)
 
     def _ack(self, seq):
-        hello = self._hello_slot
-        if hello is not None and hello[_SEQ] == seq:
-            self._hello_slot = None
+        seqs = self._seqs
+        if seqs[self._size] == seq and seq:
+            seqs[self._size] = 0
             self._acked()
             self._resend_now(0)  # the gateway knows us now: resend what it turned away
             return
-        for index, slot in enumerate(self._slots):
-            if slot is not None and slot[_SEQ] == seq:
-                self._slots[index] = None
-                if slot[_JOURNAL_SLOT] >= 0:
-                    self._journal.release(slot[_JOURNAL_SLOT])
+        for index in range(self._size):
+            if seqs[index] == seq and seq:
+                seqs[index] = 0
+                if self._journal_slots[index] >= 0:
+                    self._journal.release(self._journal_slots[index])
                 self._acked()
                 return
 
@@ -332,55 +348,47 @@ class LinkClient:
 
     def _resend_now(self, seq):
         now = time.ticks_ms()
-        for slot in self._slots:
-            if slot is not None and (seq == 0 or slot[_SEQ] == seq):
-                slot[_DUE] = now
+        seqs = self._seqs
+        for index in range(self._size):
+            if seqs[index] and (seq == 0 or seqs[index] == seq):
+                self._due[index] = now
 
     def _retransmit_due(self):
         now = time.ticks_ms()
         wait = _RETRY_MAX_MS
-        if self._hello_slot is not None:
-            wait = self._retransmit(self._hello_slot, now, wait)
-            if self._hello_slot is not None:
+        if self._hello_waiting():
+            wait = self._retransmit(self._size, now, wait)
+            if self._hello_waiting():
                 return wait  # readings wait until the gateway has heard the hello
-        first = None  # the one slot due, while only one is: no list for the usual case
-        several = False
-        for slot in self._slots:
-            if slot is not None and time.ticks_diff(slot[_DUE], now) <= 0:
-                if first is None:
-                    first = slot
-                else:
-                    several = True
-                    break
-        if several:
-            wait = self._retransmit_in_order(now, wait)
-        elif first is not None:
-            wait = self._retransmit(first, now, wait)
-        for slot in self._slots:
-            if slot is not None:
-                wait = min(wait, time.ticks_diff(slot[_DUE], now))
+        seqs = self._seqs
+        due = self._due
+        order = self._due_order
+        count = 0
+        for index in range(self._size):
+            if seqs[index] and time.ticks_diff(due[index], now) <= 0:
+                # Insertion sort by seq, oldest first: the gateway stores in the order it hears.
+                at = count
+                while at and seqs[order[at - 1]] > seqs[index]:
+                    order[at] = order[at - 1]
+                    at -= 1
+                order[at] = index
+                count += 1
+        for at in range(count):
+            wait = self._retransmit(order[at], now, wait)
+        for index in range(self._size):
+            if seqs[index]:
+                wait = min(wait, time.ticks_diff(due[index], now))
         return max(wait, 0)
 
-    def _retransmit_in_order(self, now, wait):
-        # A method of its own: a comprehension over `now` in _retransmit_due would make `now` a
-        # closure cell there, allocated on every call.
-        due = []
-        for slot in self._slots:
-            if slot is not None and time.ticks_diff(slot[_DUE], now) <= 0:
-                due.append(slot)
-        due.sort(key=_seq_of)  # oldest first: the gateway stores in the order it hears
-        for slot in due:
-            wait = self._retransmit(slot, now, wait)
-        return wait
-
-    def _retransmit(self, slot, now, wait):
-        remaining = time.ticks_diff(slot[_DUE], now)
+    def _retransmit(self, index, now, wait):
+        remaining = time.ticks_diff(self._due[index], now)
         if remaining <= 0:
-            self._uart.write(slot[_FRAME])
+            self._uart.write(self._frame(index))
             self.retransmits += 1
-            slot[_BACKOFF] = min(slot[_BACKOFF] * 2, _RETRY_MAX_MS)
-            slot[_DUE] = time.ticks_add(now, slot[_BACKOFF])
-            remaining = slot[_BACKOFF]
+            backoff = min(self._backoff[index] * 2, _RETRY_MAX_MS)
+            self._backoff[index] = backoff
+            self._due[index] = time.ticks_add(now, backoff)
+            remaining = backoff
         return min(wait, remaining)
 
 

@@ -106,7 +106,7 @@ def test_rejected_hello_backs_off():
     wire.reply(link.MSG_NAK, seq, link.encode_nak(link.NAK_REJECTED))
     client.poll()
     assert wire.take() == []
-    due_in = time.ticks_diff(client._hello_slot[2], time.ticks_ms())
+    due_in = time.ticks_diff(client._due[client._size], time.ticks_ms())
     assert 55000 < due_in <= 60000, due_in  # asks again in a minute, not in a loop
 
 
