@@ -124,7 +124,7 @@ class LinkClient:
         slots = ring_size + 1  # the last one is the hello's
         self._seqs = array("i", bytes(4 * slots))  # seq of the unacked message; 0: slot free
         self._lengths = array("H", bytes(2 * slots))  # its frame's length in the slot's buffer
-        self._due = array("i", bytes(4 * slots))  # ticks_ms of its next resend
+        self._due = [time.ticks_ms()] * slots  # ticks_ms of its next resend (ticks: a list, not ints)
         self._backoff = array("i", bytes(4 * slots))  # ms until the resend after that
         self._journal_slots = array("h", bytes(2 * slots))  # its journal slot, -1: not journaled
         self._due_order = array("H", bytes(2 * slots))  # scratch: slots due, oldest first
