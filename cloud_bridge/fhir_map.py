@@ -13,7 +13,8 @@ Mapped kinds: bp, spo2, temperature and weight as the FHIR R4 vital-signs profil
 heartrate, oxygensat, bodytemp, bodyweight); glucose as a laboratory Observation coded by its
 unit; ECG as an EKG-study Observation with valueSampledData per lead. A value the device could
 only bound (it showed HI or LO) is written as a Quantity with a comparator, never as a plain
-value.
+value; a field the device sent without a number (an IEEE 11073 NaN, NRes or infinity) is written
+as `dataAbsentReason` with a note naming the device's special value, never as a number.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ ID_NAMESPACE = uuid.UUID("b3ef8c0d-e43e-4ee2-9202-5ee2196eca72")
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+# The wire's absent reasons (contract.wire.ABSENT_REASONS) -> data-absent-reason code, and what
+# the device said, for the note.
+ABSENT: dict[str, tuple[str, str]] = {
+    "nan": ("not-a-number", "the device reported NaN (not a number)"),
+    "nres": ("error", "the device reported NRes (not representable at its resolution)"),
+    "+inf": ("positive-infinity", "the device reported +INFINITY (above what it can represent)"),
+    "-inf": ("negative-infinity", "the device reported -INFINITY (below what it can represent)"),
+    "reserved": ("error", "the device sent a reserved special value"),
+    "unsuccessful": ("error", "the device reported the measurement unsuccessful"),
+}
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
@@ -296,14 +308,28 @@ class _Context:
         code = CODES[measurement.name if key is None else key]
         if measurement.unit != code.ucum:
             raise self.fail(f"{measurement.name} has unit {measurement.unit!r}, expected {code.ucum!r}")
-        if not measurement.value.is_finite():
-            raise self.fail(f"{measurement.name} is not a finite number")
+        if measurement.value is None:
+            raise self.fail(f"{measurement.name} has no value")
         quantity: dict[str, Any] = {"value": measurement.value}
         comparators = [f.comparator for f in self.marking(measurement.name) if f.comparator]
         if comparators:  # map_reading has refused a reading with both HI and LO
             quantity["comparator"] = comparators[0]
         quantity.update(unit=code.unit, system=UCUM, code=code.ucum)
         return quantity
+
+    def value_fields(self, measurement: Measurement, key: str | None = None) -> dict[str, Any]:
+        """{"valueQuantity": ...}, or {"dataAbsentReason": ...} for a field sent without a number."""
+        if measurement.absent_reason is None:
+            return {"valueQuantity": self.quantity(measurement, key)}
+        code, _ = ABSENT[measurement.absent_reason]
+        return {"dataAbsentReason": {"coding": [{"system": DATA_ABSENT_REASON, "code": code}]}}
+
+    def absent_notes(self) -> list[str]:
+        return [
+            f"{m.name}: no value, {ABSENT[m.absent_reason][1]}."
+            for m in self.reading.values
+            if m.absent_reason is not None
+        ]
 
     def observation(self, key: str, measurement: Measurement | None = None, **fields: Any) -> dict[str, Any]:
         """An Observation of CODES[key]; with `measurement`, its valueQuantity and interpretation."""
@@ -336,12 +362,13 @@ class _Context:
             resource["meta"] = {"profile": [code.profile]}
         if self.subject is not None:
             resource["subject"] = dict(self.subject)
-        if self.notes:
-            resource["note"] = [{"text": text} for text in self.notes]
+        notes = [*self.notes, *self.absent_notes()]
+        if notes:
+            resource["note"] = [{"text": text} for text in notes]
         if measurement is not None:
-            resource["valueQuantity"] = self.quantity(measurement, key)
+            resource.update(self.value_fields(measurement, key))
             marking = self.marking(measurement.name)
-            if marking:
+            if marking and measurement.value is not None:
                 resource["interpretation"] = [_interpretation(flag) for flag in marking]
         resource.update(fields)
         return resource
@@ -386,9 +413,7 @@ def _map_bp(ctx: _Context) -> list[dict[str, Any]]:
     """One BP panel (systolic, diastolic, mean if present) and, if present, one heart rate."""
     ctx.check_names(("systolic", "diastolic", "mean_arterial", "pulse_rate"))
     parts = [ctx.require("systolic"), ctx.require("diastolic"), ctx.reading.value("mean_arterial")]
-    components = [
-        {"code": _concept(CODES[m.name]), "valueQuantity": ctx.quantity(m)} for m in parts if m is not None
-    ]
+    components = [{"code": _concept(CODES[m.name]), **ctx.value_fields(m)} for m in parts if m is not None]
     return [ctx.observation("bp_panel", component=components), *_heart_rate(ctx)]
 
 

@@ -117,13 +117,47 @@ class ResidentRef:
             raise ContractError("empty resident identifier")
 
 
+# Why a device sent a field without a number (IEEE 11073 special values and device statuses).
+ABSENT_REASONS = ("nan", "nres", "+inf", "-inf", "reserved", "unsuccessful")
+
+
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One value with its UCUM unit; Decimal keeps the device's precision exactly."""
+    """One value with its UCUM unit; Decimal keeps the device's precision exactly.
+
+    A device may send a field that holds no number (an SFLOAT NaN, NRes or infinity, a scale's
+    "measurement unsuccessful"): then `value` is None and `absent_reason` (one of ABSENT_REASONS)
+    says why, so the record shows "no value, and why", never a made-up number.
+    """
 
     name: str
-    value: Decimal
+    value: Decimal | None
     unit: str
+    absent_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.value is None) != (self.absent_reason is not None):
+            raise ContractError(f"{self.name}: a value or an absent reason, exactly one")
+        if self.absent_reason is not None and self.absent_reason not in ABSENT_REASONS:
+            raise ContractError(f"{self.name}: unknown absent reason {self.absent_reason!r}")
+        if self.value is not None and not self.value.is_finite():
+            raise ContractError(f"{self.name}: {self.value} is not a finite number")
+
+    def to_cbor(self) -> list[Any]:
+        """[name, value, unit], or [name, None, unit, reason]: the v1 layout for every number."""
+        if self.value is None:
+            return [self.name, None, self.unit, self.absent_reason]
+        return [self.name, self.value, self.unit]
+
+    @classmethod
+    def from_cbor(cls, raw: Any) -> Measurement:
+        if len(raw) == 3:
+            name, value, unit = raw
+            return cls(str(name), Decimal(value), str(unit))
+        name, value, unit, reason = raw
+        if value is not None:
+            raise ContractError(f"{name}: a value and an absent reason")
+        return cls(str(name), None, str(unit), str(reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +258,7 @@ class Reading:
             "seq": self.seq,
             "dev": [self.device.id, self.device.model, self.device.firmware],
             "k": self.kind,
-            "val": [[m.name, m.value, m.unit] for m in self.values],
+            "val": [m.to_cbor() for m in self.values],
             "t": self.measured_at_ms,
             "tq": self.time_quality,
             "rx": self.received_mono_ms,
@@ -246,7 +280,7 @@ class Reading:
                 seq=int(raw["seq"]),
                 device=DeviceRef(id=str(dev[0]), model=str(dev[1]), firmware=str(dev[2])),
                 kind=str(raw["k"]),
-                values=tuple(Measurement(str(n), Decimal(v), str(u)) for n, v, u in raw["val"]),
+                values=tuple(Measurement.from_cbor(m) for m in raw["val"]),
                 measured_at_ms=int(raw["t"]),
                 time_quality=str(raw["tq"]),
                 received_mono_ms=int(raw["rx"]),

@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import aiosqlite
@@ -217,7 +216,7 @@ class Outbox:
                 new.device.model,
                 new.device.firmware,
                 new.kind,
-                cbor2.dumps([[m.name, m.value, m.unit] for m in new.values]),
+                cbor2.dumps([m.to_cbor() for m in new.values]),
                 new.measured_at_ms,
                 new.time_quality,
                 new.received_mono_ms,
@@ -376,7 +375,7 @@ class Outbox:
             seq=seq,
             device=DeviceRef(device_id, model, firmware),
             kind=kind,
-            values=tuple(Measurement(n, Decimal(v), u) for n, v, u in cbor2.loads(values)),
+            values=tuple(Measurement.from_cbor(m) for m in cbor2.loads(values)),
             measured_at_ms=measured_at,
             time_quality=quality,
             received_mono_ms=rx,

@@ -438,3 +438,22 @@ def test_ecg_without_waveform_is_refused() -> None:
     ecg = reading("EC-1D07", "KX-ECG", "ecg", Measurement("heart_rate", Decimal("72"), "/min"))
     with pytest.raises(FhirMappingError, match=r"reading gw-zj-0042/2310: ecg reading has no waveform"):
         map_reading(ecg, batch_hash=BATCH_HASH)
+
+
+def test_a_temperature_sent_as_nres_is_data_absent_with_the_device_reason() -> None:
+    value = Measurement("body_temperature", None, "Cel", "nres")
+    (temperature,) = observations(temperature_reading(values=(value,)))
+    assert "valueQuantity" not in temperature
+    assert temperature["dataAbsentReason"] == {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]
+    }
+    assert {"text": "body_temperature: no value, the device reported NRes (not representable at its "
+                    "resolution)."} in temperature["note"]  # fmt: skip
+
+
+def test_a_pulse_sent_as_nan_is_data_absent_and_the_spo2_keeps_its_value() -> None:
+    values = (Measurement("spo2", Decimal("97"), "%"), Measurement("pulse_rate", None, "/min", "nan"))
+    spo2, pulse = observations(spo2_reading(values=values))
+    assert spo2["valueQuantity"]["value"] == Decimal("97")
+    assert pulse["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
+    assert "valueQuantity" not in pulse

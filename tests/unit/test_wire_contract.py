@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -143,3 +144,22 @@ def test_topics() -> None:
     assert gateway_id_from_topic("kiosk/gw-1/up") == "gw-1"
     with pytest.raises(ContractError):
         gateway_id_from_topic("kiosk/gw-1/up/extra")
+
+
+def test_a_value_the_device_sent_without_a_number_round_trips_with_its_reason() -> None:
+    absent = Measurement("pulse_rate", None, "/min", "nan")
+    reading = dataclasses.replace(READING_1, values=(absent,))
+    raw = cbor2.loads(encode_reading(reading))
+    assert raw["val"] == [["pulse_rate", None, "/min", "nan"]]  # numbers keep the 3-item v1 layout
+    assert Reading.from_cbor_map(raw).values == (absent,)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(None, None), (Decimal(1), "nan"), (None, "unknown-reason"), (Decimal("NaN"), None)],
+)
+def test_a_measurement_is_a_finite_number_or_a_known_absent_reason(
+    value: Decimal | None, reason: str | None
+) -> None:
+    with pytest.raises(ContractError):
+        Measurement("pulse_rate", value, "/min", reason)
