@@ -9,12 +9,13 @@ The clinical codes live in one table, `CODES`; what a device flag means lives in
 `_KIND_MAPPERS`. Adding a kind is rows in `CODES` plus one function. Resources are validated with
 the fhir.resources R4B models before they leave here.
 
-Mapped kinds: bp, spo2, temperature and weight as the FHIR R4 vital-signs profiles (bp,
-heartrate, oxygensat, bodytemp, bodyweight); glucose as a laboratory Observation coded by its
-unit; ECG as an EKG-study Observation with valueSampledData per lead. A value the device could
-only bound (it showed HI or LO) is written as a Quantity with a comparator, never as a plain
-value; a field the device sent without a number (an IEEE 11073 NaN, NRes or infinity) is written
-as `dataAbsentReason` with a note naming the device's special value, never as a number.
+Mapped kinds: bp, spo2, temperature, weight and heart_rate (a chest strap) as the FHIR R4 vital-
+signs profiles (bp, oxygensat, bodytemp, bodyweight, heartrate); glucose as a laboratory
+Observation coded by its unit; ECG as an EKG-study Observation with valueSampledData per lead. A
+value the device could only bound (it showed HI or LO) is written as a Quantity with a
+comparator, never as a plain value; a field the device sent without a number (an IEEE 11073 NaN,
+NRes or infinity) is written as `dataAbsentReason` with a note naming the device's special
+value, never as a number.
 """
 
 from __future__ import annotations
@@ -187,6 +188,14 @@ FLAGS: dict[str, Flag] = {
     # itself is abnormal). It applies to the pulse rate as much as to the SpO2.
     "low_perfusion": Flag("Low perfusion (weak pulse signal) at the probe; the values may be inaccurate."),
     "unstable": Flag("The scale did not settle (the resident moved); the weight may be inaccurate."),
+    "improper_position": Flag(
+        "The cuff reported an improper measurement position; the values may be inaccurate."
+    ),
+    "pulse_above_range": Flag("The cuff reported the pulse rate above its range.", marks=("pulse_rate",)),
+    "pulse_below_range": Flag("The cuff reported the pulse rate below its range.", marks=("pulse_rate",)),
+    "questionable_measurement": Flag(
+        "The device flagged the measurement as questionable (poor or irregular signal)."
+    ),
     "lead_off": Flag("An electrode lost contact during the recording; the trace may be unusable."),
     "fasting": Flag("Fasting sample."),
     "after_meal": Flag("Sample taken after a meal."),
@@ -417,6 +426,12 @@ def _map_bp(ctx: _Context) -> list[dict[str, Any]]:
     return [ctx.observation("bp_panel", component=components), *_heart_rate(ctx)]
 
 
+def _map_heart_rate(ctx: _Context) -> list[dict[str, Any]]:
+    """One heartrate Observation (8867-4) from a heart-rate sensor's pulse_rate."""
+    ctx.check_names(("pulse_rate",))
+    return [ctx.observation("pulse_rate", ctx.require("pulse_rate"))]
+
+
 def _map_spo2(ctx: _Context) -> list[dict[str, Any]]:
     """One oxygensat Observation (2708-6 with 59408-5) and, if present, one heart rate."""
     ctx.check_names(("spo2", "pulse_rate"))
@@ -494,6 +509,7 @@ def _map_ecg(ctx: _Context) -> list[dict[str, Any]]:
 
 _KIND_MAPPERS: dict[str, Callable[[_Context], list[dict[str, Any]]]] = {
     "bp": _map_bp,
+    "heart_rate": _map_heart_rate,
     "ecg": _map_ecg,
     "spo2": _map_spo2,
     "temperature": _map_temperature,

@@ -58,7 +58,7 @@ __all__ = [
 
 CONTRACT_VERSION = 1
 GENESIS_HASH = bytes(32)
-KINDS = ("bp", "glucose", "ecg", "spo2", "temperature", "weight")
+KINDS = ("bp", "glucose", "ecg", "spo2", "temperature", "weight", "heart_rate")
 TIME_QUALITIES = ("rtc", "ntp", "bridge", "unsynced")
 # Identifier systems for residents (China county health communities): the resident health-record
 # number and the resident identity-card number.

@@ -76,6 +76,12 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS ble_cursors (
+    device_id TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_time TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ecg_chunks (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
@@ -117,6 +123,17 @@ class NewReading:
     operator: str | None
     flags: tuple[str, ...]
     waveform: Waveform | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BleCursor:
+    """A BLE meter's record numbering as last seen: `epoch` counts the times it started over
+    (reset, or its 16-bit sequence wrapped); `last_seq` and `last_time` identify the newest
+    record stored, so the next download asks for what follows and can tell a reset meter."""
+
+    epoch: int
+    last_seq: int
+    last_time: str  # the record's device time, ISO 8601 (device-local)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +246,26 @@ class Outbox:
         ) as cursor:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
+
+    async def ble_cursor(self, device_id: str) -> BleCursor | None:
+        """Where a BLE meter's stored-record download stopped (survives restarts)."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT epoch, last_seq, last_time FROM ble_cursors WHERE device_id = ?", (device_id,)
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return None if row is None else BleCursor(int(row[0]), int(row[1]), str(row[2]))
+
+    async def set_ble_cursor(self, device_id: str, cursor: BleCursor) -> None:
+        async with self._transaction():
+            await self._db.execute(
+                """INSERT INTO ble_cursors (device_id, epoch, last_seq, last_time) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (device_id) DO UPDATE SET epoch = excluded.epoch,
+                       last_seq = excluded.last_seq, last_time = excluded.last_time""",
+                (device_id, cursor.epoch, cursor.last_seq, cursor.last_time),
+            )
 
     async def record_rejection(self, source: str, reason: str) -> None:
         async with self._transaction():

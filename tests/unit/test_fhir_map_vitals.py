@@ -457,3 +457,11 @@ def test_a_pulse_sent_as_nan_is_data_absent_and_the_spo2_keeps_its_value() -> No
     assert spo2["valueQuantity"]["value"] == Decimal("97")
     assert pulse["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
     assert "valueQuantity" not in pulse
+
+
+def test_a_heart_rate_strap_reading_is_a_heartrate_observation() -> None:
+    value = Measurement("pulse_rate", Decimal("64"), "/min")
+    (heart,) = observations(reading("HR-0A01", "Polar H10", "heart_rate", value))
+    assert heart["code"]["coding"][0]["code"] == "8867-4"
+    assert heart["meta"] == {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]}
+    assert heart["valueQuantity"]["value"] == Decimal("64")
