@@ -1,11 +1,13 @@
 """ECG board application: ADS1292R frames -> ECG_CHUNK messages on the kiosk link.
 
 Samples go out 40 per chunk (both leads: `ecg_chunk_capacity(2)`, 80 ms at 500 SPS) through the
-link client's ring of unacked messages (LINK_RING chunks: 1.28 s of ECG in flight, 4 KB of
+link client's ring of unacked messages (LINK_RING chunks: 0.96 s of ECG in flight, 3 KB of
 preallocated frames). While that ring is full, samples wait in the driver's ring (SAMPLE_RING
 frames, 0.26 s more); if that overflows too, the driver drops frames and the gap shows in
 first_sample. The link ring is the larger of the two on purpose: a sample waits there as 3 bytes
 per lead, against 9 bytes per frame (status word included) plus its gap count in the driver's.
+Together they ride out 1.2 s of a gateway that does not ack (an SD card's slow fsync); a longer
+stall shows as a gap, never as silent loss. The sizes keep the app in its 32 KB heap budget.
 first_sample counts sample periods since the part first started, so consecutive chunks satisfy
 first_sample + count == next first_sample unless samples are missing: every gap is visible.
 
@@ -43,7 +45,7 @@ FIRMWARE_VERSION = "0.1.0"
 
 CHUNK = link.ecg_chunk_capacity(CHANNELS)
 CHUNK_PAYLOAD = link.ECG_HEAD_SIZE + 3 * CHANNELS * CHUNK
-LINK_RING = const(16)
+LINK_RING = const(12)
 SAMPLE_RING = const(128)
 _FLUSH_MS = const(200)  # a partial chunk waits at most this long for more samples
 _TIMEOUT_US = const(100000)
