@@ -2,23 +2,33 @@
 
 Pure: bytes in, frozen dataclasses out; no I/O, clock or logging. A payload that cannot be read raises
 `BleParseError` naming the characteristic and the field. Layouts are tables (`GLUCOSE_MEASUREMENT_LAYOUT`,
-`RACP_*_LAYOUT`): one row per field, in wire order, with the flag bit that makes it present.
+`RACP_*_LAYOUT`) read by `gateway.ble.common.read_layout`: one row per field, in wire order, with the
+flag bit that makes it present. Bytes after the last field are ignored.
 
-This module also holds the small shared helpers the PLX decoder uses (`BleParseError`, `NoValue`,
-`DateTime`, `_read_layout`); SFLOAT values and `NoValue` come from `gateway.ble.ieee11073`.
+`BleParseError`, `Bound`, `DateTime` (from `gateway.ble.common`) and `NoValue` (from
+`gateway.ble.ieee11073`) are re-exported here for the callers that import them from this module.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import IntEnum, IntFlag
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
-from gateway.ble.ieee11073 import NoValue, NoValueReason, decode_sfloat
-from gateway.errors import GatewayError
+from gateway.ble.common import (
+    BleParseError,
+    Bound,
+    DateTime,
+    FieldKind,
+    FieldSpec,
+    Measured,
+    decode_enum,
+    read_layout,
+    shift_decimal,
+)
+from gateway.ble.ieee11073 import NoValue, NoValueReason
 
 __all__ = [
     "GLUCOSE_MEASUREMENT_LAYOUT",
@@ -43,105 +53,7 @@ __all__ = [
     "parse_racp_response",
 ]
 
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-class BleParseError(GatewayError, ValueError):
-    """A GATT payload that cannot be decoded: which characteristic, which field, what is wrong."""
-
-    def __init__(self, characteristic: str, field: str, problem: str) -> None:
-        super().__init__(f"{characteristic}: field {field!r}: {problem}")
-        self.characteristic = characteristic
-        self.field = field
-        self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    """The device says the true value lies beyond `limit` (FHIR Quantity.comparator '>' or '<').
-
-    `limit` is the value the device reported, or None when it reported a special value instead.
-    """
-
-    comparator: Literal[">", "<"]
-    limit: Decimal | None
-
-
-@dataclass(frozen=True, slots=True)
-class DateTime:
-    """GATT Date Time (7 bytes). 0 in year, month or day means "not known" (as the spec says)."""
-
-    year: int
-    month: int
-    day: int
-    hours: int
-    minutes: int
-    seconds: int
-
-    def to_datetime(self) -> _dt.datetime | None:
-        """The naive (device-local) datetime, or None when a part is unknown or out of range."""
-        try:
-            return _dt.datetime(self.year, self.month, self.day, self.hours, self.minutes, self.seconds)
-        except ValueError:
-            return None
-
-
-# IEEE 11073-20601 SFLOAT special values (whole 16-bit word, exponent 0).
-def _sfloat(raw: int) -> Decimal | NoValue:
-    return decode_sfloat(raw)
-
-
-def _uint(chunk: bytes) -> int:
-    return int.from_bytes(chunk, "little")
-
-
-def _sint(chunk: bytes) -> int:
-    return int.from_bytes(chunk, "little", signed=True)
-
-
-def _date_time(chunk: bytes) -> DateTime:
-    return DateTime(_uint(chunk[0:2]), chunk[2], chunk[3], chunk[4], chunk[5], chunk[6])
-
-
-# kind -> (size in bytes, decoder). All multi-byte fields are little-endian.
-_KINDS: Final[dict[str, tuple[int, Callable[[bytes], Any]]]] = {
-    "u8": (1, _uint),
-    "u16": (2, _uint),
-    "s16": (2, _sint),
-    "u24": (3, _uint),
-    "sfloat": (2, lambda chunk: _sfloat(_uint(chunk))),
-    "datetime": (7, _date_time),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-    kind: str
-    flag: int = 0  # bit of the leading "flags" field that makes this field present; 0 = always present
-
-
-def _read_layout(
-    characteristic: str, payload: bytes, layout: tuple[_Field, ...], offset: int = 0
-) -> dict[str, Any]:
-    """Read the fields of `layout` in order; a field with a flag is read only when that flag is set."""
-    out: dict[str, Any] = {}
-    for field in layout:
-        if field.flag and not out["flags"] & field.flag:
-            continue
-        size, decode = _KINDS[field.kind]
-        chunk = bytes(payload[offset : offset + size])
-        if len(chunk) < size:
-            raise BleParseError(
-                characteristic,
-                field.name,
-                f"truncated: needs {size} byte(s) at offset {offset}, payload has {len(payload)}",
-            )
-        out[field.name] = decode(chunk)
-        offset += size
-    out["_end"] = offset
-    return out
+_F = FieldKind
 
 
 # --------------------------------------------------------------------------- Glucose Measurement 0x2A18
@@ -154,14 +66,14 @@ FLAG_UNITS_MOL_PER_L: Final = 0x04
 FLAG_SENSOR_STATUS: Final = 0x08
 FLAG_CONTEXT_FOLLOWS: Final = 0x10
 
-GLUCOSE_MEASUREMENT_LAYOUT: Final[tuple[_Field, ...]] = (
-    _Field("flags", "u8"),
-    _Field("sequence_number", "u16"),
-    _Field("base_time", "datetime"),
-    _Field("time_offset", "s16", FLAG_TIME_OFFSET),  # minutes
-    _Field("concentration", "sfloat", FLAG_CONCENTRATION),  # kg/L or mol/L (flag bit 2)
-    _Field("type_sample_location", "u8", FLAG_CONCENTRATION),  # low nibble type, high nibble location
-    _Field("sensor_status", "u16", FLAG_SENSOR_STATUS),
+GLUCOSE_MEASUREMENT_LAYOUT: Final[tuple[FieldSpec, ...]] = (
+    FieldSpec("flags", _F.U8),
+    FieldSpec("sequence_number", _F.U16),
+    FieldSpec("base_time", _F.DATE_TIME),
+    FieldSpec("time_offset", _F.S16, FLAG_TIME_OFFSET),  # minutes
+    FieldSpec("concentration", _F.SFLOAT, FLAG_CONCENTRATION),  # kg/L or mol/L (flag bit 2)
+    FieldSpec("type_sample_location", _F.U8, FLAG_CONCENTRATION),  # low nibble type, high nibble location
+    FieldSpec("sensor_status", _F.U16, FLAG_SENSOR_STATUS),
 )
 
 
@@ -241,12 +153,19 @@ class GlucoseMeasurement:
     sensor_status: GlucoseSensorStatus | None = None  # None: field absent
     context_follows: bool = False
 
+    def user_facing_time(self) -> _dt.datetime | None:
+        """Base Time + Time Offset: the device-local time the user saw, or None when the date is unknown."""
+        base = self.base_time.to_datetime()
+        if base is None:
+            return None
+        return base + _dt.timedelta(minutes=self.time_offset_minutes or 0)
 
-def _scale(value: Decimal | NoValue, power: int) -> Decimal | NoValue:
-    return value if isinstance(value, NoValue) else value.scaleb(power)
+
+def _scale(value: Measured, power: int) -> Measured:
+    return value if isinstance(value, NoValue) else shift_decimal(value, power)
 
 
-def _bounded(value: Decimal | NoValue, status: GlucoseSensorStatus | None) -> Value:
+def _bounded(value: Measured, status: GlucoseSensorStatus | None) -> Value:
     high = bool(status and status & GlucoseSensorStatus.RESULT_HIGHER_THAN_DEVICE_CAN_PROCESS)
     low = bool(status and status & GlucoseSensorStatus.RESULT_LOWER_THAN_DEVICE_CAN_PROCESS)
     if high and low:
@@ -258,7 +177,7 @@ def _bounded(value: Decimal | NoValue, status: GlucoseSensorStatus | None) -> Va
 
 def parse_glucose_measurement(payload: bytes) -> GlucoseMeasurement:
     """Decode one Glucose Measurement 0x2A18 notification. Trailing bytes are ignored."""
-    f = _read_layout(_GM, payload, GLUCOSE_MEASUREMENT_LAYOUT)
+    f, _end = read_layout(_GM, payload, GLUCOSE_MEASUREMENT_LAYOUT)
     flags: int = f["flags"]
     status = GlucoseSensorStatus(f["sensor_status"]) if "sensor_status" in f else None
     concentration = sample_type = sample_location = None
@@ -272,14 +191,8 @@ def parse_glucose_measurement(payload: bytes) -> GlucoseMeasurement:
             unit=unit,
         )
         nibbles: int = f["type_sample_location"]
-        try:
-            sample_type = GlucoseSampleType(nibbles & 0x0F)
-        except ValueError:
-            raise BleParseError(_GM, "type", f"reserved value {nibbles & 0x0F}") from None
-        try:
-            sample_location = GlucoseSampleLocation(nibbles >> 4)
-        except ValueError:
-            raise BleParseError(_GM, "sample_location", f"reserved value {nibbles >> 4}") from None
+        sample_type = decode_enum(_GM, "type", GlucoseSampleType, nibbles & 0x0F)
+        sample_location = decode_enum(_GM, "sample_location", GlucoseSampleLocation, nibbles >> 4)
     return GlucoseMeasurement(
         sequence_number=f["sequence_number"],
         base_time=f["base_time"],
@@ -330,11 +243,11 @@ class RacpResponseCode(IntEnum):
 
 RACP_FILTER_SEQUENCE_NUMBER: Final = 0x01
 
-RACP_HEADER_LAYOUT: Final[tuple[_Field, ...]] = (_Field("op_code", "u8"), _Field("operator", "u8"))
-RACP_NUMBER_OF_RECORDS_LAYOUT: Final[tuple[_Field, ...]] = (_Field("number_of_records", "u16"),)
-RACP_RESPONSE_CODE_LAYOUT: Final[tuple[_Field, ...]] = (
-    _Field("request_op_code", "u8"),
-    _Field("response_code_value", "u8"),
+RACP_HEADER_LAYOUT: Final[tuple[FieldSpec, ...]] = (FieldSpec("op_code", _F.U8), FieldSpec("operator", _F.U8))
+RACP_NUMBER_OF_RECORDS_LAYOUT: Final[tuple[FieldSpec, ...]] = (FieldSpec("number_of_records", _F.U16),)
+RACP_RESPONSE_CODE_LAYOUT: Final[tuple[FieldSpec, ...]] = (
+    FieldSpec("request_op_code", _F.U8),
+    FieldSpec("response_code_value", _F.U8),
 )
 
 
@@ -379,22 +292,15 @@ def parse_racp_response(payload: bytes) -> RacpNumberOfRecords | RacpResponse:
 
     The operator byte (Null in both responses) is required but its value is not checked.
     """
-    header = _read_layout(_RACP, payload, RACP_HEADER_LAYOUT)
+    header, end = read_layout(_RACP, payload, RACP_HEADER_LAYOUT)
     op_code: int = header["op_code"]
     if op_code == RacpOpCode.NUMBER_OF_STORED_RECORDS_RESPONSE:
-        f = _read_layout(_RACP, payload, RACP_NUMBER_OF_RECORDS_LAYOUT, header["_end"])
+        f, _end = read_layout(_RACP, payload, RACP_NUMBER_OF_RECORDS_LAYOUT, offset=end)
         return RacpNumberOfRecords(f["number_of_records"])
     if op_code == RacpOpCode.RESPONSE_CODE:
-        f = _read_layout(_RACP, payload, RACP_RESPONSE_CODE_LAYOUT, header["_end"])
-        try:
-            request = RacpOpCode(f["request_op_code"])
-        except ValueError:
-            value = f["request_op_code"]
-            raise BleParseError(_RACP, "request_op_code", f"unknown op code {value:#04x}") from None
-        try:
-            code = RacpResponseCode(f["response_code_value"])
-        except ValueError:
-            value = f["response_code_value"]
-            raise BleParseError(_RACP, "response_code_value", f"reserved value {value:#04x}") from None
-        return RacpResponse(request, code)
+        f, _end = read_layout(_RACP, payload, RACP_RESPONSE_CODE_LAYOUT, offset=end)
+        return RacpResponse(
+            decode_enum(_RACP, "request_op_code", RacpOpCode, f["request_op_code"]),
+            decode_enum(_RACP, "response_code_value", RacpResponseCode, f["response_code_value"]),
+        )
     raise BleParseError(_RACP, "op_code", f"{op_code:#04x} is not a response op code")

@@ -3,23 +3,34 @@
 Every parser takes the characteristic's value (``bytes``), returns a frozen dataclass, and raises
 `BleParseError` (a `ValueError`) naming the missing or inconsistent field. No I/O, no clock, no
 logging. All multi-byte fields are little-endian. The byte layouts are the tables below
-(``*_LAYOUT``): a field is read when its flag bit is set (or clear, for ``when_set=False``);
-``flag=0`` means always present. Numbers are exact `Decimal` values with UCUM unit strings.
+(``*_LAYOUT``, read by `gateway.ble.common.read_layout`): a field is read when its flag bit is set (or
+clear, for ``when_set=False``); ``flag=0`` means always present. These values are read strictly: bytes
+after the last field are an error. Numbers are exact `Decimal` values with UCUM unit strings.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
-from gateway.ble.glucose import BleParseError, DateTime  # shared package helpers
-from gateway.ble.ieee11073 import NoValue, NoValueReason, decode_float, decode_sfloat
+from gateway.ble.common import (
+    FIELD_SIZE,
+    BleParseError,
+    DateTime,
+    FieldKind,
+    FieldSpec,
+    Measured,
+    exact_decimal,
+    read_layout,
+    reject_trailing,
+)
+from gateway.ble.ieee11073 import NoValue, NoValueReason
 
 __all__ = [
     "BLOOD_PRESSURE_LAYOUT",
+    "FIELD_SIZE",
     "HEART_RATE_LAYOUT",
     "TEMPERATURE_LAYOUT",
     "WEIGHT_LAYOUT",
@@ -46,41 +57,14 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Byte layouts
 
-
-class FieldKind(enum.Enum):
-    """Wire format of one field; its size is in `FIELD_SIZE`."""
-
-    U8 = 1
-    U16 = 2
-    SFLOAT = 3  # IEEE 11073-20601 16-bit
-    FLOAT = 4  # IEEE 11073-20601 32-bit
-    DATE_TIME = 5  # Date Time (0x2A08): year u16, month, day, hours, minutes, seconds u8
-
-
-FIELD_SIZE: Mapping[FieldKind, int] = {
-    FieldKind.U8: 1,
-    FieldKind.U16: 2,
-    FieldKind.SFLOAT: 2,
-    FieldKind.FLOAT: 4,
-    FieldKind.DATE_TIME: 7,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    """One field of a characteristic value, in wire order."""
-
-    name: str
-    kind: FieldKind
-    flag: int = 0  # flag mask deciding presence; 0 = always present
-    when_set: bool = True  # present when the flag bit is set (True) or clear (False)
-    repeated: bool = False  # repeated until the end of the value (heart-rate RR intervals)
-
-
 _F = FieldKind
+_FLAGS = FieldSpec("flags", _F.U8)
 
 # Blood Pressure Measurement 0x2A35 (Blood Pressure Service 0x1810).
+_BP: Final = "blood pressure measurement"
+BP_FLAG_KPA: Final = 0x01  # units: 0 = mmHg, 1 = kPa (systolic, diastolic, MAP)
 BLOOD_PRESSURE_LAYOUT: tuple[FieldSpec, ...] = (
+    _FLAGS,
     FieldSpec("systolic", _F.SFLOAT),
     FieldSpec("diastolic", _F.SFLOAT),
     FieldSpec("mean_arterial_pressure", _F.SFLOAT),
@@ -90,13 +74,19 @@ BLOOD_PRESSURE_LAYOUT: tuple[FieldSpec, ...] = (
     FieldSpec("measurement_status", _F.U16, flag=0x10),
 )
 # Temperature Measurement 0x2A1C (Health Thermometer Service 0x1809).
+_TEMP: Final = "temperature measurement"
+TEMP_FLAG_FAHRENHEIT: Final = 0x01  # units: 0 = Celsius, 1 = Fahrenheit
 TEMPERATURE_LAYOUT: tuple[FieldSpec, ...] = (
+    _FLAGS,
     FieldSpec("temperature", _F.FLOAT),
     FieldSpec("time_stamp", _F.DATE_TIME, flag=0x02),
     FieldSpec("temperature_type", _F.U8, flag=0x04),
 )
 # Weight Measurement 0x2A9D (Weight Scale Service 0x181D).
+_WEIGHT: Final = "weight measurement"
+WEIGHT_FLAG_IMPERIAL: Final = 0x01  # units: 0 = SI (kg, m), 1 = imperial (lb, in)
 WEIGHT_LAYOUT: tuple[FieldSpec, ...] = (
+    _FLAGS,
     FieldSpec("weight", _F.U16),
     FieldSpec("time_stamp", _F.DATE_TIME, flag=0x02),
     FieldSpec("user_id", _F.U8, flag=0x04),
@@ -104,9 +94,12 @@ WEIGHT_LAYOUT: tuple[FieldSpec, ...] = (
     FieldSpec("height", _F.U16, flag=0x08),
 )
 # Heart Rate Measurement 0x2A37 (Heart Rate Service 0x180D).
+_HR: Final = "heart rate measurement"
 HEART_RATE_LAYOUT: tuple[FieldSpec, ...] = (
+    _FLAGS,
     FieldSpec("heart_rate", _F.U8, flag=0x01, when_set=False),
     FieldSpec("heart_rate", _F.U16, flag=0x01),
+    # bits 1-2: sensor contact status (no field)
     FieldSpec("energy_expended", _F.U16, flag=0x08),
     FieldSpec("rr_intervals", _F.U16, flag=0x10, repeated=True),
 )
@@ -121,7 +114,7 @@ _WEIGHT_UNSUCCESSFUL = 0xFFFF
 
 def _scaled(raw: int, scale: tuple[int, int, str]) -> Decimal:
     exponent, multiplier, _unit = scale
-    return Decimal(f"{raw * multiplier}E{exponent}")
+    return exact_decimal(raw * multiplier, exponent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,12 +181,12 @@ class SensorContact(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BloodPressureMeasurement:
-    systolic: Decimal | NoValue
-    diastolic: Decimal | NoValue
-    mean_arterial_pressure: Decimal | NoValue
+    systolic: Measured
+    diastolic: Measured
+    mean_arterial_pressure: Measured
     unit: str  # "mm[Hg]" or "kPa"
     time_stamp: DateTime | None = None
-    pulse_rate: Decimal | NoValue | None = None  # unit "/min"
+    pulse_rate: Measured | None = None  # unit "/min"
     user_id: int | None = None  # 0xFF = unknown user
     status: BloodPressureStatus | None = None
     pulse_rate_unit: str = "/min"
@@ -201,7 +194,7 @@ class BloodPressureMeasurement:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TemperatureMeasurement:
-    temperature: Decimal | NoValue
+    temperature: Measured
     unit: str  # "Cel" or "[degF]"
     time_stamp: DateTime | None = None
     temperature_type: TemperatureType | int | None = None  # int only for reserved codes
@@ -209,7 +202,7 @@ class TemperatureMeasurement:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WeightMeasurement:
-    weight: Decimal | NoValue  # NoValue(MEASUREMENT_UNSUCCESSFUL) for 0xFFFF
+    weight: Measured  # NoValue(MEASUREMENT_UNSUCCESSFUL) for 0xFFFF
     unit: str  # "kg" or "[lb_av]"
     time_stamp: DateTime | None = None
     user_id: int | None = None  # 0xFF = unknown user
@@ -235,55 +228,14 @@ class HeartRateMeasurement:
 
 def rr_seconds(raw: int) -> Decimal:
     """Exact seconds for a raw RR interval in 1/1024 s (1/1024 = 0.0009765625)."""
-    return Decimal(f"{raw * 9765625}E-10")
+    return exact_decimal(raw * 9765625, -10)
 
 
-# ---------------------------------------------------------------------------------------------
-# The walker
-
-
-def _read_one(kind: FieldKind, data: bytes, at: int) -> Any:
-    if kind is FieldKind.U8:
-        return data[at]
-    if kind is FieldKind.U16:
-        return int.from_bytes(data[at : at + 2], "little")
-    if kind is FieldKind.SFLOAT:
-        return decode_sfloat(int.from_bytes(data[at : at + 2], "little"))
-    if kind is FieldKind.FLOAT:
-        return decode_float(int.from_bytes(data[at : at + 4], "little"))
-    year = int.from_bytes(data[at : at + 2], "little")
-    return DateTime(year, data[at + 2], data[at + 3], data[at + 4], data[at + 5], data[at + 6])
-
-
-def _walk(characteristic: str, layout: tuple[FieldSpec, ...], payload: bytes) -> tuple[int, dict[str, Any]]:
+def _read(characteristic: str, layout: tuple[FieldSpec, ...], payload: bytes) -> tuple[int, dict[str, Any]]:
     """Read flags then every present field; complain about truncation or trailing bytes."""
-    data = bytes(payload)
-    if not data:
-        raise BleParseError(characteristic, "flags", "missing (empty value)")
-    flags = data[0]
-    at = 1
-    fields: dict[str, Any] = {}
-    for spec in layout:
-        if spec.flag and bool(flags & spec.flag) != spec.when_set:
-            continue
-        size = FIELD_SIZE[spec.kind]
-        if spec.repeated:
-            rest = len(data) - at
-            if rest % size:
-                raise BleParseError(characteristic, spec.name, f"{rest} bytes left, not a multiple of {size}")
-            fields[spec.name] = tuple(_read_one(spec.kind, data, i) for i in range(at, len(data), size))
-            at = len(data)
-            continue
-        if at + size > len(data):
-            have = len(data) - at
-            raise BleParseError(
-                characteristic, spec.name, f"missing: needs {size} bytes at offset {at}, {have} left"
-            )
-        fields[spec.name] = _read_one(spec.kind, data, at)
-        at += size
-    if at != len(data):
-        raise BleParseError(characteristic, "end", f"{len(data) - at} unexpected bytes after the last field")
-    return flags, fields
+    fields, end = read_layout(characteristic, payload, layout)
+    reject_trailing(characteristic, payload, end)
+    return fields["flags"], fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,13 +244,13 @@ def _walk(characteristic: str, layout: tuple[FieldSpec, ...], payload: bytes) ->
 
 def parse_blood_pressure(payload: bytes) -> BloodPressureMeasurement:
     """Blood Pressure Measurement (0x2A35)."""
-    flags, f = _walk("blood pressure measurement", BLOOD_PRESSURE_LAYOUT, payload)
+    flags, f = _read(_BP, BLOOD_PRESSURE_LAYOUT, payload)
     status = f.get("measurement_status")
     return BloodPressureMeasurement(
         systolic=f["systolic"],
         diastolic=f["diastolic"],
         mean_arterial_pressure=f["mean_arterial_pressure"],
-        unit="kPa" if flags & 0x01 else "mm[Hg]",
+        unit="kPa" if flags & BP_FLAG_KPA else "mm[Hg]",
         time_stamp=f.get("time_stamp"),
         pulse_rate=f.get("pulse_rate"),
         user_id=f.get("user_id"),
@@ -308,14 +260,14 @@ def parse_blood_pressure(payload: bytes) -> BloodPressureMeasurement:
 
 def parse_temperature(payload: bytes) -> TemperatureMeasurement:
     """Temperature Measurement (0x2A1C)."""
-    flags, f = _walk("temperature measurement", TEMPERATURE_LAYOUT, payload)
+    flags, f = _read(_TEMP, TEMPERATURE_LAYOUT, payload)
     code = f.get("temperature_type")
     kind: TemperatureType | int | None = code
     if code is not None and code in TemperatureType._value2member_map_:
         kind = TemperatureType(code)
     return TemperatureMeasurement(
         temperature=f["temperature"],
-        unit="[degF]" if flags & 0x01 else "Cel",
+        unit="[degF]" if flags & TEMP_FLAG_FAHRENHEIT else "Cel",
         time_stamp=f.get("time_stamp"),
         temperature_type=kind,
     )
@@ -323,11 +275,11 @@ def parse_temperature(payload: bytes) -> TemperatureMeasurement:
 
 def parse_weight(payload: bytes) -> WeightMeasurement:
     """Weight Measurement (0x2A9D)."""
-    flags, f = _walk("weight measurement", WEIGHT_LAYOUT, payload)
-    imperial = bool(flags & 0x01)
+    flags, f = _read(_WEIGHT, WEIGHT_LAYOUT, payload)
+    imperial = bool(flags & WEIGHT_FLAG_IMPERIAL)
     weight_scale = _WEIGHT_SCALE[imperial]
     raw_weight = f["weight"]
-    weight: Decimal | NoValue = (
+    weight: Measured = (
         NoValue(NoValueReason.MEASUREMENT_UNSUCCESSFUL)
         if raw_weight == _WEIGHT_UNSUCCESSFUL
         else _scaled(raw_weight, weight_scale)
@@ -346,7 +298,7 @@ def parse_weight(payload: bytes) -> WeightMeasurement:
 
 def parse_heart_rate(payload: bytes) -> HeartRateMeasurement:
     """Heart Rate Measurement (0x2A37)."""
-    flags, f = _walk("heart rate measurement", HEART_RATE_LAYOUT, payload)
+    flags, f = _read(_HR, HEART_RATE_LAYOUT, payload)
     contact_bits = (flags >> 1) & 0x03
     return HeartRateMeasurement(
         heart_rate=f["heart_rate"],

@@ -1,24 +1,26 @@
 """Pulse Oximeter Service 0x1822: PLX Spot-check 0x2A5E and PLX Continuous 0x2A5F measurements.
 
 Pure: bytes in, frozen dataclasses out; no I/O, clock or logging. Layouts are tables
-(`PLX_SPOT_CHECK_LAYOUT`, `PLX_CONTINUOUS_LAYOUT`); a truncated payload raises `BleParseError` naming
-the field. SFLOAT special values come out as `NoValue`, never as a number.
+(`PLX_SPOT_CHECK_LAYOUT`, `PLX_CONTINUOUS_LAYOUT`) read by `gateway.ble.common.read_layout`; a truncated
+payload raises `BleParseError` naming the field. Bytes after the last field are ignored. SFLOAT special
+values come out as `NoValue`, never as a number.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import IntFlag
 from typing import Any, Final, Literal
 
-# Shared helpers live in glucose.py until gateway/ble/ieee11073.py (decode_sfloat, NoValue) lands.
-from gateway.ble.glucose import BleParseError, DateTime, NoValue, _Field, _read_layout
+from gateway.ble.common import BleParseError, DateTime, FieldKind, FieldSpec, Measured, read_layout
+from gateway.ble.ieee11073 import NoValue
 
 __all__ = [
     "PLX_CONTINUOUS_LAYOUT",
     "PLX_SPOT_CHECK_LAYOUT",
     "BleParseError",
+    "DateTime",
+    "NoValue",
     "PlxContinuous",
     "PlxDeviceAndSensorStatus",
     "PlxMeasurementStatus",
@@ -31,30 +33,32 @@ __all__ = [
 
 _SPOT: Final = "PLX Spot-check Measurement 0x2A5E"
 _CONT: Final = "PLX Continuous Measurement 0x2A5F"
+_F = FieldKind
 
-PLX_SPOT_CHECK_LAYOUT: Final[tuple[_Field, ...]] = (
-    _Field("flags", "u8"),
-    _Field("spo2", "sfloat"),  # %
-    _Field("pulse_rate", "sfloat"),  # /min
-    _Field("timestamp", "datetime", 0x01),
-    _Field("measurement_status", "u16", 0x02),
-    _Field("device_and_sensor_status", "u24", 0x04),
-    _Field("pulse_amplitude_index", "sfloat", 0x08),  # %
-    # flag 0x10: device clock is not set (no field)
+PLX_SPOT_CHECK_LAYOUT: Final[tuple[FieldSpec, ...]] = (
+    FieldSpec("flags", _F.U8),
+    FieldSpec("spo2", _F.SFLOAT),  # %
+    FieldSpec("pulse_rate", _F.SFLOAT),  # /min
+    FieldSpec("timestamp", _F.DATE_TIME, 0x01),
+    FieldSpec("measurement_status", _F.U16, 0x02),
+    FieldSpec("device_and_sensor_status", _F.U24, 0x04),
+    FieldSpec("pulse_amplitude_index", _F.SFLOAT, 0x08),  # %
+    # flag 0x10: device clock is not set (no field); bits 5-7 reserved
 )
 SPOT_FLAG_DEVICE_CLOCK_NOT_SET: Final = 0x10
 
-PLX_CONTINUOUS_LAYOUT: Final[tuple[_Field, ...]] = (
-    _Field("flags", "u8"),
-    _Field("spo2_normal", "sfloat"),
-    _Field("pulse_rate_normal", "sfloat"),
-    _Field("spo2_fast", "sfloat", 0x01),
-    _Field("pulse_rate_fast", "sfloat", 0x01),
-    _Field("spo2_slow", "sfloat", 0x02),
-    _Field("pulse_rate_slow", "sfloat", 0x02),
-    _Field("measurement_status", "u16", 0x04),
-    _Field("device_and_sensor_status", "u24", 0x08),
-    _Field("pulse_amplitude_index", "sfloat", 0x10),
+PLX_CONTINUOUS_LAYOUT: Final[tuple[FieldSpec, ...]] = (
+    FieldSpec("flags", _F.U8),
+    FieldSpec("spo2_normal", _F.SFLOAT),
+    FieldSpec("pulse_rate_normal", _F.SFLOAT),
+    FieldSpec("spo2_fast", _F.SFLOAT, 0x01),
+    FieldSpec("pulse_rate_fast", _F.SFLOAT, 0x01),
+    FieldSpec("spo2_slow", _F.SFLOAT, 0x02),
+    FieldSpec("pulse_rate_slow", _F.SFLOAT, 0x02),
+    FieldSpec("measurement_status", _F.U16, 0x04),
+    FieldSpec("device_and_sensor_status", _F.U24, 0x08),
+    FieldSpec("pulse_amplitude_index", _F.SFLOAT, 0x10),
+    # bits 5-7 reserved: 0x2A5F has no "device clock is not set" flag (it carries no timestamp)
 )
 
 
@@ -97,7 +101,7 @@ class PlxDeviceAndSensorStatus(IntFlag):
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
-    value: Decimal | NoValue
+    value: Measured
     unit: Literal["%", "/min"]
 
 
@@ -154,7 +158,7 @@ def _statuses(
 
 def parse_plx_spot_check(payload: bytes) -> PlxSpotCheck:
     """Decode one PLX Spot-check Measurement 0x2A5E. Trailing bytes are ignored."""
-    f = _read_layout(_SPOT, payload, PLX_SPOT_CHECK_LAYOUT)
+    f, _end = read_layout(_SPOT, payload, PLX_SPOT_CHECK_LAYOUT)
     measurement, device, pai = _statuses(f)
     return PlxSpotCheck(
         spo2=Quantity(f["spo2"], "%"),
@@ -169,7 +173,7 @@ def parse_plx_spot_check(payload: bytes) -> PlxSpotCheck:
 
 def parse_plx_continuous(payload: bytes) -> PlxContinuous:
     """Decode one PLX Continuous Measurement 0x2A5F. Trailing bytes are ignored."""
-    f = _read_layout(_CONT, payload, PLX_CONTINUOUS_LAYOUT)
+    f, _end = read_layout(_CONT, payload, PLX_CONTINUOUS_LAYOUT)
     measurement, device, pai = _statuses(f)
     return PlxContinuous(
         normal=SpO2PulseRate(

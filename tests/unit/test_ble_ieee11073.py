@@ -124,3 +124,62 @@ def test_float_round_trip_keeps_exponent(mantissa: int, exponent: int) -> None:
     assert isinstance(result, Decimal)
     assert result.as_tuple() == Decimal(f"{mantissa}E{exponent}").as_tuple()
     assert result.as_tuple().exponent == exponent
+
+
+# --------------------------------------------------------------------------- test-local encoders
+# The parser round-trip properties in the other test_ble_* files encode their generated values with these;
+# the code under test never uses them. They are checked here against the hand-written vectors above.
+
+
+def sfloat_bytes(mantissa: int, exponent: int) -> bytes:
+    """SFLOAT on the wire: 4-bit exponent over a 12-bit mantissa (both two's complement), little-endian."""
+    return (((exponent & 0xF) << 12) | (mantissa & 0x0FFF)).to_bytes(2, "little")
+
+
+def float_bytes(mantissa: int, exponent: int) -> bytes:
+    """FLOAT on the wire: 8-bit exponent over a 24-bit mantissa (both two's complement), little-endian."""
+    return (((exponent & 0xFF) << 24) | (mantissa & 0xFFFFFF)).to_bytes(4, "little")
+
+
+SFLOAT_SPECIAL_WIRE = [(raw.to_bytes(2, "little"), value) for raw, value in SFLOAT_SPECIAL_VECTORS[:5]]
+FLOAT_SPECIAL_WIRE = [(raw.to_bytes(4, "little"), value) for raw, value in FLOAT_SPECIAL_VECTORS[:5]]
+
+
+def sfloats() -> st.SearchStrategy[tuple[bytes, Decimal | NoValue]]:
+    """(wire bytes, the value they stand for): every ordinary mantissa and exponent, or a special value."""
+    numbers = st.builds(
+        lambda m, e: (sfloat_bytes(m, e), Decimal(m).scaleb(e)), st.integers(-2045, 2045), st.integers(-8, 7)
+    )
+    return numbers | st.sampled_from(SFLOAT_SPECIAL_WIRE)
+
+
+def floats() -> st.SearchStrategy[tuple[bytes, Decimal | NoValue]]:
+    numbers = st.builds(
+        lambda m, e: (float_bytes(m, e), Decimal(m).scaleb(e)),
+        st.integers(-(2**23) + 3, 2**23 - 3),
+        st.integers(-128, 127),
+    )
+    return numbers | st.sampled_from(FLOAT_SPECIAL_WIRE)
+
+
+@pytest.mark.parametrize(
+    ("mantissa", "exponent", "raw"),
+    [
+        (2, 0, 0x0002),
+        (20, -1, 0xF014),
+        (200, -2, 0xE0C8),
+        (2, 1, 0x1002),
+        (-1234, 0, 0x0B2E),
+        (366, -1, 0xF16E),
+    ],
+)
+def test_sfloat_encoder_matches_the_spec_table(mantissa: int, exponent: int, raw: int) -> None:
+    assert sfloat_bytes(mantissa, exponent) == raw.to_bytes(2, "little")
+
+
+@pytest.mark.parametrize(
+    ("mantissa", "exponent", "raw"),
+    [(2, 0, 0x00000002), (20, -1, 0xFF000014), (200, -2, 0xFE0000C8), (-1234, 0, 0x00FFFB2E)],
+)
+def test_float_encoder_matches_the_spec_table(mantissa: int, exponent: int, raw: int) -> None:
+    assert float_bytes(mantissa, exponent) == raw.to_bytes(4, "little")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.ble.glucose import BleParseError, DateTime, NoValue
 from gateway.ble.plx import (
@@ -21,6 +23,8 @@ from gateway.ble.plx import (
     parse_plx_continuous,
     parse_plx_spot_check,
 )
+from tests.unit.test_ble_common import assert_parses_or_raises, date_time_bytes, date_times
+from tests.unit.test_ble_ieee11073 import sfloats
 
 SPO2_97 = bytes.fromhex("6100")  # SFLOAT 0x0061: exponent 0, mantissa 97
 PR_72 = bytes.fromhex("4800")  # SFLOAT 0x0048: 72
@@ -246,3 +250,219 @@ def test_truncated_continuous_names_the_field(length: int, field: str) -> None:
     with pytest.raises(BleParseError) as caught:
         parse_plx_continuous(CONT_FULL[:length])
     assert caught.value.field == field and "0x2A5F" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- every layout flag combination
+
+
+def _wire(vector: str) -> bytes:
+    return bytes.fromhex(vector.replace("|", ""))
+
+
+# From the PLXS / GSS PLX Spot-check Measurement table, in wire order:
+#   flags u8 | SpO2 SFLOAT, PR SFLOAT | timestamp Date Time (bit0) | measurement status u16 (bit1)
+#   | device and sensor status u24 (bit2) | pulse amplitude index SFLOAT (bit3);  bit4 = device clock not set
+# Field bytes used: "6100" SpO2 97 %, "4800" PR 72 /min (SFLOAT exponent 0), "e807 03 0f 08 1e 05"
+# 2024-03-15 08:30:05, "8020" = 0x2080 (bit7 validated, bit13 unavailable), "2080 00" = 0x008020 (bit5 low
+# perfusion, bit15 sensor disconnected), "23f0" = SFLOAT 0xF023 = 3.5 %.
+SPOT_VECTORS = [
+    "00 | 6100 4800",
+    "01 | 6100 4800 | e807 03 0f 08 1e 05",
+    "02 | 6100 4800 |                     | 8020",
+    "03 | 6100 4800 | e807 03 0f 08 1e 05 | 8020",
+    "04 | 6100 4800 |                     |      | 2080 00",
+    "05 | 6100 4800 | e807 03 0f 08 1e 05 |      | 2080 00",
+    "06 | 6100 4800 |                     | 8020 | 2080 00",
+    "07 | 6100 4800 | e807 03 0f 08 1e 05 | 8020 | 2080 00",
+    "08 | 6100 4800 |                     |      |         | 23f0",
+    "09 | 6100 4800 | e807 03 0f 08 1e 05 |      |         | 23f0",
+    "0a | 6100 4800 |                     | 8020 |         | 23f0",
+    "0b | 6100 4800 | e807 03 0f 08 1e 05 | 8020 |         | 23f0",
+    "0c | 6100 4800 |                     |      | 2080 00 | 23f0",
+    "0d | 6100 4800 | e807 03 0f 08 1e 05 |      | 2080 00 | 23f0",
+    "0e | 6100 4800 |                     | 8020 | 2080 00 | 23f0",
+    "0f | 6100 4800 | e807 03 0f 08 1e 05 | 8020 | 2080 00 | 23f0",
+    # bit4 "device clock is not set" adds no field:
+    "10 | 6100 4800",
+    "11 | 6100 4800 | e807 03 0f 08 1e 05",
+    "1e | 6100 4800 |                     | 8020 | 2080 00 | 23f0",
+    "1f | 6100 4800 | e807 03 0f 08 1e 05 | 8020 | 2080 00 | 23f0",
+]
+
+
+def _expected_spot(flags: int) -> PlxSpotCheck:
+    return PlxSpotCheck(
+        spo2=q("97", "%"),
+        pulse_rate=q("72", "/min"),
+        timestamp=DateTime(2024, 3, 15, 8, 30, 5) if flags & 0x01 else None,
+        measurement_status=STATUS if flags & 0x02 else None,
+        device_and_sensor_status=DEVICE if flags & 0x04 else None,
+        pulse_amplitude_index=q("3.5", "%") if flags & 0x08 else None,
+        device_clock_not_set=bool(flags & 0x10),
+    )
+
+
+@pytest.mark.parametrize("vector", SPOT_VECTORS)
+def test_spot_check_layout_vectors(vector: str) -> None:
+    payload = _wire(vector)
+    assert parse_plx_spot_check(payload) == _expected_spot(payload[0])
+
+
+# From the PLX Continuous Measurement table, in wire order:
+#   flags u8 | SpO2PR-Normal | SpO2PR-Fast (bit0) | SpO2PR-Slow (bit1) | measurement status u16 (bit2)
+#   | device and sensor status u24 (bit3) | pulse amplitude index SFLOAT (bit4)
+# Each SpO2PR is SpO2 SFLOAT then PR SFLOAT: normal "6100 4800" = 97 % / 72, fast "6000 4b00" = 96 % / 75,
+# slow "5f00 5000" = 95 % / 80; the statuses and PAI bytes are those of the spot-check vectors.
+CONTINUOUS_VECTORS = [
+    "00 | 6100 4800",
+    "01 | 6100 4800 | 6000 4b00",
+    "02 | 6100 4800 |           | 5f00 5000",
+    "03 | 6100 4800 | 6000 4b00 | 5f00 5000",
+    "04 | 6100 4800 |           |           | 8020",
+    "05 | 6100 4800 | 6000 4b00 |           | 8020",
+    "06 | 6100 4800 |           | 5f00 5000 | 8020",
+    "07 | 6100 4800 | 6000 4b00 | 5f00 5000 | 8020",
+    "08 | 6100 4800 |           |           |      | 2080 00",
+    "09 | 6100 4800 | 6000 4b00 |           |      | 2080 00",
+    "0a | 6100 4800 |           | 5f00 5000 |      | 2080 00",
+    "0b | 6100 4800 | 6000 4b00 | 5f00 5000 |      | 2080 00",
+    "0c | 6100 4800 |           |           | 8020 | 2080 00",
+    "0d | 6100 4800 | 6000 4b00 |           | 8020 | 2080 00",
+    "0e | 6100 4800 |           | 5f00 5000 | 8020 | 2080 00",
+    "0f | 6100 4800 | 6000 4b00 | 5f00 5000 | 8020 | 2080 00",
+    "10 | 6100 4800 |           |           |      |         | 23f0",
+    "11 | 6100 4800 | 6000 4b00 |           |      |         | 23f0",
+    "12 | 6100 4800 |           | 5f00 5000 |      |         | 23f0",
+    "13 | 6100 4800 | 6000 4b00 | 5f00 5000 |      |         | 23f0",
+    "14 | 6100 4800 |           |           | 8020 |         | 23f0",
+    "15 | 6100 4800 | 6000 4b00 |           | 8020 |         | 23f0",
+    "16 | 6100 4800 |           | 5f00 5000 | 8020 |         | 23f0",
+    "17 | 6100 4800 | 6000 4b00 | 5f00 5000 | 8020 |         | 23f0",
+    "18 | 6100 4800 |           |           |      | 2080 00 | 23f0",
+    "19 | 6100 4800 | 6000 4b00 |           |      | 2080 00 | 23f0",
+    "1a | 6100 4800 |           | 5f00 5000 |      | 2080 00 | 23f0",
+    "1b | 6100 4800 | 6000 4b00 | 5f00 5000 |      | 2080 00 | 23f0",
+    "1c | 6100 4800 |           |           | 8020 | 2080 00 | 23f0",
+    "1d | 6100 4800 | 6000 4b00 |           | 8020 | 2080 00 | 23f0",
+    "1e | 6100 4800 |           | 5f00 5000 | 8020 | 2080 00 | 23f0",
+    "1f | 6100 4800 | 6000 4b00 | 5f00 5000 | 8020 | 2080 00 | 23f0",
+]
+
+
+def _expected_continuous(flags: int) -> PlxContinuous:
+    return PlxContinuous(
+        normal=NORMAL,
+        fast=SpO2PulseRate(spo2=q("96", "%"), pulse_rate=q("75", "/min")) if flags & 0x01 else None,
+        slow=SpO2PulseRate(spo2=q("95", "%"), pulse_rate=q("80", "/min")) if flags & 0x02 else None,
+        measurement_status=STATUS if flags & 0x04 else None,
+        device_and_sensor_status=DEVICE if flags & 0x08 else None,
+        pulse_amplitude_index=q("3.5", "%") if flags & 0x10 else None,
+    )
+
+
+@pytest.mark.parametrize("vector", CONTINUOUS_VECTORS)
+def test_continuous_layout_vectors(vector: str) -> None:
+    payload = _wire(vector)
+    assert parse_plx_continuous(payload) == _expected_continuous(payload[0])
+
+
+def test_vectors_cover_every_layout() -> None:
+    spot = {_wire(vector)[0] for vector in SPOT_VECTORS}
+    assert {flags & 0x0F for flags in spot} == set(range(16)) and {flags & 0x10 for flags in spot} == {
+        0,
+        0x10,
+    }
+    assert sorted(_wire(vector)[0] for vector in CONTINUOUS_VECTORS) == list(range(32))
+
+
+def test_trailing_bytes_are_ignored() -> None:
+    assert parse_plx_spot_check(SPOT_FULL + b"\x00") == parse_plx_spot_check(SPOT_FULL)
+    assert parse_plx_continuous(CONT_FULL + b"\x00") == parse_plx_continuous(CONT_FULL)
+
+
+# --------------------------------------------------------------------------- properties
+
+_statuses = st.none() | st.integers(0, 0xFFFF)
+_device_statuses = st.none() | st.integers(0, 0xFFFFFF)
+
+
+def _quantity(value: Decimal | NoValue, unit: str) -> Quantity:
+    return Quantity(value, unit)  # type: ignore[arg-type]
+
+
+@given(
+    spo2=sfloats(),
+    pulse=sfloats(),
+    timestamp=st.none() | date_times,
+    measurement=_statuses,
+    device=_device_statuses,
+    pai=st.none() | sfloats(),
+    clock_not_set=st.booleans(),
+)
+def test_spot_check_round_trip(spo2, pulse, timestamp, measurement, device, pai, clock_not_set) -> None:
+    flags = (
+        (0x01 if timestamp is not None else 0)
+        | (0x02 if measurement is not None else 0)
+        | (0x04 if device is not None else 0)
+        | (0x08 if pai is not None else 0)
+        | (0x10 if clock_not_set else 0)
+    )
+    payload = bytes([flags]) + spo2[0] + pulse[0]
+    payload += date_time_bytes(timestamp) if timestamp is not None else b""
+    payload += measurement.to_bytes(2, "little") if measurement is not None else b""
+    payload += device.to_bytes(3, "little") if device is not None else b""
+    payload += pai[0] if pai is not None else b""
+    assert parse_plx_spot_check(payload) == PlxSpotCheck(
+        spo2=_quantity(spo2[1], "%"),
+        pulse_rate=_quantity(pulse[1], "/min"),
+        timestamp=timestamp,
+        measurement_status=None if measurement is None else PlxMeasurementStatus(measurement),
+        device_and_sensor_status=None if device is None else PlxDeviceAndSensorStatus(device),
+        pulse_amplitude_index=None if pai is None else _quantity(pai[1], "%"),
+        device_clock_not_set=clock_not_set,
+    )
+
+
+_pairs = st.tuples(sfloats(), sfloats())
+
+
+def _pair(pair: tuple[tuple[bytes, Decimal | NoValue], tuple[bytes, Decimal | NoValue]]) -> SpO2PulseRate:
+    return SpO2PulseRate(spo2=_quantity(pair[0][1], "%"), pulse_rate=_quantity(pair[1][1], "/min"))
+
+
+@given(
+    normal=_pairs,
+    fast=st.none() | _pairs,
+    slow=st.none() | _pairs,
+    measurement=_statuses,
+    device=_device_statuses,
+    pai=st.none() | sfloats(),
+)
+def test_continuous_round_trip(normal, fast, slow, measurement, device, pai) -> None:
+    flags = (
+        (0x01 if fast is not None else 0)
+        | (0x02 if slow is not None else 0)
+        | (0x04 if measurement is not None else 0)
+        | (0x08 if device is not None else 0)
+        | (0x10 if pai is not None else 0)
+    )
+    payload = bytes([flags])
+    for pair in (normal, fast, slow):
+        payload += pair[0][0] + pair[1][0] if pair is not None else b""
+    payload += measurement.to_bytes(2, "little") if measurement is not None else b""
+    payload += device.to_bytes(3, "little") if device is not None else b""
+    payload += pai[0] if pai is not None else b""
+    assert parse_plx_continuous(payload) == PlxContinuous(
+        normal=_pair(normal),
+        fast=None if fast is None else _pair(fast),
+        slow=None if slow is None else _pair(slow),
+        measurement_status=None if measurement is None else PlxMeasurementStatus(measurement),
+        device_and_sensor_status=None if device is None else PlxDeviceAndSensorStatus(device),
+        pulse_amplitude_index=None if pai is None else _quantity(pai[1], "%"),
+    )
+
+
+@pytest.mark.parametrize("parser", [parse_plx_spot_check, parse_plx_continuous])
+@given(payload=st.binary(max_size=40))
+def test_any_bytes_decode_or_raise_ble_parse_error(parser, payload: bytes) -> None:
+    assert_parses_or_raises(parser, payload)
