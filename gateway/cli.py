@@ -8,12 +8,14 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from gateway.alerts import ALERT_RULES_DIR, AlertRules, available_regions, load_alert_rules, load_rules_file
 from gateway.config import load_config
 from gateway.errors import GatewayError, ProfileError
 from gateway.keys import PUBLIC_KEY_FILE, create_keys
-from gateway.profiles import DeviceProfile, load_profile, load_profiles
+from gateway.profiles import PROTOCOLS, DeviceProfile, load_profile, load_profiles, short_uuid
 
 app = typer.Typer(help="Kiosk gateway: ingest, store and sync readings.", no_args_is_help=True)
 
@@ -46,6 +48,11 @@ devices = typer.Typer(help="Device profiles: the models this gateway accepts.", 
 app.add_typer(devices, name="devices")
 
 PROFILES_OPTION = typer.Option(Path("device_profiles"), "--profiles", help="Device profile directory.")
+REGION_OPTION = typer.Option(
+    "CN",
+    "--region",
+    help="Alert-rule region: <profiles>/alert_rules/<region>.toml (the gateway's alert_region).",
+)
 
 
 def _load_or_exit(profiles_dir: Path) -> dict[str, DeviceProfile]:
@@ -56,48 +63,95 @@ def _load_or_exit(profiles_dir: Path) -> dict[str, DeviceProfile]:
         raise typer.Exit(1) from exc
 
 
+def _rules_or_exit(profiles_dir: Path, region: str) -> AlertRules:
+    try:
+        return load_alert_rules(profiles_dir, region)
+    except ProfileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _add_row(table: Table, *cells: str) -> None:
+    """Cells are data, not Rich markup: "[degF]" and "[lb_av]" must print as written."""
+    table.add_row(*(escape(cell) for cell in cells))
+
+
+def _connection(profile: DeviceProfile) -> str:
+    if profile.ble is not None:
+        ble = profile.ble
+        bond = "bond" if ble.bond else "no bond"
+        return f"{short_uuid(ble.service)} '{ble.name_prefix}*', {bond}"
+    return f"firmware {profile.firmware.image} {profile.firmware.version}" if profile.firmware else "-"
+
+
 @devices.command("list")
-def list_devices(profiles_dir: Path = PROFILES_OPTION) -> None:
-    """One line per model: vendor, transport, protocol, what it measures."""
-    table = Table("model", "vendor", "transport", "protocol", "measures", "firmware")
-    for profile in _load_or_exit(profiles_dir).values():
-        firmware = f"{profile.firmware.image} {profile.firmware.version}" if profile.firmware else "-"
-        table.add_row(
+def list_devices(profiles_dir: Path = PROFILES_OPTION, region: str = REGION_OPTION) -> None:
+    """One line per model: vendor, transport, protocol, what it measures, how it connects."""
+    profiles = _load_or_exit(profiles_dir)
+    rules = _rules_or_exit(profiles_dir, region)
+    table = Table("model", "vendor", "transport", "protocol", "measures", "connection")
+    for profile in profiles.values():
+        _add_row(
+            table,
             profile.model,
             profile.vendor,
             profile.transport,
             profile.protocol,
             ", ".join(profile.kinds),
-            firmware,
+            _connection(profile),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(escape(f"alert rules: region {rules.region} ({rules.name}), {len(rules.rules)} rules"))
 
 
 @devices.command("show")
-def show_device(model: str, profiles_dir: Path = PROFILES_OPTION) -> None:
-    """Every field of one model: unit, plausible range, LOINC and MDC codes; ECG waveform."""
+def show_device(model: str, profiles_dir: Path = PROFILES_OPTION, region: str = REGION_OPTION) -> None:
+    """Everything about one model: connection, fields (unit, plausible range and what happens
+    outside it, LOINC and MDC codes), ECG waveform, and the alert rules of the region."""
     profiles = _load_or_exit(profiles_dir)
     if model not in profiles:
         typer.echo(f"no profile for model {model!r}; known: {', '.join(sorted(profiles))}", err=True)
         raise typer.Exit(1)
+    rules = _rules_or_exit(profiles_dir, region)
     profile = profiles[model]
     console = Console()
-    console.print(f"[bold]{profile.model}[/] — {profile.name} ({profile.vendor})")
-    console.print(f"transport {profile.transport}, protocol {profile.protocol}")
+    console.print(f"[bold]{escape(profile.model)}[/] — {escape(profile.name)} ({escape(profile.vendor)})")
+    protocol = PROTOCOLS[profile.protocol]
+    console.print(escape(f"transport {profile.transport}, protocol {profile.protocol} ({protocol.title})"))
+    if profile.firmware:
+        console.print(escape(f"firmware image {profile.firmware.image} {profile.firmware.version}"))
+    if profile.ble:
+        ble = profile.ble
+        table = Table("BLE", "value", title="Bluetooth")
+        _add_row(table, "service", f"{short_uuid(ble.service)}  {ble.service}")
+        for uuid in ble.measurements:
+            _add_row(table, "measurement", f"{short_uuid(uuid)}  {uuid}")
+        if ble.racp:
+            _add_row(table, "record access (RACP)", f"{short_uuid(ble.racp)}  {ble.racp}")
+        if ble.context:
+            _add_row(table, "measurement context", f"{short_uuid(ble.context)}  {ble.context}")
+        _add_row(table, "advertised name", f"starts with '{ble.name_prefix}'")
+        _add_row(table, "bond before reading", "yes" if ble.bond else "no")
+        _add_row(table, "stored records", "yes (downloaded through the RACP)" if ble.stored_records else "no")
+        console.print(table)
     for kind, spec in profile.kinds.items():
         table = Table(
             "field",
             "unit",
             "plausible range",
+            "out of range",
             "LOINC",
             "MDC",
             title=f"{kind} (required: {', '.join(spec.required) or '-'})",
         )
         for name, field in spec.fields.items():
-            table.add_row(
+            _add_row(
+                table,
                 name,
-                field.unit,
-                f"{field.range[0]} .. {field.range[1]}",
+                " or ".join(field.units),
+                f"{field.range[0]} .. {field.range[1]} {field.unit}",
+                "flag and keep" if field.out_of_range == "flag" else "refuse",
                 field.loinc or "-",
                 field.mdc or "-",
             )
@@ -106,28 +160,64 @@ def show_device(model: str, profiles_dir: Path = PROFILES_OPTION) -> None:
             wave = spec.waveform
             leads = ", ".join(wave.leads)
             console.print(
-                f"  waveform: {wave.sample_rate_hz} Hz, {wave.resolution_uv} µV per count, leads {leads}"
+                escape(
+                    f"  waveform: {wave.sample_rate_hz} Hz, {wave.resolution_uv} µV per count, leads {leads}"
+                )
             )
+        kind_rules = rules.for_kind(kind)
+        if kind_rules:
+            table = Table(
+                "rule",
+                "severity",
+                "when",
+                "only with flags",
+                "message",
+                title=f"{kind}: alert rules, region {rules.region}",
+            )
+            for rule in kind_rules:
+                _add_row(
+                    table,
+                    rule.id,
+                    rule.severity,
+                    " or ".join(condition.describe() for condition in rule.when),
+                    ", ".join(rule.requires_flags) or "-",
+                    rule.message.en,
+                )
+            console.print(table)
 
 
 @devices.command("validate")
 def validate_devices(
-    paths: list[Path] = typer.Argument(None, help="Profile files (default: the whole directory)."),
+    paths: list[Path] = typer.Argument(
+        None, help="Profile or alert-rule files (default: the whole directory)."
+    ),
     profiles_dir: Path = PROFILES_OPTION,
 ) -> None:
-    """Check profile files; every problem names its file and field. Exit 1 if any is invalid."""
-    files = paths or sorted(profiles_dir.glob("*.toml"))
+    """Check profile and alert-rule files; every problem names its file and field. Exit 1 if any is invalid.
+
+    A file in an alert_rules folder is read as a region's alert rules, any other as a device profile.
+    """
+    files = paths or [
+        *sorted(profiles_dir.glob("*.toml")),
+        *sorted((profiles_dir / ALERT_RULES_DIR).glob("*.toml")),
+    ]
     failed = 0
     for path in files:
         try:
-            profile = load_profile(path)
+            if path.parent.name == ALERT_RULES_DIR:
+                rules = load_rules_file(path)
+                typer.echo(f"ok: {path} (alert rules, region {rules.region}, {len(rules.rules)} rules)")
+            else:
+                profile = load_profile(path)
+                typer.echo(f"ok: {path} ({profile.model}, {profile.transport} {profile.protocol})")
         except ProfileError as exc:
             failed += 1
             typer.echo(f"invalid: {exc}", err=True)
-            continue
-        typer.echo(f"ok: {path} ({profile.model})")
     if not paths:
         _load_or_exit(profiles_dir)  # also the registry checks: no duplicate model
+        if not available_regions(profiles_dir):
+            typer.echo(f"invalid: {profiles_dir / ALERT_RULES_DIR}: no alert rule files", err=True)
+            failed += 1
     if failed:
         raise typer.Exit(1)
 

@@ -44,6 +44,8 @@ class GatewayConfig(_Frozen):
     gateway_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     data_dir: Path
     profiles_dir: Path = Path("device_profiles")
+    # Whose clinical thresholds flag readings: <profiles_dir>/alert_rules/<region>.toml
+    alert_region: str = Field(default="CN", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
     clock_quality: Literal["rtc", "ntp", "unsynced"] = "ntp"
     serial: tuple[SerialPortConfig, ...] = ()
     mqtt: MqttConfig = MqttConfig()

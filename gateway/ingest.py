@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 from contract.wire import DeviceRef, Waveform
 from firmware import kiosk_link as link
+from gateway.alerts import AlertRules
 from gateway.ecg import EcgChunk, Strip, StripAssembler
 from gateway.errors import RejectedReading, StorageFullError
 from gateway.link_names import ERROR_NAMES, KIND_NAMES, MESSAGE_NAMES
 from gateway.profiles import DeviceProfile
 from gateway.store import NewReading, Outbox, StagedChunk
 from gateway.transports.base import Transport, TransportClosed
-from gateway.validate import flag_names, to_measurements
+from gateway.validate import check_link_reading
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class LinkIngest:
     clock_quality: str
     on_stored: Callable[[], None] = lambda: None
     strip_seconds: float = 10.0
+    alert_rules: AlertRules | None = None  # the region's alert rules; None: readings raise no alerts
     counters: LinkCounters = field(default_factory=LinkCounters)
     session: DeviceSession | None = None
     last_device_error: str | None = None
@@ -195,7 +197,11 @@ class LinkIngest:
         assert self.session is not None
         session = self.session
         kind_code, flags, device_time, fields = link.decode_reading(payload)
-        kind, values = to_measurements(session.device.id, session.profile, kind_code, fields)
+        checked = check_link_reading(
+            session.device.id, session.profile, kind_code, fields, flags, self.alert_rules
+        )
+        for note in checked.notes:
+            log.warning("link %s: reading from %s: %s", self.transport.name, session.device.id, note)
         now_ms = time.time_ns() // 1_000_000
         # A board stamps readings with the clock we gave it (TIME_SYNC), so its time is as
         # good as ours; without one, the reading gets our receive time.
@@ -209,21 +215,21 @@ class LinkIngest:
                 device=session.device,
                 boot_id=session.boot_id,
                 link_seq=seq,
-                kind=kind,
-                values=values,
+                kind=checked.kind,
+                values=checked.measurements,
                 measured_at_ms=measured_at_ms,
                 time_quality=self.clock_quality,
                 received_mono_ms=time.monotonic_ns() // 1_000_000,
                 resident=checkin[0] if checkin else None,
                 operator=checkin[1] if checkin else None,
-                flags=flag_names(flags),
+                flags=checked.flags,
             )
         )
         if stored is None:
             self.counters.duplicates += 1
         else:
             self.counters.readings_stored += 1
-            log.info("link %s: stored %s reading as seq %d", self.transport.name, kind, stored)
+            log.info("link %s: stored %s reading as seq %d", self.transport.name, checked.kind, stored)
             self.on_stored()
         ack = link.encode_frame(link.MSG_ACK, seq)
         return ack if device_time else ack + self._time_sync()
