@@ -20,6 +20,21 @@ class SerialPortConfig(_Frozen):
     baudrate: int = 115200
 
 
+class BleDeviceConfig(_Frozen):
+    """A Bluetooth device this gateway reads: its address and the model of its profile."""
+
+    address: str = Field(pattern=r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$|^[0-9A-Fa-f-]{36}$")
+    model: str
+
+
+class BleConfig(_Frozen):
+    adapter: str | None = None  # e.g. "hci0"; None: the system's default adapter
+    # Device clocks show local time without a zone; this is their offset from UTC (China: +8 h).
+    device_utc_offset_min: int = Field(default=480, ge=-720, le=840)
+    retry_max_s: float = Field(default=60.0, gt=0)
+    devices: tuple[BleDeviceConfig, ...] = ()
+
+
 class MqttConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = 1883
@@ -48,6 +63,7 @@ class GatewayConfig(_Frozen):
     alert_region: str = Field(default="CN", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
     clock_quality: Literal["rtc", "ntp", "unsynced"] = "ntp"
     serial: tuple[SerialPortConfig, ...] = ()
+    ble: BleConfig = BleConfig()
     mqtt: MqttConfig = MqttConfig()
     sync: SyncConfig = SyncConfig()
     api: ApiConfig = ApiConfig()

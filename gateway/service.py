@@ -8,7 +8,9 @@ import logging
 
 import uvicorn
 
+from gateway.alerts import load_alert_rules
 from gateway.api import create_app, mask
+from gateway.ble_ingest import BleDeviceIngest
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.ingest import LinkIngest, capability_names, recover_staged_ecg, serve_link
@@ -16,16 +18,27 @@ from gateway.keys import GatewayKeys
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
 from gateway.sync import MqttSync
+from gateway.transports.ble import BleakCentral, BleCentral
 from gateway.transports.serial import SerialTransport
 
 log = logging.getLogger(__name__)
 
 
 class GatewayService:
-    def __init__(self, config: GatewayConfig, outbox: Outbox, profiles: dict[str, DeviceProfile]) -> None:
+    """The gateway's parts for one configuration. `central` is the Bluetooth adapter (bleak on a
+    gateway; the simulated one in CI); it is only made when the configuration lists BLE devices."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        outbox: Outbox,
+        profiles: dict[str, DeviceProfile],
+        central: BleCentral | None = None,
+    ) -> None:
         self.config = config
         self.outbox = outbox
         self.profiles = profiles
+        self.alert_rules = load_alert_rules(config.profiles_dir, config.alert_region)
         self.sync = MqttSync(config.gateway_id, outbox, config.mqtt, config.sync)
         self.links = [
             LinkIngest(
@@ -34,9 +47,32 @@ class GatewayService:
                 profiles=profiles,
                 clock_quality=config.clock_quality,
                 on_stored=self.sync.wake,
+                alert_rules=self.alert_rules,
             )
             for port in config.serial
         ]
+        self.ble_devices: list[BleDeviceIngest] = []
+        if config.ble.devices:
+            central = central if central is not None else BleakCentral(config.ble.adapter)
+            for device in config.ble.devices:
+                profile = profiles.get(device.model)
+                if profile is None or profile.transport != "ble":
+                    raise GatewayError(
+                        f"ble device {device.address}: no Bluetooth profile for model {device.model!r}"
+                    )
+                self.ble_devices.append(
+                    BleDeviceIngest(
+                        central,
+                        device.address,
+                        profile,
+                        outbox,
+                        rules=self.alert_rules,
+                        clock_quality=config.clock_quality,
+                        device_utc_offset_min=config.ble.device_utc_offset_min,
+                        retry_max_s=config.ble.retry_max_s,
+                        on_stored=self.sync.wake,
+                    )
+                )
 
     async def status(self) -> dict[str, object]:
         outbox = await self.outbox.status()
@@ -58,7 +94,8 @@ class GatewayService:
                     "uptime_s": ingest.session.uptime_s if ingest.session else None,
                 }
                 for ingest in self.links
-            ],
+            ]
+            + [device.status() for device in self.ble_devices],
         }
 
 
@@ -81,6 +118,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         asyncio.create_task(serve_link(ingest), name=f"link {ingest.transport.name}")
         for ingest in service.links
     ]
+    tasks.extend(asyncio.create_task(device.run(), name=device.name) for device in service.ble_devices)
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
 
     failed: list[str] = []
@@ -96,9 +134,10 @@ async def run_gateway(config: GatewayConfig) -> None:
     for task in tasks:
         task.add_done_callback(stop_on_failure)
     log.info(
-        "gateway %s up: %d link(s), %d device profile(s), API on http://%s:%d",
+        "gateway %s up: %d link(s), %d Bluetooth device(s), %d device profile(s), API on http://%s:%d",
         config.gateway_id,
         len(service.links),
+        len(service.ble_devices),
         len(profiles),
         config.api.host,
         config.api.port,
