@@ -133,8 +133,8 @@ class BleDeviceIngest:
     def name(self) -> str:
         return f"ble {self.address} ({self.profile.model})"
 
-    async def run(self) -> None:
-        """Connect, read, reconnect: forever (until cancelled)."""
+    async def serve(self) -> None:
+        """Connect, read, reconnect: forever (until cancelled). A `Peripheral`."""
         delay = self.retry_min_s
         while True:
             try:

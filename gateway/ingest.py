@@ -7,6 +7,7 @@ with a NAK carrying the reason, logged without resident data, and counted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -79,7 +80,7 @@ def time_sync_frame() -> bytes:
 
 @dataclass
 class LinkIngest:
-    """Serves one peripheral link; holds what the board said in its hello."""
+    """Serves one peripheral link; holds what the board said in its hello. A `Peripheral`."""
 
     transport: Transport
     outbox: Outbox
@@ -94,6 +95,26 @@ class LinkIngest:
     _ecg: StripAssembler | None = None
     _ecg_started_ms: int = 0
     _last_time_sync: float = float("-inf")
+
+    @property
+    def name(self) -> str:
+        return f"link {self.transport.name}"
+
+    async def serve(self) -> None:
+        await serve_link(self)
+
+    def status(self) -> dict[str, object]:
+        session = self.session
+        return {
+            "transport": "serial",
+            "port": self.transport.name,
+            "device": dataclasses.asdict(session.device) if session else None,
+            "counters": dataclasses.asdict(self.counters),
+            "last_device_error": self.last_device_error,
+            "battery_percent": session.battery_percent if session else None,
+            "capabilities": capability_names(session.capabilities) if session else None,
+            "uptime_s": session.uptime_s if session else None,
+        }
 
     async def run(self) -> None:
         splitter = link.FrameSplitter()

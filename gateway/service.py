@@ -13,8 +13,9 @@ from gateway.api import create_app, mask
 from gateway.ble_ingest import BleDeviceIngest
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.ingest import LinkIngest, capability_names, recover_staged_ecg, serve_link
+from gateway.ingest import LinkIngest, recover_staged_ecg
 from gateway.keys import GatewayKeys
+from gateway.peripherals import Peripheral
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
 from gateway.sync import MqttSync
@@ -74,6 +75,11 @@ class GatewayService:
                     )
                 )
 
+    @property
+    def peripherals(self) -> list[Peripheral]:
+        """Every link and Bluetooth device, through the one interface the service knows."""
+        return [*self.links, *self.ble_devices]
+
     async def status(self) -> dict[str, object]:
         outbox = await self.outbox.status()
         checkin = await self.outbox.current_checkin()
@@ -83,19 +89,7 @@ class GatewayService:
             "sync": dataclasses.asdict(self.sync.state),
             "outbox": dataclasses.asdict(outbox),
             "checked_in": mask(checkin[0].value) if checkin else None,
-            "peripherals": [
-                {
-                    "port": ingest.transport.name,
-                    "device": dataclasses.asdict(ingest.session.device) if ingest.session else None,
-                    "counters": dataclasses.asdict(ingest.counters),
-                    "last_device_error": ingest.last_device_error,
-                    "battery_percent": ingest.session.battery_percent if ingest.session else None,
-                    "capabilities": capability_names(ingest.session.capabilities) if ingest.session else None,
-                    "uptime_s": ingest.session.uptime_s if ingest.session else None,
-                }
-                for ingest in self.links
-            ]
-            + [device.status() for device in self.ble_devices],
+            "peripherals": [peripheral.status() for peripheral in self.peripherals],
         }
 
 
@@ -115,10 +109,8 @@ async def run_gateway(config: GatewayConfig) -> None:
         uvicorn.Config(create_app(service), host=config.api.host, port=config.api.port, log_level="warning")
     )
     tasks = [
-        asyncio.create_task(serve_link(ingest), name=f"link {ingest.transport.name}")
-        for ingest in service.links
+        asyncio.create_task(peripheral.serve(), name=peripheral.name) for peripheral in service.peripherals
     ]
-    tasks.extend(asyncio.create_task(device.run(), name=device.name) for device in service.ble_devices)
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
 
     failed: list[str] = []

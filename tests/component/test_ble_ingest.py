@@ -57,7 +57,7 @@ async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
 
 @contextlib.asynccontextmanager
 async def running(ingest: BleDeviceIngest) -> AsyncIterator[BleDeviceIngest]:
-    task = asyncio.create_task(ingest.run())
+    task = asyncio.create_task(ingest.serve())
     try:
         yield ingest
     finally:

@@ -77,7 +77,7 @@ async def run_gateway_parts(chain: Chain, meter: GlucoseMeter) -> None:
         config, outbox, load_profiles(config.profiles_dir), central=SimulatedCentral([meter])
     )
     tasks = [asyncio.create_task(service.sync.run())]
-    tasks += [asyncio.create_task(device.run()) for device in service.ble_devices]
+    tasks += [asyncio.create_task(device.serve()) for device in service.ble_devices]
     try:
         deadline = time.monotonic() + 60
         while len(bridge_glucose(chain)) < RECORDS and time.monotonic() < deadline:
