@@ -54,7 +54,7 @@ from gateway.ble_readings import STREAMS, DeviceReading, NotAReading, device_rea
 from gateway.errors import GatewayError, RejectedReading, StorageFullError
 from gateway.profiles import DeviceProfile
 from gateway.store import BleCursor, NewReading, Outbox
-from gateway.transports.ble import BleCentral, BleUnavailable, GattConnection, uuid16
+from gateway.transports.ble import Advertisement, BleCentral, BleUnavailable, GattConnection, uuid16
 from gateway.validate import check_reading
 
 log = logging.getLogger(__name__)
@@ -473,3 +473,32 @@ def _iso(moment: DateTime) -> str:
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
         f"{moment.hours:02d}:{moment.minutes:02d}:{moment.seconds:02d}"
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FoundDevice:
+    advertisement: Advertisement
+    profile: DeviceProfile | None  # None: it advertises a health service no profile's name matches
+
+
+async def find_devices(
+    central: BleCentral, profiles: dict[str, DeviceProfile], timeout_s: float
+) -> list[FoundDevice]:
+    """Health devices advertising nearby, each matched to the profile whose service and name
+    prefix it advertises, for a technician adding it to the gateway's configuration."""
+    ble_profiles = [p for p in profiles.values() if p.ble is not None]
+    services = sorted({p.ble.service for p in ble_profiles if p.ble is not None})
+    found = []
+    for advertisement in await central.scan(services, timeout_s):
+        advertised = {uuid.lower() for uuid in advertisement.service_uuids}
+        name = advertisement.name or ""
+        match = next(
+            (
+                p
+                for p in ble_profiles
+                if p.ble is not None and p.ble.service in advertised and name.startswith(p.ble.name_prefix)
+            ),
+            None,
+        )
+        found.append(FoundDevice(advertisement, match))
+    return sorted(found, key=lambda f: (f.profile is None, f.advertisement.address))

@@ -12,10 +12,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from gateway.alerts import ALERT_RULES_DIR, AlertRules, available_regions, load_alert_rules, load_rules_file
+from gateway.ble_ingest import FoundDevice, find_devices
 from gateway.config import load_config
 from gateway.errors import GatewayError, ProfileError
 from gateway.keys import PUBLIC_KEY_FILE, create_keys
 from gateway.profiles import PROTOCOLS, DeviceProfile, load_profile, load_profiles, short_uuid
+from gateway.transports.ble import BleakCentral, BleUnavailable
 
 app = typer.Typer(help="Kiosk gateway: ingest, store and sync readings.", no_args_is_help=True)
 
@@ -220,6 +222,44 @@ def validate_devices(
             failed += 1
     if failed:
         raise typer.Exit(1)
+
+
+ble = typer.Typer(help="Bluetooth health devices near the gateway.", no_args_is_help=True)
+app.add_typer(ble, name="ble")
+
+
+def print_found(found: list[FoundDevice]) -> None:
+    """What a scan found, and the lines to paste into gateway.toml for the devices it knows."""
+    for device in found:
+        ad = device.advertisement
+        rssi = f"{ad.rssi} dBm" if ad.rssi is not None else "rssi ?"
+        model = device.profile.model if device.profile else "no matching profile"
+        typer.echo(f"{ad.address}  {ad.name or '(no name)'}  {rssi}  -> {model}")
+    known = [d for d in found if d.profile is not None]
+    if known:
+        typer.echo("\n# for gateway.toml:")
+        for device in known:
+            assert device.profile is not None
+            address, model = device.advertisement.address, device.profile.model
+            typer.echo(f'[[ble.devices]]\naddress = "{address}"\nmodel = "{model}"')
+    elif not found:
+        typer.echo("no health device advertising: most advertise for a minute after a button press")
+
+
+@ble.command("scan")
+def scan(
+    profiles_dir: Path = PROFILES_OPTION,
+    timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds to listen."),
+    adapter: str | None = typer.Option(None, help="Bluetooth adapter, e.g. hci0."),
+) -> None:
+    """Find health devices advertising nearby and match them to device profiles."""
+    profiles = _load_or_exit(profiles_dir)
+    try:
+        found = asyncio.run(find_devices(BleakCentral(adapter), profiles, timeout_s))
+    except BleUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    print_found(found)
 
 
 def main() -> None:

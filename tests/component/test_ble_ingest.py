@@ -19,7 +19,8 @@ import pytest
 
 from contract.wire import Reading
 from gateway.alerts import load_alert_rules
-from gateway.ble_ingest import BleDeviceIngest
+from gateway.ble_ingest import BleDeviceIngest, find_devices
+from gateway.cli import print_found
 from gateway.keys import GatewayKeys, create_keys
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
@@ -210,3 +211,21 @@ async def test_a_cuff_reading_over_the_crisis_threshold_is_stored_with_its_alert
     assert reading.kind == "bp"
     assert {m.name: m.value for m in reading.values}["systolic"] == Decimal(182)
     assert "alert:hypertensive_crisis" in reading.flags
+
+
+async def test_a_scan_matches_advertising_devices_to_their_profiles(
+    profiles: dict[str, DeviceProfile], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cuff = BloodPressureCuff(address=CUFF, name="A&D_UA-651BLE_8DA42A")
+    meter = GlucoseMeter(address=METER, name="meter+01234567")
+    stranger = BloodPressureCuff(address="C0:FF:EE:00:09:99", name="SomeOtherCuff")
+    found = await find_devices(SimulatedCentral([cuff, meter, stranger]), profiles, timeout_s=0.1)
+    assert [(f.advertisement.address, f.profile.model if f.profile else None) for f in found] == [
+        (METER, "Accu-Chek Guide"),
+        (CUFF, "UA-651BLE"),
+        ("C0:FF:EE:00:09:99", None),
+    ]
+    print_found(found)
+    out = capsys.readouterr().out
+    assert f'[[ble.devices]]\naddress = "{CUFF}"\nmodel = "UA-651BLE"' in out
+    assert "C0:FF:EE:00:09:99  SomeOtherCuff" in out and "no matching profile" in out
