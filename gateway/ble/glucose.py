@@ -258,7 +258,7 @@ class RacpNumberOfRecords:
 
 @dataclass(frozen=True, slots=True)
 class RacpResponse:
-    request_op_code: RacpOpCode
+    request_op_code: RacpOpCode | int  # int: an op code this client does not know, echoed back
     response_code: RacpResponseCode
 
 
@@ -299,8 +299,11 @@ def parse_racp_response(payload: bytes) -> RacpNumberOfRecords | RacpResponse:
         return RacpNumberOfRecords(f["number_of_records"])
     if op_code == RacpOpCode.RESPONSE_CODE:
         f, _end = read_layout(_RACP, payload, RACP_RESPONSE_CODE_LAYOUT, offset=end)
-        return RacpResponse(
-            decode_enum(_RACP, "request_op_code", RacpOpCode, f["request_op_code"]),
-            decode_enum(_RACP, "response_code_value", RacpResponseCode, f["response_code_value"]),
-        )
+        code = decode_enum(_RACP, "response_code_value", RacpResponseCode, f["response_code_value"])
+        request: int = f["request_op_code"]
+        if request not in RacpOpCode._value2member_map_ and code is RacpResponseCode.OP_CODE_NOT_SUPPORTED:
+            # A meter answers an op code it does not know by echoing it with "op code not
+            # supported" (e.g. one a later spec added): kept as the plain number.
+            return RacpResponse(request, code)
+        return RacpResponse(decode_enum(_RACP, "request_op_code", RacpOpCode, request), code)
     raise BleParseError(_RACP, "op_code", f"{op_code:#04x} is not a response op code")

@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.ble.glucose import (
-    BleParseError,
     Bound,
     DateTime,
     GlucoseConcentration,
@@ -807,13 +806,6 @@ async def test_racp_response_codes(
     assert m.records.values == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BleParseError,
-    reason="parser disagrees with GLS: a Response Code indication echoes the request's op code, "
-    "which may be one the client does not know (0x07: Combined Report in later GSS); "
-    "parse_racp_response raises instead of returning OP_CODE_NOT_SUPPORTED",
-)
 async def test_racp_op_code_not_supported_for_an_unknown_op_code(central: SimulatedCentral) -> None:
     meter = central.add(GlucoseMeter(address=METER, clock=clock()))
     fill(meter, 3)
@@ -825,6 +817,7 @@ async def test_racp_op_code_not_supported_for_an_unknown_op_code(central: Simula
     response = parse_racp_response(raw)
     assert isinstance(response, RacpResponse)
     assert response.response_code == RacpResponseCode.OP_CODE_NOT_SUPPORTED
+    assert response.request_op_code == 0x07
 
 
 async def test_racp_abort_unsuccessful_and_procedure_not_completed(central: SimulatedCentral) -> None:
