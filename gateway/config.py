@@ -62,6 +62,8 @@ class GatewayConfig(_Frozen):
     # Whose clinical thresholds flag readings: <profiles_dir>/alert_rules/<region>.toml
     alert_region: str = Field(default="CN", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
     clock_quality: Literal["rtc", "ntp", "unsynced"] = "ntp"
+    # Readings the bridge acked are deleted this long after the ack; unsynced ones never are.
+    retention_days: float = Field(default=30.0, gt=0)
     serial: tuple[SerialPortConfig, ...] = ()
     ble: BleConfig = BleConfig()
     mqtt: MqttConfig = MqttConfig()

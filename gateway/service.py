@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 
 import uvicorn
 
@@ -93,6 +94,26 @@ class GatewayService:
         }
 
 
+RETENTION_CHECK_S = 3600.0
+
+
+async def prune_forever(outbox: Outbox, retention_days: float, every_s: float = RETENTION_CHECK_S) -> None:
+    """Once an hour, delete what the bridge acked more than `retention_days` ago (never what it
+    has not): an SD card that fills with synced history would refuse tomorrow's readings."""
+    while True:
+        before_ms = time.time_ns() // 1_000_000 - int(retention_days * 86_400_000)
+        pruned = await outbox.prune_synced(before_ms)
+        if pruned.readings or pruned.batches or pruned.ecg_chunks:
+            log.info(
+                "retention: removed %d synced reading(s), %d batch(es), %d ECG chunk(s) older than %g days",
+                pruned.readings,
+                pruned.batches,
+                pruned.ecg_chunks,
+                retention_days,
+            )
+        await asyncio.sleep(every_s)
+
+
 async def run_gateway(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM; every accepted reading is already durable when that comes."""
     profiles = load_profiles(config.profiles_dir)
@@ -112,6 +133,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         asyncio.create_task(peripheral.serve(), name=peripheral.name) for peripheral in service.peripherals
     ]
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
+    tasks.append(asyncio.create_task(prune_forever(outbox, config.retention_days), name="retention"))
 
     failed: list[str] = []
 

@@ -165,6 +165,13 @@ class OutboxStatus:
     rejections: int
 
 
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    readings: int
+    batches: int
+    ecg_chunks: int
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -496,6 +503,33 @@ class Outbox:
                 )
         return count
 
+    async def prune_synced(self, before_ms: int) -> PruneResult:
+        """Delete what the bridge acked before `before_ms`: synced readings, their batches, used
+        ECG chunks, old rejections. Never a reading that is not synced, and never the newest
+        acked batch (its hash chains the next batch)."""
+        async with self._transaction():
+            async with self._db.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM batches WHERE state = 'acked'"
+            ) as cursor:
+                (newest,) = await cursor.fetchone()  # type: ignore[misc]
+            old_batches = "SELECT id FROM batches WHERE state = 'acked' AND acked_at_ms < ? AND id < ?"
+            async with self._db.execute(
+                f"DELETE FROM readings WHERE state = 'synced' AND batch_id IN ({old_batches})",
+                (before_ms, newest),
+            ) as cursor:
+                readings = cursor.rowcount
+            async with self._db.execute(
+                "DELETE FROM batches WHERE state = 'acked' AND acked_at_ms < ? AND id < ?",
+                (before_ms, newest),
+            ) as cursor:
+                batches = cursor.rowcount
+            async with self._db.execute(
+                "DELETE FROM ecg_chunks WHERE consumed = 1 AND received_at_ms < ?", (before_ms,)
+            ) as cursor:
+                chunks = cursor.rowcount
+            await self._db.execute("DELETE FROM rejections WHERE at_ms < ?", (before_ms,))
+        return PruneResult(readings, batches, chunks)
+
     async def status(self) -> OutboxStatus:
         async with self._lock:
             return await self._status()
@@ -507,8 +541,9 @@ class Outbox:
                 counts[state] = count
         async with self._db.execute("SELECT COUNT(*) FROM batches WHERE state = 'pending'") as cursor:
             (pending,) = await cursor.fetchone()  # type: ignore[misc]
+        # From the acked batches, not the readings: synced readings are pruned after a while.
         async with self._db.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM readings WHERE state = 'synced'"
+            "SELECT COALESCE(MAX(last_seq), 0) FROM batches WHERE state = 'acked'"
         ) as cursor:
             (last_synced,) = await cursor.fetchone()  # type: ignore[misc]
         async with self._db.execute("SELECT value FROM meta WHERE key = 'last_synced_at_ms'") as cursor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from contract.wire import GENESIS_HASH, DeviceRef, Measurement, ResidentRef, decode_batch
 from gateway.keys import GatewayKeys, create_keys
-from gateway.store import NewReading, Outbox
+from gateway.store import NewReading, Outbox, PruneResult
 
 RESIDENT = ResidentRef("id-card", "330781199001011234")
 
@@ -126,3 +127,28 @@ def test_keys_are_private_and_not_overwritten(tmp_path: Path) -> None:
         assert (tmp_path / "k" / name).stat().st_mode & 0o777 == 0o600
     with pytest.raises(FileExistsError):
         create_keys(tmp_path / "k")
+
+
+async def test_pruning_removes_only_what_the_bridge_acked_long_enough_ago(
+    outbox: Outbox, keys: GatewayKeys
+) -> None:
+    for link_seq in range(1, 8):
+        await outbox.add_reading(new_reading(link_seq))
+    await outbox.form_batches(max_readings=2)  # batches 1-2, 3-4, 5-6, 7
+    await outbox.mark_synced(4)  # 1..4 synced; 5..7 are not
+    later = time.time_ns() // 1_000_000 + 1
+    result = await outbox.prune_synced(before_ms=later)
+    # The batch 1-2 goes; 3-4 is the newest acked batch and stays (its hash chains the next one).
+    assert (result.readings, result.batches) == (2, 1)
+    status = await outbox.status()
+    assert (status.synced, status.batched, status.last_synced_seq) == (2, 3, 4)
+    assert await outbox.prune_synced(before_ms=0) == PruneResult(0, 0, 0)  # nothing that recent
+    await outbox.mark_synced(7)
+    await outbox.prune_synced(before_ms=time.time_ns() // 1_000_000 + 1)
+    await outbox.add_reading(new_reading(8))
+    await outbox.form_batches(max_readings=10)
+    [batch] = await outbox.pending_batches(10)
+    previous = decode_batch(batch.message, keys.signing.public_key()).prev_hash
+    assert previous != GENESIS_HASH and batch.first_seq == 8  # the chain and the numbering go on
+    status = await outbox.status()
+    assert (status.stored, status.batched, status.synced, status.last_synced_seq) == (0, 1, 1, 7)
