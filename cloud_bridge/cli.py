@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cloud_bridge import store
+from cloud_bridge import pki, store
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
 
@@ -75,6 +75,11 @@ def run(
     mqtt_port: int = typer.Option(1883),
     http_host: str = typer.Option("127.0.0.1"),
     http_port: int = typer.Option(8800),
+    mqtt_ca: Path | None = typer.Option(
+        None, help="CA certificate: MQTT over TLS (with --mqtt-cert/--mqtt-key)."
+    ),
+    mqtt_cert: Path | None = typer.Option(None, help="The bridge's client certificate."),
+    mqtt_key: Path | None = typer.Option(None, help="Its key."),
 ) -> None:
     """Consume gateway batches and serve the FHIR API until interrupted."""
     import uvicorn
@@ -84,7 +89,12 @@ def run(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bridge %(levelname)s %(name)s: %(message)s")
     store.connect(db).close()
-    consumer = BridgeConsumer(db, host=mqtt_host, port=mqtt_port)
+    tls_files = (mqtt_ca, mqtt_cert, mqtt_key)
+    if any(tls_files) and not all(tls_files):
+        typer.echo("error: MQTT over TLS needs --mqtt-ca, --mqtt-cert and --mqtt-key together", err=True)
+        raise typer.Exit(2)
+    tls = (mqtt_ca, mqtt_cert, mqtt_key) if mqtt_ca and mqtt_cert and mqtt_key else None
+    consumer = BridgeConsumer(db, host=mqtt_host, port=mqtt_port, tls=tls)
     consumer.start()
     try:
         uvicorn.run(
@@ -92,6 +102,54 @@ def run(
         )
     finally:
         consumer.stop()
+
+
+ca = typer.Typer(help="The health community's CA for MQTT over TLS.", no_args_is_help=True)
+app.add_typer(ca, name="ca")
+CA_DIR_OPTION = typer.Option(Path("ca"), "--ca-dir", help="Directory of ca.crt and ca.key (0600).")
+
+
+@ca.command("init")
+def ca_init(ca_dir: Path = CA_DIR_OPTION, name: str = typer.Option("Kiosk health community CA")) -> None:
+    """Make the CA once (refuses to overwrite one)."""
+    try:
+        cert = pki.create_ca(ca_dir, name)
+    except pki.PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"CA certificate: {cert} (give it to the broker and to every gateway)")
+
+
+@ca.command("issue")
+def ca_issue(
+    identity: str,
+    out_dir: Path = typer.Option(..., help="Where <identity>.crt and .key go."),
+    server_name: list[str] = typer.Option([], help="For the broker: its DNS name or IP (repeat)."),
+    ca_dir: Path = CA_DIR_OPTION,
+) -> None:
+    """A key and certificate for the broker (with --server-name) or the bridge's MQTT client."""
+    try:
+        issued = pki.issue(ca_dir, identity, out_dir, server_names=tuple(server_name))
+    except pki.PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"certificate {issued.cert}, key {issued.key}")
+
+
+@ca.command("sign")
+def ca_sign(
+    gateway_id: str,
+    request: Path = typer.Option(..., help="The gateway's mqtt-tls.csr."),
+    out: Path = typer.Option(..., help="Where the certificate goes (the gateway's mqtt-tls.crt)."),
+    ca_dir: Path = CA_DIR_OPTION,
+) -> None:
+    """Sign an enrolling gateway's certificate request; refused unless it names that gateway."""
+    try:
+        pki.sign_request(ca_dir, request.read_bytes(), out, expected_identity=gateway_id)
+    except (OSError, pki.PkiError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"certificate for {gateway_id}: {out}")
 
 
 def main() -> None:

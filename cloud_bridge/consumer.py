@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import ssl
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,15 @@ log = logging.getLogger(__name__)
 
 
 class BridgeConsumer:
-    def __init__(self, db_path: Path, *, host: str, port: int, client_id: str = "kiosk-bridge") -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        host: str,
+        port: int,
+        client_id: str = "kiosk-bridge",
+        tls: tuple[Path, Path, Path] | None = None,  # (CA, certificate, key): MQTT over TLS
+    ) -> None:
         self._db_path = db_path
         self._host = host
         self._port = port
@@ -43,6 +52,12 @@ class BridgeConsumer:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        if tls is not None:
+            ca, cert, key = tls
+            self._client.tls_set(
+                ca_certs=str(ca), certfile=str(cert), keyfile=str(key),
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )  # fmt: skip
 
     def start(self) -> None:
         self._client.connect_async(self._host, self._port, keepalive=30)

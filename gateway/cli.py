@@ -15,7 +15,7 @@ from gateway.alerts import ALERT_RULES_DIR, AlertRules, available_regions, load_
 from gateway.ble_ingest import FoundDevice, find_devices
 from gateway.config import load_config
 from gateway.errors import GatewayError, ProfileError
-from gateway.keys import PUBLIC_KEY_FILE, create_keys
+from gateway.keys import PUBLIC_KEY_FILE, create_keys, create_tls_request
 from gateway.profiles import PROTOCOLS, DeviceProfile, load_profile, load_profiles, short_uuid
 from gateway.transports.ble import BleakCentral, BleUnavailable
 
@@ -31,6 +31,20 @@ def init(data_dir: Path = typer.Option(..., help="Directory for keys and the out
         typer.echo(f"keys already exist in {data_dir}: {exc.filename}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"keys created; enrol {data_dir / PUBLIC_KEY_FILE} with the bridge")
+
+
+@app.command("tls-request")
+def tls_request(
+    gateway_id: str,
+    data_dir: Path = typer.Option(..., help="The gateway's data directory (keys live there)."),
+) -> None:
+    """Make the MQTT TLS key (kept here, 0600) and a certificate request for the community's CA."""
+    try:
+        request = create_tls_request(data_dir, gateway_id)
+    except FileExistsError as exc:
+        typer.echo(f"a TLS key already exists in {data_dir}: {exc.filename}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"request {request}: have the bridge sign it (kiosk-bridge ca sign {gateway_id} ...)")
 
 
 @app.command()

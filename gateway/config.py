@@ -35,9 +35,18 @@ class BleConfig(_Frozen):
     devices: tuple[BleDeviceConfig, ...] = ()
 
 
+class TlsConfig(_Frozen):
+    """MQTT over TLS with a client certificate: the broker and the gateway prove who they are."""
+
+    ca_file: Path  # the health community's CA; the broker's certificate must chain to it
+    cert_file: Path  # this gateway's certificate (the CA signed its request at enrolment)
+    key_file: Path  # its key, 0600, made on this gateway
+
+
 class MqttConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = 1883
+    tls: TlsConfig | None = None  # None: plain MQTT (a broker on the gateway itself, the demo)
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0

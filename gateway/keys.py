@@ -1,4 +1,5 @@
-"""The gateway's secrets: its Ed25519 signing key and the key that encrypts residents at rest.
+"""The gateway's secrets: its Ed25519 signing key, the key that encrypts residents at rest, and
+its MQTT TLS client key (with the certificate request the health community's CA signs).
 
 Both live in the data directory as separate files with mode 0600, apart from the database, so
 a copied database alone reveals no resident.
@@ -10,9 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
 
 from contract.wire import ResidentRef
 
@@ -45,6 +49,32 @@ def create_keys(data_dir: Path) -> bytes:
     )
     (data_dir / PUBLIC_KEY_FILE).write_bytes(public_pem)
     return public_pem
+
+
+TLS_KEY_FILE = "mqtt-tls.key"
+TLS_REQUEST_FILE = "mqtt-tls.csr"
+TLS_CERT_FILE = "mqtt-tls.crt"  # the CA's answer to the request, put here at enrolment
+TLS_CA_FILE = "mqtt-ca.crt"  # the health community's CA: the broker must show a cert it issued
+
+
+def create_tls_request(data_dir: Path, gateway_id: str) -> Path:
+    """Provisioning: the gateway's MQTT TLS key (0600, never leaves the gateway) and a certificate
+    request naming the gateway, for the health community's CA to sign. Returns the request path."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write_secret(
+        data_dir / TLS_KEY_FILE,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    (data_dir / TLS_REQUEST_FILE).write_bytes(request.public_bytes(serialization.Encoding.PEM))
+    return data_dir / TLS_REQUEST_FILE
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -60,6 +61,14 @@ class MqttSync:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        tls = self.mqtt_config.tls
+        if tls is not None:
+            # The broker's certificate must chain to the community's CA and name the host we
+            # dial; ours must be one the CA issued to this gateway. No fallback to plain MQTT.
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file),
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )  # fmt: skip
 
     def wake(self) -> None:
         """New readings are stored: batch and send them now rather than at the next poll."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -22,16 +23,38 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    """A Mosquitto process we can stop and start again on the same port (a broker restart)."""
+    """A Mosquitto process we can stop and start again on the same port (a broker restart).
 
-    def __init__(self, workdir: Path) -> None:
+    With `tls` (CA, broker certificate, broker key) it listens for TLS only and requires a client
+    certificate from that CA, whose common name becomes the client's user name, as in production.
+    """
+
+    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
-        )
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if tls is None:
+            lines.append("allow_anonymous true")
+        else:
+            ca, cert, key = tls
+            lines += [
+                f"cafile {ca}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "allow_anonymous false",
+                f"user {getpass.getuser()}",  # read the 0600 key as its owner, not as "mosquitto"
+            ]
+        lines += [
+            "persistence false",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
