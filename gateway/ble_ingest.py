@@ -158,6 +158,12 @@ class BleDeviceIngest:
             except (BleUnavailable, _Dropped) as exc:
                 self.last_error = str(exc) or "disconnected"
                 log.info("%s: link lost (%s)", self.name, self.last_error)
+            except StorageFullError as exc:
+                # Stored records stay on the meter (the cursor did not move); a live measurement
+                # the device already handed over is lost, and said so.
+                self.last_error = f"not stored: {exc}"
+                log.error("%s: %s; disconnecting, will retry", self.name, self.last_error)
+                await asyncio.sleep(self.retry_max_s)
             finally:
                 self.connected = False
                 self.counters.disconnects += 1

@@ -73,6 +73,10 @@ class GatewayConfig(_Frozen):
     clock_quality: Literal["rtc", "ntp", "unsynced"] = "ntp"
     # Readings the bridge acked are deleted this long after the ack; unsynced ones never are.
     retention_days: float = Field(default=30.0, gt=0)
+    # Free space on the data directory's file system below which new ECG, then new readings,
+    # are refused (boards keep them and resend; the status API says so to the operator).
+    min_free_waveforms_mb: float = Field(default=200.0, ge=0)
+    min_free_readings_mb: float = Field(default=50.0, ge=0)
     serial: tuple[SerialPortConfig, ...] = ()
     ble: BleConfig = BleConfig()
     mqtt: MqttConfig = MqttConfig()

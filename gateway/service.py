@@ -18,7 +18,7 @@ from gateway.ingest import LinkIngest, recover_staged_ecg
 from gateway.keys import GatewayKeys
 from gateway.peripherals import Peripheral
 from gateway.profiles import DeviceProfile, load_profiles
-from gateway.store import Outbox
+from gateway.store import Outbox, StorageGuard
 from gateway.sync import MqttSync
 from gateway.transports.ble import BleakCentral, BleCentral
 from gateway.transports.serial import SerialTransport
@@ -81,6 +81,13 @@ class GatewayService:
         """Every link and Bluetooth device, through the one interface the service knows."""
         return [*self.links, *self.ble_devices]
 
+    def storage_status(self) -> dict[str, object]:
+        guard = self.outbox.guard
+        if guard is None:
+            return {"state": "unguarded"}
+        free_mb = guard.assess()
+        return {"state": guard.state, "free_mb": round(free_mb, 1), "message": guard.message(free_mb)}
+
     async def status(self) -> dict[str, object]:
         outbox = await self.outbox.status()
         checkin = await self.outbox.current_checkin()
@@ -91,6 +98,7 @@ class GatewayService:
             "outbox": dataclasses.asdict(outbox),
             "checked_in": mask(checkin[0].value) if checkin else None,
             "peripherals": [peripheral.status() for peripheral in self.peripherals],
+            "storage": self.storage_status(),
         }
 
 
@@ -118,7 +126,8 @@ async def run_gateway(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM; every accepted reading is already durable when that comes."""
     profiles = load_profiles(config.profiles_dir)
     keys = GatewayKeys.load(config.data_dir)
-    outbox = await Outbox.open(config.db_path, config.gateway_id, keys)
+    guard = StorageGuard(config.data_dir, config.min_free_waveforms_mb, config.min_free_readings_mb)
+    outbox = await Outbox.open(config.db_path, config.gateway_id, keys, guard)
     try:
         recovered = await recover_staged_ecg(outbox, profiles, config.clock_quality)
         if recovered:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,11 +177,66 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+MB = 1024 * 1024
+
+
+@dataclass
+class StorageGuard:
+    """Keeps the outbox from filling the disk it shares with the system: below
+    `min_free_waveforms_mb` of free space new ECG is refused (a waveform is large and a gap in it
+    is visible); below `min_free_readings_mb` new readings are refused too (the boards keep them,
+    NAK busy, and resend). Synced data ages out by retention; accepting resumes by itself once
+    space returns. `free_bytes` is the probe (the file system's free space by default)."""
+
+    directory: Path
+    min_free_waveforms_mb: float = 200.0
+    min_free_readings_mb: float = 50.0
+    free_bytes: Callable[[], int] | None = None
+    state: str = "ok"  # ok | waveforms_refused | readings_refused
+
+    def free(self) -> int:
+        if self.free_bytes is not None:
+            return self.free_bytes()
+        stats = os.statvfs(self.directory)
+        return stats.f_bavail * stats.f_frsize
+
+    def assess(self) -> float:
+        """Set `state` from the free space now; returns the free MB."""
+        free_mb = self.free() / MB
+        if free_mb < self.min_free_readings_mb:
+            self.state = "readings_refused"
+        elif free_mb < self.min_free_waveforms_mb:
+            self.state = "waveforms_refused"
+        else:
+            self.state = "ok"
+        return free_mb
+
+    def check(self, what: str) -> None:
+        """Raise StorageFullError when `what` ("waveform" or "reading") may not be stored now."""
+        free_mb = self.assess()
+        if self.state == "readings_refused" or (what == "waveform" and self.state == "waveforms_refused"):
+            raise StorageFullError(self.message(free_mb))
+
+    def message(self, free_mb: float | None = None) -> str:
+        free_mb = self.free() / MB if free_mb is None else free_mb
+        if self.state == "readings_refused":
+            return (
+                f"storage full ({free_mb:.0f} MB free): new readings wait on the devices until space "
+                "returns; connect the link so synced data can be removed, or free space"
+            )
+        if self.state == "waveforms_refused":
+            return f"storage nearly full ({free_mb:.0f} MB free): ECG recording refused, readings still taken"
+        return f"storage ok ({free_mb:.0f} MB free)"
+
+
 class Outbox:
-    def __init__(self, db: aiosqlite.Connection, gateway_id: str, keys: GatewayKeys) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, gateway_id: str, keys: GatewayKeys, guard: StorageGuard | None = None
+    ) -> None:
         self._db = db
         self._gateway_id = gateway_id
         self._keys = keys
+        self.guard = guard
         # One connection serves ingest, sync and the API: the lock keeps one coroutine's
         # transaction from swallowing (or reading half of) another's.
         self._lock = asyncio.Lock()
@@ -192,24 +248,31 @@ class Outbox:
             try:
                 yield
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk, SQLITE_FULL, ends the whole
+                # transaction): a second ROLLBACK would raise and hide the real error.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
 
     @classmethod
-    async def open(cls, path: Path, gateway_id: str, keys: GatewayKeys) -> Outbox:
+    async def open(
+        cls, path: Path, gateway_id: str, keys: GatewayKeys, guard: StorageGuard | None = None
+    ) -> Outbox:
         db = await aiosqlite.connect(path, isolation_level=None)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
-        return cls(db, gateway_id, keys)
+        return cls(db, gateway_id, keys, guard)
 
     async def close(self) -> None:
         await self._db.close()
 
     async def add_reading(self, new: NewReading) -> int | None:
         """Store durably; returns the sequence, or None if this link message was already stored."""
+        if self.guard is not None:
+            self.guard.check("reading")
         sealed = self._keys.seal_resident(new.resident) if new.resident else None
         # Look before inserting: INSERT OR IGNORE would burn an AUTOINCREMENT value on a
         # duplicate and leave a gap in the gateway's sequence, which batches must not have.
@@ -296,11 +359,14 @@ class Outbox:
         self, device: DeviceRef, boot_id: int, link_seq: int, received_at_ms: int, chunk: EcgChunk
     ) -> int | None:
         """Keep a chunk durably before its ack; returns its staging key, None if already staged.
+        Refused (StorageFullError) first of all when the disk runs low.
 
         One statement in autocommit mode is its own durable transaction (synchronous=FULL): one
         round trip to the database thread per chunk, where look-then-insert took four. The lock
         keeps it out of another task's open transaction on the same connection.
         """
+        if self.guard is not None:
+            self.guard.check("waveform")
         samples = array.array("i", chunk.samples)
         try:
             async with (
