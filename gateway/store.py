@@ -16,7 +16,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,6 +289,30 @@ class Outbox:
             if "full" in str(exc):
                 raise StorageFullError(f"outbox cannot store more: {exc}") from exc
             raise
+
+    async def add_readings(self, news: Sequence[NewReading]) -> list[int | None]:
+        """Store many readings in one durable commit (a meter's record download, an import):
+        the same rules as add_reading, one fsync for all. Returns each one's sequence or None."""
+        if self.guard is not None:
+            self.guard.check("reading")
+        sealed = [self._keys.seal_resident(new.resident) if new.resident else None for new in news]
+        out: list[int | None] = []
+        try:
+            async with self._transaction():
+                for new, resident in zip(news, sealed, strict=True):
+                    async with self._db.execute(
+                        "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
+                        (new.device.id, new.boot_id, new.link_seq),
+                    ) as cursor:
+                        if await cursor.fetchone() is not None:
+                            out.append(None)
+                            continue
+                    out.append(await self._insert(new, resident))
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StorageFullError(f"outbox cannot store more: {exc}") from exc
+            raise
+        return out
 
     async def _insert(self, new: NewReading, sealed: bytes | None) -> int:
         async with self._db.execute(

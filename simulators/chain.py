@@ -8,6 +8,7 @@ in tests, the embedded amqtt broker in the demo).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -232,3 +234,48 @@ port = {self.gateway_api_port}
             return status if predicate(status["outbox"]) else None
 
         return wait_for(check, timeout=timeout, what=what)
+
+    # an outbox full of readings, as after days out of coverage ------------------------------
+    def prefill_outbox(self, count: int, *, per_commit: int = 5000) -> None:
+        """`count` readings stored while the link was down (the gateway process not running):
+        what a vehicle brings back after a week out of 4G. Written through the gateway's own
+        outbox, in large commits (the rate of the kiosk's cuff is not the point here)."""
+        asyncio.run(_prefill(self, count, per_commit))
+
+
+async def _prefill(chain: Chain, count: int, per_commit: int) -> None:
+    from contract.wire import DeviceRef, Measurement
+    from gateway.keys import GatewayKeys
+    from gateway.store import NewReading, Outbox
+
+    outbox = await Outbox.open(
+        chain.gateway_dir / "gateway.db", chain.gateway_id, GatewayKeys.load(chain.gateway_dir)
+    )
+    device = DeviceRef(chain.device_id, "KX-BP100", "0.1.0")
+    start_ms = int(time.time() * 1000) - 7 * 86_400_000
+    try:
+        for first in range(1, count + 1, per_commit):
+            await outbox.add_readings(
+                [
+                    NewReading(
+                        device=device,
+                        boot_id=1,
+                        link_seq=n,
+                        kind="bp",
+                        values=(
+                            Measurement("systolic", Decimal(100 + n % 80), "mm[Hg]"),
+                            Measurement("diastolic", Decimal(60 + n % 30), "mm[Hg]"),
+                            Measurement("pulse_rate", Decimal(55 + n % 40), "/min"),
+                        ),
+                        measured_at_ms=start_ms + n * 600,
+                        time_quality="ntp",
+                        received_mono_ms=n,
+                        resident=None,
+                        operator="crew-7",
+                        flags=(),
+                    )
+                    for n in range(first, min(first + per_commit, count + 1))
+                ]
+            )
+    finally:
+        await outbox.close()
