@@ -164,6 +164,17 @@ class BleDeviceIngest:
                 self.last_error = f"not stored: {exc}"
                 log.error("%s: %s; disconnecting, will retry", self.name, self.last_error)
                 await asyncio.sleep(self.retry_max_s)
+            except BleParseError as exc:
+                # A device that answers what the spec does not allow: drop the link and try
+                # again later; one device's fault never stops the gateway.
+                self.counters.parse_errors += 1
+                self.last_error = f"device answered out of spec: {exc}"
+                log.warning("%s: %s; disconnecting, will retry", self.name, self.last_error)
+                await asyncio.sleep(self.retry_max_s)
+            except Exception:
+                self.last_error = "internal error (see the log)"
+                log.exception("%s: failed; disconnecting, will retry", self.name)
+                await asyncio.sleep(self.retry_max_s)
             finally:
                 self.connected = False
                 self.counters.disconnects += 1

@@ -25,6 +25,7 @@ from gateway.keys import GatewayKeys, create_keys
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox
 from simulators.ble import BloodPressureCuff, GlucoseMeter, SimulatedCentral
+from simulators.ble.glucose import RACP as RACP_UUID
 from simulators.ble.ieee11073 import Special
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "device_profiles"
@@ -229,3 +230,36 @@ async def test_a_scan_matches_advertising_devices_to_their_profiles(
     out = capsys.readouterr().out
     assert f'[[ble.devices]]\naddress = "{CUFF}"\nmodel = "UA-651BLE"' in out
     assert "C0:FF:EE:00:09:99  SomeOtherCuff" in out and "no matching profile" in out
+
+
+class GarblingMeter(GlucoseMeter):
+    """A meter whose RACP answers are truncated: out of spec."""
+
+    async def _respond(self, request_op_code: int, code: object) -> None:
+        await self._send(RACP_UUID, b"\x06")
+
+
+async def test_a_device_out_of_spec_is_dropped_and_retried_without_stopping_the_gateway(
+    outbox: Outbox, profiles: dict[str, DeviceProfile]
+) -> None:
+    meter = GarblingMeter(address=METER, name="meter+01234567")
+    add_records(meter, 2)
+    ingest = BleDeviceIngest(
+        SimulatedCentral([meter]),
+        METER,
+        profiles["Accu-Chek Guide"],
+        outbox,
+        retry_min_s=0.01,
+        retry_max_s=0.05,
+    )
+    task = asyncio.create_task(ingest.serve())
+    try:
+        await until(lambda: ingest.counters.connects >= 2)  # dropped, then tried again
+        assert not task.done()
+        assert ingest.counters.parse_errors >= 1
+        assert "out of spec" in (ingest.last_error or "")
+        assert ingest.counters.readings_stored == 2  # what came before the bad answer is kept
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
