@@ -271,28 +271,15 @@ class Outbox:
 
     async def add_reading(self, new: NewReading) -> int | None:
         """Store durably; returns the sequence, or None if this link message was already stored."""
-        if self.guard is not None:
-            self.guard.check("reading")
-        sealed = self._keys.seal_resident(new.resident) if new.resident else None
-        # Look before inserting: INSERT OR IGNORE would burn an AUTOINCREMENT value on a
-        # duplicate and leave a gap in the gateway's sequence, which batches must not have.
-        try:
-            async with self._transaction():  # durable (synchronous=FULL) before the caller acks
-                async with self._db.execute(
-                    "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
-                    (new.device.id, new.boot_id, new.link_seq),
-                ) as cursor:
-                    if await cursor.fetchone() is not None:
-                        return None
-                return await self._insert(new, sealed)
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc):
-                raise StorageFullError(f"outbox cannot store more: {exc}") from exc
-            raise
+        (seq,) = await self.add_readings((new,))
+        return seq
 
     async def add_readings(self, news: Sequence[NewReading]) -> list[int | None]:
-        """Store many readings in one durable commit (a meter's record download, an import):
-        the same rules as add_reading, one fsync for all. Returns each one's sequence or None."""
+        """Store readings in one durable commit (synchronous=FULL) before the caller acks any:
+        one fsync for many (a meter's record download, an import). Returns each one's sequence,
+        or None for one already stored (same device, boot and link seq). Looks before inserting:
+        INSERT OR IGNORE would burn an AUTOINCREMENT value on a duplicate and leave a gap in the
+        gateway's sequence, which batches must not have."""
         if self.guard is not None:
             self.guard.check("reading")
         sealed = [self._keys.seal_resident(new.resident) if new.resident else None for new in news]
