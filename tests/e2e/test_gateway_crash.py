@@ -20,15 +20,12 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from contract.wire import decode_reading
 from simulators.chain import Chain, wait_for
 from simulators.residents import BloodPressure
-from tests.conftest import Mosquitto
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.micropython]
 
@@ -73,17 +70,10 @@ class Presser(threading.Thread):
             time.sleep(0.05)
 
 
-@pytest.fixture
-def chain(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Chain]:
-    chain = Chain(workdir=tmp_path / "chain", broker_port=mosquitto.port)
-    chain.provision()
-    try:
-        yield chain
-    finally:
-        chain.close()
-
-
-def test_gateway_killed_at_random_points_loses_nothing_and_doubles_nothing(chain: Chain) -> None:
+def test_gateway_killed_at_random_points_loses_nothing_and_doubles_nothing(
+    running_broker_chain: Chain,
+) -> None:
+    chain = running_broker_chain
     seed = int(os.environ.get("KIOSK_CRASH_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     print(f"crash test: {CRASH_POINTS} kills, seed {seed}")

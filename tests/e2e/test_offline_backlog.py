@@ -9,30 +9,18 @@ process start: every reading is acked and in the bridge's store once, in sequenc
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from simulators.chain import Chain
-from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
 
 BACKLOG = 3000
 
 
-@pytest.fixture
-def chain(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Chain]:
-    chain = Chain(workdir=tmp_path / "chain", broker_port=mosquitto.port)
-    chain.provision()
-    try:
-        yield chain
-    finally:
-        chain.close()
-
-
-def test_a_backlog_stored_offline_syncs_once_in_sequence(chain: Chain) -> None:
+def test_a_backlog_stored_offline_syncs_once_in_sequence(running_broker_chain: Chain) -> None:
+    chain = running_broker_chain
     chain.prefill_outbox(BACKLOG)
     chain.start_bridge()
     chain.start_gateway()
