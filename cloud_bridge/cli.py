@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cloud_bridge import pki, store
+from cloud_bridge import broker_acl, pki, store
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
 
@@ -102,6 +102,24 @@ def run(
         )
     finally:
         consumer.stop()
+
+
+@app.command("acl")
+def acl(
+    db: Path = DB_OPTION,
+    out: Path = typer.Option(..., help="The Mosquitto acl_file to write."),
+    bridge_identity: str = typer.Option(broker_acl.BRIDGE_IDENTITY, help="The bridge certificate's name."),
+) -> None:
+    """Write the broker's access rules from the registry: each gateway its own topics only."""
+    conn = store.connect(db)
+    try:
+        text = broker_acl.mosquitto_acl(conn, bridge_identity)
+    finally:
+        conn.close()
+    partial = out.with_suffix(out.suffix + ".new")
+    partial.write_text(text)
+    partial.replace(out)  # the broker never reads half a file
+    typer.echo(f"{out}: rules for {text.count('user ') - 1} gateway(s); send the broker SIGHUP to apply")
 
 
 ca = typer.Typer(help="The health community's CA for MQTT over TLS.", no_args_is_help=True)

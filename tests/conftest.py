@@ -29,7 +29,9 @@ class Mosquitto:
     certificate from that CA, whose common name becomes the client's user name, as in production.
     """
 
-    def __init__(self, workdir: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, tls: tuple[Path, Path, Path] | None = None, acl_file: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
@@ -47,6 +49,8 @@ class Mosquitto:
                 "allow_anonymous false",
                 f"user {getpass.getuser()}",  # read the 0600 key as its owner, not as "mosquitto"
             ]
+            if acl_file is not None:
+                lines.append(f"acl_file {acl_file}")
         lines += [
             "persistence false",
             "log_dest stdout",

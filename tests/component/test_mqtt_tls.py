@@ -207,3 +207,79 @@ def test_the_technician_commands_make_the_same_files(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.exit_code == 1 and "not 'gw-other'" in refused.output
     assert (tmp_path / "gw" / "mqtt-tls.crt").read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+class TlsClient:
+    """A paho client with a certificate, recording what it receives and how subscribes end."""
+
+    def __init__(self, port: int, ca: Path, cert: Path, key: Path) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self.granted: list[bool] = []
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client.tls_set(
+            ca_certs=str(ca), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT
+        )
+        self.client.on_message = lambda c, u, m: self.received.append((m.topic, m.payload))
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.granted.extend(
+            not code.is_failure for code in codes
+        )
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def subscribe(self, topic: str) -> bool:
+        before = len(self.granted)
+        self.client.subscribe(topic, qos=1)
+        deadline = time.monotonic() + 5
+        while len(self.granted) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.granted[-1]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_the_generated_rules_keep_each_gateway_to_its_own_topics(pki: Pki, tmp_path: Path) -> None:
+    from cloud_bridge.broker_acl import mosquitto_acl
+
+    db = tmp_path / "registry.db"
+    conn = store.connect(db)
+    public_pem = (pki.gateway_dir / PUBLIC_KEY_FILE).read_text()
+    for gateway_id in (GATEWAY, "gw-other-02", "gw-revoked-03"):
+        store.enrol_gateway(conn, gateway_id, public_pem, site="test", kind="kiosk", now_ms=0)
+    store.revoke_gateway(conn, "gw-revoked-03")
+    acl = tmp_path / "mosquitto.acl"
+    acl.write_text(mosquitto_acl(conn))
+    conn.close()
+    broker = Mosquitto(tmp_path, tls=pki.broker, acl_file=acl)
+    broker.start()
+    ca = pki.broker[0]
+    revoked = issue(pki.ca_dir, "gw-revoked-03", tmp_path / "revoked")
+    assert revoked.key is not None
+    bridge = TlsClient(broker.port, ca, pki.bridge[1], pki.bridge[2])
+    gateway = TlsClient(broker.port, ca, pki.gateway_tls.cert_file, pki.gateway_tls.key_file)
+    gone = TlsClient(broker.port, ca, revoked.cert, revoked.key)
+    try:
+        assert bridge.subscribe("kiosk/+/up")
+        assert gateway.subscribe(f"kiosk/{GATEWAY}/ack")
+        # Mosquitto grants these subscriptions but delivers nothing the rules forbid reading.
+        gateway.subscribe("kiosk/gw-other-02/ack")  # another gateway's acks
+        gateway.subscribe("kiosk/+/up")  # every gateway's batches
+        gateway.publish("kiosk/gw-other-02/up", b"forged")  # posing as another gateway
+        gone.publish("kiosk/gw-revoked-03/up", b"from a revoked gateway")
+        gateway.publish(f"kiosk/{GATEWAY}/up", b"genuine")
+        bridge.publish("kiosk/gw-other-02/ack", b"not yours")
+        bridge.publish(f"kiosk/{GATEWAY}/ack", b"ack")
+        deadline = time.monotonic() + 5
+        while (not bridge.received or not gateway.received) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # anything the broker let through would be here by now
+        assert bridge.received == [(f"kiosk/{GATEWAY}/up", b"genuine")]
+        assert gateway.received == [(f"kiosk/{GATEWAY}/ack", b"ack")]
+    finally:
+        for client in (bridge, gateway, gone):
+            client.close()
+        broker.stop()
