@@ -283,3 +283,24 @@ def test_the_generated_rules_keep_each_gateway_to_its_own_topics(pki: Pki, tmp_p
         for client in (bridge, gateway, gone):
             client.close()
         broker.stop()
+
+
+def test_the_acl_command_writes_the_rules_for_active_gateways(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cloud_bridge.cli import app as bridge_cli
+
+    db = tmp_path / "registry.db"
+    conn = store.connect(db)
+    create_keys(tmp_path / "gw")
+    public_pem = (tmp_path / "gw" / PUBLIC_KEY_FILE).read_text()
+    store.enrol_gateway(conn, "gw-a", public_pem, site="s", kind="kiosk", now_ms=0)
+    store.enrol_gateway(conn, "gw-b", public_pem, site="s", kind="vehicle", now_ms=0)
+    store.revoke_gateway(conn, "gw-b")
+    conn.close()
+    result = CliRunner().invoke(bridge_cli, ["acl", "--db", str(db), "--out", str(tmp_path / "acl")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "acl").read_text()
+    assert "user gw-a\ntopic write kiosk/gw-a/up\ntopic read kiosk/gw-a/ack" in text
+    assert "gw-b" not in text
+    assert "rules for 1 gateway(s)" in result.output
