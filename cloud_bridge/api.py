@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,16 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from pydantic import ValidationError
 
 from cloud_bridge.fhir_map import parse_token
-from cloud_bridge.fhir_store import open_store, read, search, to_json
+from cloud_bridge.fhir_store import (
+    FhirStoreError,
+    apply_transaction,
+    from_json,
+    from_transaction_bundle,
+    open_store,
+    read,
+    search,
+    to_json,
+)
 
 __all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
 
@@ -114,6 +124,36 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
     @app.get("/metrics")
     def get_metrics() -> JSONResponse:
         return JSONResponse(metrics() if metrics is not None else {})
+
+    @app.post("/fhir")
+    async def transaction(request: Request) -> Response:
+        """A transaction Bundle of conditional creates (what another bridge posts when this one
+        serves as the health community's FHIR server); all or nothing."""
+        try:
+            entries = from_transaction_bundle(from_json((await request.body()).decode("utf-8")))
+        except (ValueError, KeyError, TypeError, FhirStoreError) as exc:
+            return _outcome(400, "invalid", str(exc))
+        now_iso = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with closing(open_store(db_path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = apply_transaction(conn, entries, now_iso=now_iso)
+            except FhirStoreError as exc:
+                conn.execute("ROLLBACK")
+                return _outcome(409, "conflict", str(exc))
+            conn.execute("COMMIT")
+        response: dict[str, Any] = {"resourceType": "Bundle", "type": "transaction-response"}
+        if results:
+            response["entry"] = [
+                {
+                    "response": {
+                        "status": "201 Created" if created else "200 OK",
+                        "location": f"{resource_type}/{id}",
+                    }
+                }
+                for resource_type, id, created in results
+            ]
+        return _fhir(response)
 
     @app.get("/fhir/metadata")
     def get_metadata() -> Response:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from cloud_bridge import broker_acl, pki, store
+from cloud_bridge import broker_acl, fhir_post, pki, store
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
 
@@ -80,6 +80,9 @@ def run(
     ),
     mqtt_cert: Path | None = typer.Option(None, help="The bridge's client certificate."),
     mqtt_key: Path | None = typer.Option(None, help="Its key."),
+    fhir_base_url: str | None = typer.Option(
+        None, help="The health community's FHIR server to post into (default: the embedded store)."
+    ),
 ) -> None:
     """Consume gateway batches and serve the FHIR API until interrupted."""
     import uvicorn
@@ -94,7 +97,7 @@ def run(
         typer.echo("error: MQTT over TLS needs --mqtt-ca, --mqtt-cert and --mqtt-key together", err=True)
         raise typer.Exit(2)
     tls = (mqtt_ca, mqtt_cert, mqtt_key) if mqtt_ca and mqtt_cert and mqtt_key else None
-    consumer = BridgeConsumer(db, host=mqtt_host, port=mqtt_port, tls=tls)
+    consumer = BridgeConsumer(db, host=mqtt_host, port=mqtt_port, tls=tls, fhir_base_url=fhir_base_url)
     consumer.start()
     try:
         uvicorn.run(
@@ -120,6 +123,37 @@ def acl(
     partial.write_text(text)
     partial.replace(out)  # the broker never reads half a file
     typer.echo(f"{out}: rules for {text.count('user ') - 1} gateway(s); send the broker SIGHUP to apply")
+
+
+posts = typer.Typer(help="Readings queued for the health community's FHIR server.", no_args_is_help=True)
+app.add_typer(posts, name="fhir-posts")
+
+
+@posts.command("list")
+def list_posts(db: Path = DB_OPTION) -> None:
+    """How many are pending, posted and dead, and each dead letter with the server's answer."""
+    conn = store.connect(db)
+    try:
+        typer.echo(" ".join(f"{state} {count}" for state, count in fhir_post.counts(conn).items()))
+        for dead in fhir_post.dead_letters(conn):
+            typer.echo(f"dead: {dead.gateway_id} seq {dead.seq}, HTTP {dead.status}: {dead.answer}")
+    finally:
+        conn.close()
+
+
+@posts.command("replay")
+def replay_posts(
+    db: Path = DB_OPTION,
+    gateway_id: str | None = typer.Option(None, "--gateway", help="Only this gateway's."),
+    seq: int | None = typer.Option(None, help="Only this reading (with --gateway)."),
+) -> None:
+    """Put dead letters back in the queue (after the cause is fixed); a running bridge posts them."""
+    conn = store.connect(db)
+    try:
+        count = fhir_post.replay(conn, gateway_id, seq)
+    finally:
+        conn.close()
+    typer.echo(f"{count} dead letter(s) queued again")
 
 
 ca = typer.Typer(help="The health community's CA for MQTT over TLS.", no_args_is_help=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_bridge import store
+from cloud_bridge import fhir_post, store
+from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import receive_batch
 from contract.wire import UP_TOPIC_FILTER, ack_topic, encode_ack
 
@@ -33,12 +34,14 @@ class BridgeConsumer:
         port: int,
         client_id: str = "kiosk-bridge",
         tls: tuple[Path, Path, Path] | None = None,  # (CA, certificate, key): MQTT over TLS
+        fhir_base_url: str | None = None,  # the health community's FHIR server; None: embedded store
     ) -> None:
         self._db_path = db_path
         self._host = host
         self._port = port
         self._conn = store.connect(db_path, shared_across_threads=True)
         self._lock = threading.Lock()
+        self.poster = FhirPoster(self._conn, self._lock, fhir_base_url) if fhir_base_url else None
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
         self._client = mqtt.Client(
@@ -60,17 +63,26 @@ class BridgeConsumer:
             )  # fmt: skip
 
     def start(self) -> None:
+        if self.poster is not None:
+            self.poster.start()
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
 
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        if self.poster is not None:
+            self.poster.stop()
         with self._lock:
             self._conn.close()
 
     def metrics(self) -> dict[str, object]:
-        return {"mqtt_connected": self.connected.is_set(), **dict(self.counters)}
+        out: dict[str, object] = {"mqtt_connected": self.connected.is_set(), **dict(self.counters)}
+        if self.poster is not None:
+            with self._lock:
+                out["fhir_posts"] = fhir_post.counts(self._conn)
+            out["fhir_post_last_error"] = self.poster.last_error
+        return out
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
@@ -98,7 +110,11 @@ class BridgeConsumer:
         try:
             with self._lock:
                 outcome = receive_batch(
-                    self._conn, message.topic, bytes(message.payload), now_ms=time.time_ns() // 1_000_000
+                    self._conn,
+                    message.topic,
+                    bytes(message.payload),
+                    now_ms=time.time_ns() // 1_000_000,
+                    post_to_remote=self.poster is not None,
                 )
         except sqlite3.Error:
             # Storage trouble (disk full, locked): nothing was committed, so nothing is acked;

@@ -270,3 +270,38 @@ def to_transaction_bundle(entries: Iterable[TransactionEntry]) -> dict[str, Any]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise FhirStoreError(f"invalid transaction Bundle: {detail}") from None
     return bundle
+
+
+def from_transaction_bundle(bundle: dict[str, Any]) -> list[TransactionEntry]:
+    """The inverse of `to_transaction_bundle`, for the bridge serving as a health community's
+    FHIR server: each entry must be a conditional create (POST with `ifNoneExist`) named by a
+    `urn:uuid:` fullUrl; references between entries become local references."""
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise FhirStoreError(f"invalid Bundle: {detail}") from None
+    if bundle.get("type") != "transaction":
+        raise FhirStoreError(f"Bundle.type is {bundle.get('type')!r}; only 'transaction' is accepted")
+    raw = bundle.get("entry", [])
+    local: dict[str, str] = {}
+    for index, entry in enumerate(raw):
+        full_url = str(entry.get("fullUrl", ""))
+        resource_type = str(entry.get("resource", {}).get("resourceType", ""))
+        if not full_url.startswith("urn:uuid:"):
+            raise FhirStoreError(f"entry {index}: fullUrl must be urn:uuid:…, not {full_url!r}")
+        local[full_url] = f"{resource_type}/{full_url.removeprefix('urn:uuid:')}"
+    entries = []
+    for index, entry in enumerate(raw):
+        request = entry.get("request", {})
+        resource = _rewrite_references(dict(entry["resource"]), local)
+        resource_type = resource["resourceType"]
+        if request.get("method") != "POST" or request.get("url") != resource_type:
+            raise FhirStoreError(
+                f"entry {index}: only POST {resource_type} (a conditional create) is accepted"
+            )
+        if not request.get("ifNoneExist"):
+            raise FhirStoreError(f"entry {index}: ifNoneExist is required (a repost must create nothing)")
+        resource["id"] = local[entry["fullUrl"]].split("/", 1)[1]
+        entries.append(TransactionEntry(resource_type, resource, str(request["ifNoneExist"])))
+    return entries

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cloud_bridge import fhir_store, store
+from cloud_bridge import fhir_post, fhir_store, store
 from cloud_bridge.fhir_map import FhirMappingError, map_reading
 from contract.wire import (
     Ack,
@@ -42,7 +42,12 @@ def _iso(now_ms: int) -> str:
     )
 
 
-def receive_batch(conn: sqlite3.Connection, topic: str, message: bytes, *, now_ms: int) -> Outcome:
+def receive_batch(
+    conn: sqlite3.Connection, topic: str, message: bytes, *, now_ms: int, post_to_remote: bool = False
+) -> Outcome:
+    """With `post_to_remote`, each reading's transaction Bundle is queued for the health
+    community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
+    either way in the same commit as the reading, before the ack."""
     try:
         topic_gateway = gateway_id_from_topic(topic)
         gateway_id, _, signature = peek_batch_gateway(message)
@@ -92,7 +97,11 @@ def receive_batch(conn: sqlite3.Connection, topic: str, message: bytes, *, now_m
                 conn, reading, batch_hash=batch.hash, now_ms=now_ms, fhir_error=fhir_error
             ):
                 stored += 1
-                if fhir_error is None:
+                if fhir_error is None and post_to_remote:
+                    fhir_post.enqueue(
+                        conn, gateway_id, reading.seq, fhir_store.to_transaction_bundle(entries)
+                    )
+                elif fhir_error is None:
                     fhir_store.apply_transaction(conn, entries, now_iso=_iso(now_ms))
         store.record_batch(
             conn,

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud_bridge import fhir_store
+from cloud_bridge import fhir_post, fhir_store
 from contract.wire import GENESIS_HASH, Reading, encode_reading
 
 SCHEMA = """
@@ -81,6 +81,7 @@ def connect(path: Path | str, *, shared_across_threads: bool = False) -> sqlite3
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)
     fhir_store.ensure_schema(conn)
+    fhir_post.ensure_schema(conn)
     return conn
 
 

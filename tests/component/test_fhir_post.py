@@ -1,0 +1,184 @@
+"""Posting into the health community's FHIR server: retry while it is away, dead letters with
+its answer, replay, and no doubles on a repost.
+
+The community's server is a second bridge's FHIR API over real HTTP (uvicorn on a loopback
+port, its own SQLite file); the posting bridge stores verified batches in its own file and
+queues each reading's transaction Bundle in the same commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typer.testing import CliRunner
+
+from cloud_bridge import fhir_post, store
+from cloud_bridge.api import create_app
+from cloud_bridge.cli import app as bridge_cli
+from cloud_bridge.fhir_post import FhirPoster
+from cloud_bridge.receive import receive_batch
+from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch, up_topic
+from simulators.chain import free_port, port_open, wait_for
+
+GATEWAY = "gw-post-01"
+RESIDENT = ResidentRef("health-record", "330781-2026-000789")
+
+
+def reading(seq: int) -> Reading:
+    return Reading(
+        gateway_id=GATEWAY,
+        seq=seq,
+        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
+        kind="bp",
+        values=(
+            Measurement("systolic", Decimal(120 + seq), "mm[Hg]"),
+            Measurement("diastolic", Decimal(80), "mm[Hg]"),
+        ),
+        measured_at_ms=1795564800000 + seq * 60_000,
+        time_quality="ntp",
+        received_mono_ms=seq,
+        resident=RESIDENT,
+        operator="doctor-zhao",
+    )
+
+
+class CommunityServer:
+    """A bridge's FHIR API on its own SQLite file, served over HTTP from a thread."""
+
+    def __init__(self, db: Path, port: int) -> None:
+        self.db = db
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/fhir"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server = uvicorn.Server(
+            uvicorn.Config(create_app(str(self.db)), host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        wait_for(lambda: port_open(self.port), timeout=10, what="the community FHIR server")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            assert self._thread is not None
+            self._thread.join(10)
+            self._server = None
+
+    def observations(self) -> int:
+        with sqlite3.connect(self.db) as conn:
+            return conn.execute(
+                "SELECT COUNT(*) FROM fhir_resources WHERE resource_type = 'Observation'"
+            ).fetchone()[0]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[CommunityServer]:
+    community = CommunityServer(tmp_path / "community.db", free_port())
+    yield community
+    community.stop()
+
+
+@pytest.fixture
+def sender(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """The posting bridge's store, with three readings of an enrolled gateway received."""
+    key = Ed25519PrivateKey.generate()
+    conn = store.connect(tmp_path / "bridge.db", shared_across_threads=True)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    store.enrol_gateway(conn, GATEWAY, pem.decode(), site="county", kind="kiosk", now_ms=0)
+    message, _ = encode_batch([reading(1), reading(2), reading(3)], prev_hash=GENESIS_HASH, signing_key=key)
+    outcome = receive_batch(conn, up_topic(GATEWAY), message, now_ms=1795564900000, post_to_remote=True)
+    assert outcome.stored == 3 and outcome.ack is not None
+    yield conn
+    conn.close()
+
+
+def poster(conn: sqlite3.Connection, url: str) -> FhirPoster:
+    return FhirPoster(conn, threading.Lock(), url, timeout_s=2, min_backoff_s=0.05, max_backoff_s=0.2)
+
+
+def test_readings_are_queued_not_stored_locally_and_posted_once(
+    sender: sqlite3.Connection, server: CommunityServer
+) -> None:
+    assert fhir_post.counts(sender) == {"pending": 3, "posted": 0, "dead": 0}
+    assert sender.execute("SELECT COUNT(*) FROM fhir_resources").fetchone() == (0,)
+    server.start()
+    posting = poster(sender, server.url)
+    assert posting.post_due() == 3
+    assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
+    assert server.observations() == 3
+    patients = httpx.get(
+        f"{server.url}/Patient",
+        params={"identifier": f"urn:kiosk:sid:resident-health-record|{RESIDENT.value}"},
+    ).json()
+    assert patients["total"] == 1  # one resident: conditional create by identifier
+
+
+def test_a_repost_creates_nothing(sender: sqlite3.Connection, server: CommunityServer) -> None:
+    server.start()
+    (bundle,) = sender.execute("SELECT bundle FROM fhir_posts WHERE seq = 1").fetchone()
+    first = httpx.post(server.url, content=bundle, headers={"Content-Type": "application/fhir+json"}).json()
+    again = httpx.post(server.url, content=bundle, headers={"Content-Type": "application/fhir+json"}).json()
+    assert {e["response"]["status"] for e in first["entry"]} == {"201 Created"}
+    assert {e["response"]["status"] for e in again["entry"]} == {"200 OK"}
+    assert [e["response"]["location"] for e in again["entry"]] == [
+        e["response"]["location"] for e in first["entry"]
+    ]
+    assert server.observations() == 1
+
+
+def test_a_server_that_is_away_gets_everything_once_it_is_back(
+    sender: sqlite3.Connection, server: CommunityServer
+) -> None:
+    posting = poster(sender, server.url)
+    posting.post_due()  # nobody listening
+    assert fhir_post.counts(sender)["pending"] == 3
+    assert posting.last_error is not None and "ConnectError" in str(
+        sender.execute("SELECT last_answer FROM fhir_posts").fetchone()
+    )
+    server.start()
+    deadline = time.monotonic() + 10
+    while fhir_post.counts(sender)["posted"] < 3 and time.monotonic() < deadline:
+        posting.post_due()
+        time.sleep(0.05)
+    assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
+    assert server.observations() == 3
+
+
+def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
+    sender: sqlite3.Connection, server: CommunityServer, tmp_path: Path
+) -> None:
+    server.start()
+    good = sender.execute("SELECT bundle FROM fhir_posts WHERE seq = 2").fetchone()[0]
+    # The community server is upgraded and refuses what this bridge sends: a batch, not a transaction.
+    sender.execute(
+        "UPDATE fhir_posts SET bundle = ? WHERE seq = 2", (good.replace('"transaction"', '"batch"'),)
+    )
+    posting = poster(sender, server.url)
+    posting.post_due()
+    assert fhir_post.counts(sender) == {"pending": 0, "posted": 2, "dead": 1}
+    (dead,) = fhir_post.dead_letters(sender)
+    assert (dead.gateway_id, dead.seq, dead.status) == (GATEWAY, 2, 400)
+    assert "only 'transaction' is accepted" in (dead.answer or "")
+    listing = CliRunner().invoke(bridge_cli, ["fhir-posts", "list", "--db", str(tmp_path / "bridge.db")])
+    assert "dead 1" in listing.output and "seq 2, HTTP 400" in listing.output
+    sender.execute("UPDATE fhir_posts SET bundle = ? WHERE seq = 2", (good,))  # the cause is fixed
+    replayed = CliRunner().invoke(bridge_cli, ["fhir-posts", "replay", "--db", str(tmp_path / "bridge.db")])
+    assert "1 dead letter(s) queued again" in replayed.output
+    posting.post_due()
+    assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
+    assert server.observations() == 3
