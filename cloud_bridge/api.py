@@ -9,6 +9,7 @@ it is not.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from cloud_bridge.fhir_store import (
     search,
     to_json,
 )
+from cloud_bridge.store import fleet
 
 __all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
 
@@ -120,6 +122,13 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         except sqlite3.Error as exc:
             return JSONResponse({"status": "error", "detail": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.get("/fleet/gateways")
+    def get_fleet() -> JSONResponse:
+        """The county's gateways: registry, last heard, synced up to, refusals, peripherals."""
+        with closing(sqlite3.connect(db_path)) as conn:
+            conn.execute("PRAGMA busy_timeout=5000")
+            return JSONResponse(fleet(conn, now_ms=time.time_ns() // 1_000_000))
 
     @app.get("/metrics")
     def get_metrics() -> JSONResponse:

@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS refusals (
     gateway_id TEXT,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS devices_seen (
+    gateway_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    firmware TEXT NOT NULL,
+    last_measured_ms INTEGER NOT NULL,
+    readings INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (gateway_id, device_id)
+);
 """
 
 
@@ -157,7 +166,18 @@ def insert_reading(
             fhir_error,
         ),
     )
-    return cursor.rowcount == 1
+    if cursor.rowcount != 1:
+        return False
+    conn.execute(
+        """INSERT INTO devices_seen (gateway_id, device_id, model, firmware, last_measured_ms, readings)
+           VALUES (?, ?, ?, ?, ?, 1)
+           ON CONFLICT (gateway_id, device_id) DO UPDATE SET model = excluded.model,
+               firmware = excluded.firmware, readings = readings + 1,
+               last_measured_ms = MAX(last_measured_ms, excluded.last_measured_ms)""",
+        (reading.gateway_id, reading.device.id, reading.device.model, reading.device.firmware,
+         reading.measured_at_ms),
+    )  # fmt: skip
+    return True
 
 
 def record_batch(
@@ -196,3 +216,40 @@ def count_readings(conn: sqlite3.Connection, gateway_id: str | None = None) -> i
     if gateway_id is None:
         return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
     return conn.execute("SELECT COUNT(*) FROM readings WHERE gateway_id = ?", (gateway_id,)).fetchone()[0]
+
+
+def fleet(conn: sqlite3.Connection, *, now_ms: int) -> list[dict[str, object]]:
+    """Every enrolled gateway: site, kind, status, when it was last heard, how far it has synced,
+    its refusals in the last 24 h, and the peripherals (model, firmware) its readings came from."""
+    since = now_ms - 86_400_000
+    out = []
+    for gateway_id, site, kind, status, last_seq, last_seen_ms, enrolled_ms in conn.execute(
+        """SELECT gateway_id, site, kind, status, last_seq, last_seen_ms, enrolled_at_ms
+           FROM gateways ORDER BY gateway_id"""
+    ).fetchall():
+        refusals = conn.execute(
+            "SELECT COUNT(*) FROM refusals WHERE gateway_id = ? AND at_ms >= ?", (gateway_id, since)
+        ).fetchone()[0]
+        devices = [
+            {"device_id": d, "model": m, "firmware": f, "last_measured_ms": t, "readings": n}
+            for d, m, f, t, n in conn.execute(
+                """SELECT device_id, model, firmware, last_measured_ms, readings FROM devices_seen
+                   WHERE gateway_id = ? ORDER BY device_id""",
+                (gateway_id,),
+            )
+        ]
+        out.append(
+            {
+                "gateway_id": gateway_id,
+                "site": site,
+                "kind": kind,
+                "status": status,
+                "enrolled_at_ms": enrolled_ms,
+                "last_seen_ms": last_seen_ms,
+                "last_seq": last_seq,
+                "silent_s": None if last_seen_ms is None else max(0, (now_ms - last_seen_ms) // 1000),
+                "refusals_24h": refusals,
+                "devices": devices,
+            }
+        )
+    return out

@@ -182,3 +182,37 @@ def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
     posting.post_due()
     assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
     assert server.observations() == 3
+
+
+def test_the_fleet_api_lists_gateways_with_their_peripherals_and_refusals(
+    sender: sqlite3.Connection, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    public = sender.execute(
+        "SELECT public_key_pem FROM gateways WHERE gateway_id = ?", (GATEWAY,)
+    ).fetchone()[0]
+    store.enrol_gateway(sender, "gw-quiet-02", public, site="village 2", kind="vehicle", now_ms=5)
+    forged, _ = encode_batch([reading(4)], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate())
+    refused = receive_batch(sender, up_topic(GATEWAY), forged, now_ms=time.time_ns() // 1_000_000)
+    assert refused.refusal is not None
+    with TestClient(create_app(str(tmp_path / "bridge.db"))) as client:
+        fleet = client.get("/fleet/gateways").json()
+    by_id = {g["gateway_id"]: g for g in fleet}
+    busy, quiet = by_id[GATEWAY], by_id["gw-quiet-02"]
+    assert (busy["status"], busy["last_seq"], busy["site"], busy["refusals_24h"]) == (
+        "active",
+        3,
+        "county",
+        1,
+    )
+    assert busy["devices"] == [
+        {"device_id": "bp-0001", "model": "KX-BP100", "firmware": "0.1.0", "last_measured_ms": 1795564980000,
+         "readings": 3}
+    ]  # fmt: skip
+    assert (quiet["last_seen_ms"], quiet["silent_s"], quiet["devices"], quiet["kind"]) == (
+        None,
+        None,
+        [],
+        "vehicle",
+    )
