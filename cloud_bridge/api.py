@@ -21,9 +21,10 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from pydantic import ValidationError
 
-from cloud_bridge.fhir_map import parse_token
+from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, parse_token, resource_id
 from cloud_bridge.fhir_store import (
     FhirStoreError,
+    all_of_type,
     apply_transaction,
     from_json,
     from_transaction_bundle,
@@ -32,6 +33,7 @@ from cloud_bridge.fhir_store import (
     search,
     to_json,
 )
+from cloud_bridge.fhir_store import update as fhir_update
 from cloud_bridge.store import fleet
 
 __all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
@@ -39,7 +41,8 @@ __all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
 FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.3.0"  # the R4B models every resource is validated against
 CAPABILITY_DATE = "2026-11-25"  # change with the capabilities below
-RESOURCE_TYPES = ("Patient", "Device", "Observation", "Provenance")
+RESOURCE_TYPES = ("Patient", "Device", "Observation", "Provenance", "Flag", "Task")
+_PRIORITY_ORDER = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 # Search parameters per resource type -> FHIR parameter type. A reference parameter also takes
 # the `:identifier` modifier (`subject:identifier=system|value`).
 SEARCH_PARAMS: dict[str, dict[str, str]] = {
@@ -122,6 +125,84 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         except sqlite3.Error as exc:
             return JSONResponse({"status": "error", "detail": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    def _now_iso() -> str:
+        return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    @app.get("/referrals")
+    def list_referrals(status: str | None = None) -> Response:
+        """Referral Tasks raised by alerts: open ones (requested, accepted) by default, most urgent
+        first, then oldest first."""
+        wanted = {status} if status else {"requested", "accepted"}
+        with closing(connect()) as conn:
+            tasks = [t for t in all_of_type(conn, "Task") if t["status"] in wanted]
+        tasks.sort(
+            key=lambda t: (_PRIORITY_ORDER.get(t.get("priority", "routine"), 9), t.get("authoredOn", ""))
+        )
+        return Response(to_json({"total": len(tasks), "referrals": tasks}), media_type="application/json")
+
+    async def _change_task(
+        id: str, request: Request, *, allowed: tuple[str, ...], change: Callable[..., None]
+    ) -> Response:
+        try:
+            body = await request.json()
+            by = str(body["by"]).strip()
+            if not by:
+                raise ValueError("by is empty")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _outcome(400, "invalid", f"body must be JSON with 'by' (who): {exc}")
+        now = _now_iso()
+        with closing(open_store(db_path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                task = read(conn, "Task", id)
+                if task is None:
+                    conn.execute("ROLLBACK")
+                    return _outcome(404, "not-found", f"Task/{id} is not known")
+                if task["status"] not in allowed:
+                    conn.execute("ROLLBACK")
+                    return _outcome(
+                        409, "conflict", f"Task/{id} is {task['status']}; expected {' or '.join(allowed)}"
+                    )
+                change(conn, task, by, body, now)
+                updated = fhir_update(conn, task, now_iso=now)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return _fhir(updated)
+
+    @app.post("/referrals/{id}/claim")
+    async def claim_referral(id: str, request: Request) -> Response:
+        """A member of the specialist team takes the referral on."""
+
+        def claim(conn: sqlite3.Connection, task: dict[str, Any], by: str, body: Any, now: str) -> None:
+            task["status"] = "accepted"
+            task["owner"] = {"display": by}
+            task["lastModified"] = now
+
+        return await _change_task(id, request, allowed=("requested",), change=claim)
+
+    @app.post("/referrals/{id}/close")
+    async def close_referral(id: str, request: Request) -> Response:
+        """Done (seen, advised, or referred on): the Task is completed with a note and the alert's
+        Flag on the resident ends."""
+
+        def close(conn: sqlite3.Connection, task: dict[str, Any], by: str, body: Any, now: str) -> None:
+            task["status"] = "completed"
+            task["lastModified"] = now
+            note = str(body.get("note", "")).strip() if isinstance(body, dict) else ""
+            if note:
+                task["note"] = [*task.get("note", []), {"authorString": by, "time": now, "text": note}]
+            key = task["identifier"][0]["value"]
+            flag = read(conn, "Flag", resource_id(ALERT_FLAG_SYSTEM, key))
+            if flag is not None and flag["status"] == "active":
+                flag["status"] = "inactive"
+                flag["period"] = {**flag.get("period", {}), "end": now}
+                fhir_update(conn, flag, now_iso=now)
+
+        return await _change_task(id, request, allowed=("requested", "accepted"), change=close)
 
     @app.get("/fleet/gateways")
     def get_fleet() -> JSONResponse:

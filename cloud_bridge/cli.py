@@ -83,6 +83,10 @@ def run(
     fhir_base_url: str | None = typer.Option(
         None, help="The health community's FHIR server to post into (default: the embedded store)."
     ),
+    alert_rules: Path | None = typer.Option(
+        None,
+        help="The region's alert rules (device_profiles/alert_rules/cn.toml): alerts become Flag + Task.",
+    ),
 ) -> None:
     """Consume gateway batches and serve the FHIR API until interrupted."""
     import uvicorn
@@ -97,7 +101,9 @@ def run(
         typer.echo("error: MQTT over TLS needs --mqtt-ca, --mqtt-cert and --mqtt-key together", err=True)
         raise typer.Exit(2)
     tls = (mqtt_ca, mqtt_cert, mqtt_key) if mqtt_ca and mqtt_cert and mqtt_key else None
-    consumer = BridgeConsumer(db, host=mqtt_host, port=mqtt_port, tls=tls, fhir_base_url=fhir_base_url)
+    consumer = BridgeConsumer(
+        db, host=mqtt_host, port=mqtt_port, tls=tls, fhir_base_url=fhir_base_url, alert_rules=alert_rules
+    )
     consumer.start()
     try:
         uvicorn.run(

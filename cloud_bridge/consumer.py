@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_bridge import fhir_post, store
+from cloud_bridge.alert_rules import load_rule_texts
 from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import receive_batch
 from contract.wire import UP_TOPIC_FILTER, ack_topic, encode_ack
@@ -35,6 +36,7 @@ class BridgeConsumer:
         client_id: str = "kiosk-bridge",
         tls: tuple[Path, Path, Path] | None = None,  # (CA, certificate, key): MQTT over TLS
         fhir_base_url: str | None = None,  # the health community's FHIR server; None: embedded store
+        alert_rules: Path | None = None,  # the region's rules file: alert flags become Flag + Task
     ) -> None:
         self._db_path = db_path
         self._host = host
@@ -42,6 +44,7 @@ class BridgeConsumer:
         self._conn = store.connect(db_path, shared_across_threads=True)
         self._lock = threading.Lock()
         self.poster = FhirPoster(self._conn, self._lock, fhir_base_url) if fhir_base_url else None
+        self.alert_rules = load_rule_texts(alert_rules) if alert_rules else None
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
         self._client = mqtt.Client(
@@ -115,6 +118,7 @@ class BridgeConsumer:
                     bytes(message.payload),
                     now_ms=time.time_ns() // 1_000_000,
                     post_to_remote=self.poster is not None,
+                    alert_rules=self.alert_rules,
                 )
         except sqlite3.Error:
             # Storage trouble (disk full, locked): nothing was committed, so nothing is acked;

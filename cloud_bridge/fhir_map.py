@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,11 +30,14 @@ from typing import Any
 from urllib.parse import quote
 
 from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.flag import Flag as FhirFlag
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.provenance import Provenance
+from fhir.resources.R4B.task import Task
 from pydantic import ValidationError
 
+from cloud_bridge.alert_rules import AlertText
 from contract.wire import RESIDENT_ID_SYSTEMS, Measurement, Reading
 
 __all__ = [
@@ -87,6 +90,13 @@ READING_SYSTEM = "urn:kiosk:reading"
 DEVICE_SYSTEM = "urn:kiosk:device"
 GATEWAY_SYSTEM = "urn:kiosk:gateway"
 BATCH_SYSTEM = "urn:kiosk:batch-sha256"
+ALERT_FLAG_SYSTEM = "urn:kiosk:alert-flag"  # value: gateway/seq/rule
+REFERRAL_SYSTEM = "urn:kiosk:referral"  # value: gateway/seq/rule
+ALERT_RULE_SYSTEM = "urn:kiosk:alert-rule"
+FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
+SPECIALIST_TEAM = "County specialist team (县级专科团队)"
+# Alert severity -> Task.priority: the specialist team sees "refer today" first.
+TASK_PRIORITY = {"urgent": "stat", "warn": "urgent", "info": "routine"}
 TIME_QUALITY_EXTENSION = "urn:kiosk:fhir:time-quality"
 SIGNATURE_FORMAT = "application/cbor+ed25519"
 
@@ -238,6 +248,8 @@ _MODELS: dict[str, Any] = {
     "Device": Device,
     "Observation": Observation,
     "Provenance": Provenance,
+    "Flag": FhirFlag,
+    "Task": Task,
 }
 
 
@@ -518,6 +530,55 @@ _KIND_MAPPERS: dict[str, Callable[[_Context], list[dict[str, Any]]]] = {
 }
 
 
+def _flag_note(flag: str, alerts: Sequence[AlertText]) -> str:
+    if flag in FLAGS:
+        return FLAGS[flag].note
+    if flag.startswith("alert:"):
+        alert = next((a for a in alerts if a.rule_id == flag.removeprefix("alert:")), None)
+        if alert is not None:
+            return f"Alert: {alert.message_en} / {alert.message_zh}"
+        return f"Alert raised by the gateway: {flag.removeprefix('alert:')}"
+    if flag.startswith("implausible:"):
+        field = flag.removeprefix("implausible:")
+        return f"{field} is outside the device's plausible range; kept as measured, please check it."
+    return f"Device flag: {flag}"
+
+
+def _alert_entries(
+    alert: AlertText, reading_key: str, subject: dict[str, Any], observation: dict[str, Any], when: str
+) -> list[TransactionEntry]:
+    """A Flag on the resident and a referral Task for the specialist team, for one alert."""
+    key = f"{reading_key}/{alert.rule_id}"
+    rule = {"system": ALERT_RULE_SYSTEM, "code": alert.rule_id}
+    flag = {
+        "resourceType": "Flag",
+        "id": resource_id(ALERT_FLAG_SYSTEM, key),
+        "identifier": [{"system": ALERT_FLAG_SYSTEM, "value": key}],
+        "status": "active",
+        "category": [{"coding": [{"system": FLAG_CATEGORY, "code": "clinical", "display": "Clinical"}]}],
+        "code": {"coding": [rule], "text": f"{alert.message_zh} / {alert.message_en}"},
+        "subject": dict(subject),
+        "period": {"start": when},
+    }
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": resource_id(REFERRAL_SYSTEM, key),
+        "identifier": [{"system": REFERRAL_SYSTEM, "value": key}],
+        "status": "requested",
+        "intent": "order",
+        "priority": TASK_PRIORITY.get(alert.severity, "urgent"),
+        "code": {"text": "Referral (转诊)"},
+        "focus": {"reference": f"Observation/{observation['id']}"},
+        "for": dict(subject),
+        "authoredOn": when,
+        "owner": {"display": SPECIALIST_TEAM},
+        "reasonCode": {"coding": [rule], "text": f"{alert.message_zh} / {alert.message_en}"},
+    }
+    if alert.referral_zh or alert.referral_en:
+        task["description"] = f"{alert.referral_zh}\n{alert.referral_en}".strip()
+    return [_entry(flag, ALERT_FLAG_SYSTEM, key), _entry(task, REFERRAL_SYSTEM, key)]
+
+
 def _entry(resource: dict[str, Any], system: str, value: str, param: str = "identifier") -> TransactionEntry:
     return TransactionEntry(resource["resourceType"], resource, _if_none_exist(param, system, value))
 
@@ -540,11 +601,14 @@ def map_reading(
     batch_hash: bytes,
     gateway_signature: bytes | None = None,
     recorded_at_ms: int | None = None,
+    alerts: Sequence[AlertText] = (),
 ) -> list[TransactionEntry]:
     """Resources for one reading, in the order they must be applied.
 
     Patient (if the reading names a resident), the peripheral Device, the gateway Device, the
-    Observations, then a Provenance that ties them to the signed batch. `recorded_at_ms` is when
+    Observations, for each alert the gateway raised (`alerts`, in words) a Flag on the resident
+    and a referral Task for the specialist team, then a Provenance that ties them to the signed
+    batch. `recorded_at_ms` is when
     the bridge recorded the reading (Provenance.recorded); it defaults to the measurement time so
     that, without it, the output depends on the reading alone.
     """
@@ -591,7 +655,7 @@ def map_reading(
     entries.append(_entry(gateway, GATEWAY_SYSTEM, reading.gateway_id))
 
     notes = [UNSYNCED_NOTE] if reading.time_quality == "unsynced" else []
-    notes += [FLAGS[f].note if f in FLAGS else f"Device flag: {f}" for f in reading.flags]
+    notes += [_flag_note(f, alerts) for f in reading.flags]
     ctx = _Context(
         reading=reading,
         effective=effective,
@@ -606,6 +670,9 @@ def map_reading(
         entries.append(_entry(observation, identifier["system"], identifier["value"]))
 
     reading_key = f"{reading.gateway_id}/{reading.seq}"
+    if subject is not None and observations:
+        for alert in alerts:
+            entries.extend(_alert_entries(alert, reading_key, subject, observations[0], effective))
     gateway_ref = {"reference": f"Device/{gateway['id']}"}
     signature: dict[str, Any] = {
         "type": [

@@ -305,3 +305,29 @@ def from_transaction_bundle(bundle: dict[str, Any]) -> list[TransactionEntry]:
         resource["id"] = local[entry["fullUrl"]].split("/", 1)[1]
         entries.append(TransactionEntry(resource_type, resource, str(request["ifNoneExist"])))
     return entries
+
+
+def update(conn: sqlite3.Connection, resource: dict[str, Any], *, now_iso: str) -> dict[str, Any]:
+    """Replace a stored resource with a new version (a Task claimed or closed, a Flag ended):
+    same id and identifier, versionId + 1. Raises FhirStoreError when it is not stored."""
+    resource_type, id = resource["resourceType"], resource["id"]
+    stored = read(conn, resource_type, id)
+    if stored is None:
+        raise FhirStoreError(f"{resource_type}/{id} is not stored")
+    version = int(stored.get("meta", {}).get("versionId", "1")) + 1
+    updated = {
+        **resource,
+        "meta": {**resource.get("meta", {}), "versionId": str(version), "lastUpdated": now_iso},
+    }
+    conn.execute(
+        "UPDATE fhir_resources SET body = ?, last_updated = ? WHERE resource_type = ? AND id = ?",
+        (to_json(updated), now_iso, resource_type, id),
+    )
+    return updated
+
+
+def all_of_type(conn: sqlite3.Connection, resource_type: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT body FROM fhir_resources WHERE resource_type = ?", (resource_type,)
+    ).fetchall()
+    return [from_json(row[0]) for row in rows]

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cloud_bridge import fhir_post, fhir_store, store
+from cloud_bridge.alert_rules import RuleText, alert_texts
 from cloud_bridge.fhir_map import FhirMappingError, map_reading
 from contract.wire import (
     Ack,
@@ -43,7 +45,13 @@ def _iso(now_ms: int) -> str:
 
 
 def receive_batch(
-    conn: sqlite3.Connection, topic: str, message: bytes, *, now_ms: int, post_to_remote: bool = False
+    conn: sqlite3.Connection,
+    topic: str,
+    message: bytes,
+    *,
+    now_ms: int,
+    post_to_remote: bool = False,
+    alert_rules: Mapping[str, RuleText] | None = None,
 ) -> Outcome:
     """With `post_to_remote`, each reading's transaction Bundle is queued for the health
     community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
@@ -88,7 +96,11 @@ def receive_batch(
             fhir_error = None
             try:
                 entries = map_reading(
-                    reading, batch_hash=batch.hash, gateway_signature=signature, recorded_at_ms=now_ms
+                    reading,
+                    batch_hash=batch.hash,
+                    gateway_signature=signature,
+                    recorded_at_ms=now_ms,
+                    alerts=alert_texts(alert_rules, reading) if alert_rules else (),
                 )
             except FhirMappingError as exc:
                 fhir_error = str(exc)

@@ -155,6 +155,8 @@ port = {self.gateway_api_port}
                 str(self.broker_port),
                 "--http-port",
                 str(self.bridge_port),
+                "--alert-rules",
+                str(REPO_ROOT / "device_profiles" / "alert_rules" / "cn.toml"),
             ],
         )
         wait_for(lambda: port_open(self.bridge_port), timeout=30, what="bridge HTTP port")

@@ -1,0 +1,140 @@
+"""Alerts become referrals: the gateway's `alert:<rule>` flags turn, at the bridge, into a FHIR
+Flag on the resident and a referral Task for the specialist team, worded from the region's
+rules file; the team lists, claims and closes them over the bridge's API.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+
+from cloud_bridge import store
+from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
+from cloud_bridge.api import create_app
+from cloud_bridge.receive import receive_batch
+from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch, up_topic
+
+RULES = Path(__file__).resolve().parents[2] / "device_profiles" / "alert_rules" / "cn.toml"
+GATEWAY = "gw-ref-01"
+
+
+def bp(
+    seq: int,
+    systolic: int,
+    diastolic: int,
+    flags: tuple[str, ...],
+    resident: str | None = "330781-2026-000321",
+) -> Reading:
+    return Reading(
+        gateway_id=GATEWAY,
+        seq=seq,
+        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
+        kind="bp",
+        values=(
+            Measurement("systolic", Decimal(systolic), "mm[Hg]"),
+            Measurement("diastolic", Decimal(diastolic), "mm[Hg]"),
+        ),
+        measured_at_ms=1795564800000 + seq * 60_000,
+        time_quality="ntp",
+        received_mono_ms=seq,
+        resident=ResidentRef("health-record", resident) if resident else None,
+        operator="doctor-sun",
+        flags=flags,
+    )
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[tuple[TestClient, sqlite3.Connection]]:
+    key = Ed25519PrivateKey.generate()
+    db = tmp_path / "bridge.db"
+    conn = store.connect(db)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    store.enrol_gateway(conn, GATEWAY, pem.decode(), site="township", kind="kiosk", now_ms=0)
+    readings = [
+        bp(1, 182, 115, ("alert:hypertensive_crisis",)),
+        bp(2, 150, 85, ("alert:hypertension",)),
+        bp(3, 120, 78, ()),
+        bp(4, 185, 112, ("alert:hypertensive_crisis",), resident=None),  # nobody checked in: no Flag
+    ]
+    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key)
+    outcome = receive_batch(
+        conn, up_topic(GATEWAY), message, now_ms=1795565000000, alert_rules=load_rule_texts(RULES)
+    )
+    assert outcome.stored == 4
+    with TestClient(create_app(str(db))) as client:
+        yield client, conn
+    conn.close()
+
+
+def test_each_alert_is_a_flag_and_a_referral_worded_from_the_rules(
+    bridge: tuple[TestClient, sqlite3.Connection],
+) -> None:
+    client, conn = bridge
+    listed = client.get("/referrals").json()
+    assert listed["total"] == 2
+    crisis, raised = listed["referrals"]  # most urgent first
+    assert (crisis["status"], crisis["priority"]) == ("requested", "stat")
+    assert raised["priority"] == "urgent"
+    assert crisis["reasonCode"]["text"] == (
+        "血压 182/115 mm[Hg] — 高血压危象（3级高血压）：请当日转诊 / "
+        "BP 182/115 mm[Hg] — hypertensive crisis (grade 3): refer today"
+    )
+    assert crisis["description"].startswith("安静休息5分钟后复测")
+    assert crisis["focus"]["reference"].startswith("Observation/")
+    assert conn.execute("SELECT COUNT(*) FROM fhir_resources WHERE resource_type = 'Flag'").fetchone() == (2,)
+    flag = client.get(f"/fhir/Flag/{_flag_id(conn, crisis)}").json()
+    assert flag["status"] == "active" and flag["subject"] == crisis["for"]
+
+
+def _flag_id(conn: sqlite3.Connection, task: dict) -> str:
+    from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, resource_id
+
+    return resource_id(ALERT_FLAG_SYSTEM, task["identifier"][0]["value"])
+
+
+def test_the_specialist_team_claims_and_closes_a_referral(
+    bridge: tuple[TestClient, sqlite3.Connection],
+) -> None:
+    client, conn = bridge
+    crisis = client.get("/referrals").json()["referrals"][0]
+    claimed = client.post(f"/referrals/{crisis['id']}/claim", json={"by": "Dr Chen, county cardiology"})
+    assert claimed.status_code == 200, claimed.text
+    assert (claimed.json()["status"], claimed.json()["owner"]) == (
+        "accepted",
+        {"display": "Dr Chen, county cardiology"},
+    )
+    again = client.post(f"/referrals/{crisis['id']}/claim", json={"by": "Dr Wu"})
+    assert again.status_code == 409  # already taken
+    closed = client.post(
+        f"/referrals/{crisis['id']}/close", json={"by": "Dr Chen", "note": "Seen; amlodipine started."}
+    )
+    assert closed.status_code == 200
+    assert closed.json()["status"] == "completed"
+    assert closed.json()["note"][0]["text"] == "Seen; amlodipine started."
+    assert closed.json()["meta"]["versionId"] == "3"
+    assert client.get(f"/fhir/Flag/{_flag_id(conn, crisis)}").json()["status"] == "inactive"
+    assert [r["id"] for r in client.get("/referrals").json()["referrals"]] != [crisis["id"]]
+    assert client.get("/referrals", params={"status": "completed"}).json()["total"] == 1
+    assert client.post(f"/referrals/{crisis['id']}/close", json={"by": "x"}).status_code == 409
+    assert client.post("/referrals/not-a-task/claim", json={"by": "x"}).status_code == 404
+    assert client.post(f"/referrals/{crisis['id']}/claim", json={}).status_code == 400
+
+
+def test_a_rules_file_the_bridge_cannot_use_is_named(tmp_path: Path) -> None:
+    broken = tmp_path / "xx.toml"
+    broken.write_text(
+        '[[rules]]\nid = "r"\nseverity = "loud"\n'
+        'message = {zh = "a", en = "b"}\nreferral = {zh = "", en = ""}\n'
+    )
+    with pytest.raises(AlertRulesError, match=re.escape("xx.toml: rules[0] (r): severity 'loud'")):
+        load_rule_texts(broken)
