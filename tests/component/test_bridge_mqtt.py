@@ -6,7 +6,6 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,16 +19,14 @@ from cloud_bridge.consumer import BridgeConsumer
 from contract.wire import (
     GENESIS_HASH,
     Ack,
-    DeviceRef,
-    Measurement,
     Reading,
-    ResidentRef,
     ack_topic,
     decode_ack,
     encode_batch,
     up_topic,
 )
 from simulators.chain import wait_for
+from tests.component.bridge_readings import bp_reading
 from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
@@ -37,21 +34,7 @@ GATEWAY = "gw-test-01"
 
 
 def reading(seq: int, systolic: int = 130) -> Reading:
-    return Reading(
-        gateway_id=GATEWAY,
-        seq=seq,
-        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
-        kind="bp",
-        values=(
-            Measurement("systolic", Decimal(systolic), "mm[Hg]"),
-            Measurement("diastolic", Decimal(85), "mm[Hg]"),
-        ),
-        measured_at_ms=1795564800000 + seq,
-        time_quality="ntp",
-        received_mono_ms=seq,
-        resident=ResidentRef("id-card", "330781199001011234"),
-        operator="doctor-li",
-    )
+    return bp_reading(GATEWAY, seq, systolic)
 
 
 class GatewayStandIn:

@@ -12,7 +12,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -27,28 +26,17 @@ from cloud_bridge.api import create_app
 from cloud_bridge.cli import app as bridge_cli
 from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import receive_batch
-from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch, up_topic
+from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
 from simulators.chain import free_port, port_open, wait_for
+from tests.component.bridge_readings import bp_reading
 
 GATEWAY = "gw-post-01"
 RESIDENT = ResidentRef("health-record", "330781-2026-000789")
 
 
 def reading(seq: int) -> Reading:
-    return Reading(
-        gateway_id=GATEWAY,
-        seq=seq,
-        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
-        kind="bp",
-        values=(
-            Measurement("systolic", Decimal(120 + seq), "mm[Hg]"),
-            Measurement("diastolic", Decimal(80), "mm[Hg]"),
-        ),
-        measured_at_ms=1795564800000 + seq * 60_000,
-        time_quality="ntp",
-        received_mono_ms=seq,
-        resident=RESIDENT,
-        operator="doctor-zhao",
+    return bp_reading(
+        GATEWAY, seq, 120 + seq, 80, resident=RESIDENT, measured_at_ms=1795564800000 + seq * 60_000
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,8 @@ from cloud_bridge import store
 from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
 from cloud_bridge.api import create_app
 from cloud_bridge.receive import receive_batch
-from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, encode_batch, up_topic
+from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
+from tests.component.bridge_readings import bp_reading
 
 RULES = Path(__file__).resolve().parents[2] / "device_profiles" / "alert_rules" / "cn.toml"
 GATEWAY = "gw-ref-01"
@@ -33,21 +33,10 @@ def bp(
     flags: tuple[str, ...],
     resident: str | None = "330781-2026-000321",
 ) -> Reading:
-    return Reading(
-        gateway_id=GATEWAY,
-        seq=seq,
-        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
-        kind="bp",
-        values=(
-            Measurement("systolic", Decimal(systolic), "mm[Hg]"),
-            Measurement("diastolic", Decimal(diastolic), "mm[Hg]"),
-        ),
-        measured_at_ms=1795564800000 + seq * 60_000,
-        time_quality="ntp",
-        received_mono_ms=seq,
-        resident=ResidentRef("health-record", resident) if resident else None,
-        operator="doctor-sun",
-        flags=flags,
+    who = ResidentRef("health-record", resident) if resident else None
+    at = 1795564800000 + seq * 60_000
+    return bp_reading(
+        GATEWAY, seq, systolic, diastolic, resident=who, flags=flags, measured_at_ms=at, operator="doctor-sun"
     )
 
 
