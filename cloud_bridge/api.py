@@ -34,6 +34,7 @@ from cloud_bridge.fhir_store import (
     to_json,
 )
 from cloud_bridge.fhir_store import update as fhir_update
+from cloud_bridge.figures import chronic_figures, quarter_bounds
 from cloud_bridge.store import fleet
 
 __all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
@@ -203,6 +204,18 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
                 fhir_update(conn, flag, now_iso=now)
 
         return await _change_task(id, request, allowed=("requested", "accepted"), change=close)
+
+    @app.get("/figures/chronic")
+    def get_chronic_figures(quarter: str) -> Response:
+        """Per site: residents under hypertension / diabetes management as the kiosks saw them,
+        followed this quarter, and the share in control (see cloud_bridge/figures.py)."""
+        try:
+            quarter_bounds(quarter)
+        except ValueError as exc:
+            return _outcome(400, "invalid", str(exc))
+        with closing(sqlite3.connect(db_path)) as conn:
+            conn.execute("PRAGMA busy_timeout=5000")
+            return JSONResponse(chronic_figures(conn, quarter))
 
     @app.get("/fleet/gateways")
     def get_fleet() -> JSONResponse:

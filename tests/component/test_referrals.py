@@ -127,3 +127,48 @@ def test_a_rules_file_the_bridge_cannot_use_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(AlertRulesError, match=re.escape("xx.toml: rules[0] (r): severity 'loud'")):
         load_rule_texts(broken)
+
+
+def test_chronic_disease_figures_per_site_for_a_quarter(tmp_path: Path) -> None:
+    """Three residents at one site: one under management and in control at the quarter's last
+    reading, one under management and not in control, one never over a threshold."""
+    from cloud_bridge.figures import quarter_bounds
+
+    key = Ed25519PrivateKey.generate()
+    db = tmp_path / "bridge.db"
+    conn = store.connect(db)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    store.enrol_gateway(conn, GATEWAY, pem.decode(), site="Lishui village", kind="kiosk", now_ms=0)
+    start, end = quarter_bounds("2026Q4")
+    assert (end - start) // 86_400_000 == 92  # Oct + Nov + Dec
+    before = start - 30 * 86_400_000
+    hypertension = ("alert:hypertension",)
+
+    def at(seq: int, when: int, systolic: int, diastolic: int, flags: tuple[str, ...], who: str) -> Reading:
+        resident = ResidentRef("health-record", who)
+        return bp_reading(
+            GATEWAY, seq, systolic, diastolic, resident=resident, flags=flags, measured_at_ms=when
+        )
+
+    readings = [
+        at(1, before, 152, 96, hypertension, "A"),  # A: diagnosed last quarter
+        at(2, start + 1_000, 150, 92, hypertension, "A"),
+        at(3, start + 86_400_000, 132, 84, (), "A"),  # A's latest this quarter: in control
+        at(4, start + 2_000, 160, 100, hypertension, "B"),  # B: not in control
+        at(5, start + 3_000, 118, 76, (), "C"),  # C: never over
+        at(6, end + 1_000, 190, 120, ("alert:hypertensive_crisis",), "C"),  # next quarter: not counted
+    ]
+    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key)
+    assert receive_batch(conn, up_topic(GATEWAY), message, now_ms=end + 5_000).stored == 6
+    conn.close()
+    with TestClient(create_app(str(db))) as client:
+        (site,) = client.get("/figures/chronic", params={"quarter": "2026Q4"}).json()
+        bad = client.get("/figures/chronic", params={"quarter": "Q4-2026"})
+    assert site["site"] == "Lishui village"
+    assert site["hypertension"] == {
+        "under_management": 2, "followed_this_quarter": 2, "in_control": 1, "control_rate": 0.5
+    }  # fmt: skip
+    assert site["diabetes"]["under_management"] == 0 and site["diabetes"]["control_rate"] is None
+    assert bad.status_code == 400
