@@ -53,6 +53,10 @@ class FaultProxy:
         if not self._running.wait(10):
             raise RuntimeError("fault proxy did not start")
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._writers) // 2
+
     # -- controls (any thread) -------------------------------------------------------------------
     def stall(self) -> None:
         self._call(lambda: self._flowing.clear())  # type: ignore[union-attr]

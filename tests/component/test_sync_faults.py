@@ -97,15 +97,18 @@ async def test_a_flapping_link_and_restarts_lose_nothing_and_double_nothing(
 
     async def misbehave() -> None:
         nonlocal consumer
-        for step in range(14):
+        # Every kind of fault twice, in a random order, and the two restarts at fixed points.
+        schedule = ["cut", "stall", "latency", "refuse", "throttle"] * 2
+        rng.shuffle(schedule)
+        schedule[5:5] = ["broker restart"]
+        schedule[9:9] = ["bridge restart"]
+        for fault in schedule:
             await asyncio.sleep(rng.uniform(0.2, 0.8))
-            fault = rng.choice(["cut", "stall", "latency", "refuse", "throttle"])
-            if step == 5:
-                fault = "broker restart"
-            elif step == 9:
-                fault = "bridge restart"
             faults.append(fault)
             if fault == "cut":
+                deadline = time.monotonic() + 10
+                while not proxy.open_connections and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)  # cut a live link, not an empty proxy
                 proxy.cut()
             elif fault == "stall":  # longer than 1.5 keepalives: the client must notice by itself
                 proxy.stall()
