@@ -238,6 +238,75 @@ def validate_devices(
         raise typer.Exit(1)
 
 
+def peripheral_rows(status: dict[str, object]) -> list[list[str]]:
+    """One row per peripheral of the status API: link, device, model, firmware, state, frames,
+    CRC errors, resent, battery, last error. Works for serial boards and Bluetooth devices alike."""
+    rows = []
+    for item in status.get("peripherals", []):  # type: ignore[union-attr]
+        assert isinstance(item, dict)
+        device = item.get("device") or {}
+        counters = item.get("counters") or {}
+        if item.get("transport") == "ble":
+            link_name, state = f"ble {item.get('address')}", "connected" if item.get("connected") else "away"
+            frames, crc, resent = (
+                counters.get("notifications", 0),
+                counters.get("parse_errors", 0),
+                counters.get("duplicates", 0),
+            )
+        else:
+            link_name, state = f"serial {item.get('port')}", "up" if device else "no hello"
+            frames, crc, resent = (
+                counters.get("frames", 0),
+                counters.get("corrupt_frames", 0),
+                counters.get("duplicates", 0),
+            )
+        battery = item.get("battery_percent")
+        rows.append(
+            [
+                link_name,
+                str(device.get("id", "-")),
+                str(device.get("model", "-")),
+                str(device.get("firmware", "-")),
+                state,
+                str(frames),
+                str(crc),
+                str(resent),
+                "mains" if battery == 255 else ("-" if battery is None else f"{battery}%"),
+                str(item.get("last_device_error") or item.get("last_error") or ""),
+            ]
+        )
+    return rows
+
+
+@app.command("peripherals")
+def peripherals(
+    api: str = typer.Option("http://127.0.0.1:8700", help="The gateway's local API."),
+) -> None:
+    """The boards and Bluetooth devices this gateway reads: model, firmware, link quality, battery."""
+    import httpx
+
+    try:
+        status = httpx.get(f"{api.rstrip('/')}/api/status", timeout=5).raise_for_status().json()
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: the gateway at {api} does not answer: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    table = Table(
+        "link",
+        "device",
+        "model",
+        "firmware",
+        "state",
+        "frames",
+        "CRC errors",
+        "resent",
+        "battery",
+        "last error",
+    )
+    for row in peripheral_rows(status):
+        _add_row(table, *row)
+    Console().print(table)
+
+
 ble = typer.Typer(help="Bluetooth health devices near the gateway.", no_args_is_help=True)
 app.add_typer(ble, name="ble")
 

@@ -263,3 +263,35 @@ async def test_a_device_out_of_spec_is_dropped_and_retried_without_stopping_the_
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_the_peripherals_command_shows_serial_boards_and_bluetooth_devices_alike(
+    outbox: Outbox, tmp_path: Path
+) -> None:
+    from gateway.cli import peripheral_rows
+    from gateway.config import BleConfig, BleDeviceConfig, GatewayConfig, SerialPortConfig
+    from gateway.service import GatewayService
+
+    cuff = BloodPressureCuff(address=CUFF, name="A&D_UA-651BLE_8DA42A")
+    config = GatewayConfig(
+        gateway_id="gw-ble",
+        data_dir=tmp_path / "gw",
+        profiles_dir=PROFILES_DIR,
+        serial=(SerialPortConfig(path="/dev/ttyKIOSK0"),),
+        ble=BleConfig(devices=(BleDeviceConfig(address=CUFF, model="UA-651BLE"),)),
+    )
+    service = GatewayService(config, outbox, load_profiles(PROFILES_DIR), central=SimulatedCentral([cuff]))
+    (device,) = service.ble_devices
+    async with running(device):
+        await until(lambda: device.connected)
+        await cuff.measure(systolic=128, diastolic=82, pulse_rate=70)
+        await until(lambda: device.counters.readings_stored == 1)
+        rows = peripheral_rows(await service.status())
+    serial, bluetooth = rows
+    assert serial[:5] == ["serial /dev/ttyKIOSK0", "-", "-", "-", "no hello"]
+    assert bluetooth[0] == f"ble {CUFF}" and bluetooth[2:5] == [
+        "UA-651BLE",
+        "1.0.0",
+        "connected",
+    ]  # firmware from Device Information
+    assert bluetooth[5] == "1" and bluetooth[1].startswith("ble-c0ffee")
