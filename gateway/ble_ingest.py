@@ -41,7 +41,6 @@ from gateway.alerts import AlertRules
 from gateway.ble.glucose import (
     BleParseError,
     DateTime,
-    RacpNumberOfRecords,
     RacpOpCode,
     RacpResponse,
     RacpResponseCode,
@@ -59,6 +58,7 @@ from gateway.validate import check_reading
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+Download = asyncio.Queue[tuple[str, bytes]]  # ("record" | "answer", payload), in arrival order
 
 GLUCOSE_MEASUREMENT = uuid16(0x2A18)
 RACP = uuid16(0x2A52)
@@ -188,23 +188,26 @@ class BleDeviceIngest:
         await self._read_firmware(connection)
         ble = self.profile.ble
         assert ble is not None
-        records: asyncio.Queue[bytes] = asyncio.Queue()
-        answers: asyncio.Queue[bytes] = asyncio.Queue()
+        # Records and RACP answers in one queue, in the order the meter sent them: its last
+        # record always comes before the answer that ends the report.
+        download: Download = asyncio.Queue()
         downloading = ble.stored_records and ble.racp == RACP
         # The glucose context (0x2A34: meal, tester, exercise) is not read yet: a BLE meter's
         # reading carries no fasting flag, so the fasting-glucose rule does not apply to it.
         for characteristic in (*ble.measurements, *((RACP,) if downloading else ())):
             if characteristic == RACP:
-                await connection.start_notify(RACP, answers.put_nowait)
+                await connection.start_notify(RACP, lambda data: download.put_nowait(("answer", data)))
             elif characteristic == GLUCOSE_MEASUREMENT and downloading:
-                await connection.start_notify(characteristic, records.put_nowait)
+                await connection.start_notify(
+                    characteristic, lambda data: download.put_nowait(("record", data))
+                )
             else:
                 await connection.start_notify(
                     characteristic, lambda data, c=characteristic: self._pending.put_nowait((c, data))
                 )
         log.info("%s: connected as %s", self.name, self.device.id)
         if downloading:
-            await self.download(connection, records, answers)
+            await self.download(connection, download)
         while True:
             characteristic, payload = await self._next(connection, self._pending, timeout_s=None)
             await self._live(characteristic, payload)
@@ -306,15 +309,13 @@ class BleDeviceIngest:
         return at_ms, "rtc"
 
     # -- stored records (Glucose Service, RACP) ------------------------------------------------
-    async def download(
-        self, connection: GattConnection, records: asyncio.Queue[bytes], answers: asyncio.Queue[bytes]
-    ) -> None:
+    async def download(self, connection: GattConnection, queue: Download) -> None:
         """Download the records the meter has that are not stored yet; returns when it says done."""
         cursor = await self.outbox.ble_cursor(self.device.id)
         if cursor is None:
-            await self._transfer(connection, records, answers, None, BleCursor(1, 0, ""))
+            await self._transfer(connection, queue, None, BleCursor(1, 0, ""))
             return
-        fresh = await self._transfer(connection, records, answers, cursor.last_seq, cursor)
+        fresh = await self._transfer(connection, queue, cursor.last_seq, cursor)
         if fresh is None:  # the record at the cursor is gone or changed: the meter started over
             self.counters.resets_detected += 1
             restart = BleCursor(cursor.epoch + 1, 0, "")
@@ -325,16 +326,15 @@ class BleDeviceIngest:
                 restart.epoch,
             )
             await self.outbox.set_ble_cursor(self.device.id, restart)
-            await self._transfer(connection, records, answers, None, restart)
+            await self._transfer(connection, queue, None, restart)
             return
         if fresh.last_seq >= _LAST_SEQUENCE - WRAP_WINDOW:
-            await self._after_wrap(connection, records, answers, fresh)
+            await self._after_wrap(connection, queue, fresh)
 
     async def _transfer(
         self,
         connection: GattConnection,
-        records: asyncio.Queue[bytes],
-        answers: asyncio.Queue[bytes],
+        queue: Download,
         from_seq: int | None,
         cursor: BleCursor,
     ) -> BleCursor | None:
@@ -348,7 +348,7 @@ class BleDeviceIngest:
         await connection.write(RACP, request)
         expect_anchor = from_seq is not None
         while True:
-            source, payload = await self._next_of(connection, records, answers)
+            source, payload = await self._next(connection, queue, timeout_s=RECORD_TIMEOUT_S)
             if source == "answer":
                 answer = parse_racp_response(payload)
                 if isinstance(answer, RacpResponse) and answer.response_code in (
@@ -370,7 +370,7 @@ class BleDeviceIngest:
             if expect_anchor:
                 expect_anchor = False
                 if record.sequence_number != cursor.last_seq or stamp != cursor.last_time:
-                    await self._abort(connection, answers)
+                    await self._abort(connection, queue)
                     return None
                 continue  # already stored: the anchor only proves the numbering is the same
             try:
@@ -386,8 +386,7 @@ class BleDeviceIngest:
     async def _after_wrap(
         self,
         connection: GattConnection,
-        records: asyncio.Queue[bytes],
-        answers: asyncio.Queue[bytes],
+        queue: Download,
         cursor: BleCursor,
     ) -> None:
         """Near 0xFFFF the meter's numbering may have wrapped: records after it have low numbers."""
@@ -396,7 +395,7 @@ class BleDeviceIngest:
         wrapped = BleCursor(cursor.epoch + 1, 0, cursor.last_time)
         stored_any = False
         while True:
-            source, payload = await self._next_of(connection, records, answers)
+            source, payload = await self._next(connection, queue, timeout_s=RECORD_TIMEOUT_S)
             if source == "answer":
                 return
             record = parse_glucose_measurement(payload)
@@ -413,46 +412,13 @@ class BleDeviceIngest:
             wrapped = BleCursor(wrapped.epoch, record.sequence_number, stamp)
             await self.outbox.set_ble_cursor(self.device.id, wrapped)
 
-    async def _abort(self, connection: GattConnection, answers: asyncio.Queue[bytes]) -> None:
+    async def _abort(self, connection: GattConnection, queue: Download) -> None:
         await connection.write(RACP, encode_abort())
         while True:  # drain until the abort's answer (records may still be in flight)
-            payload = await self._next(connection, answers, timeout_s=RECORD_TIMEOUT_S)
-            answer = parse_racp_response(payload)
+            source, payload = await self._next(connection, queue, timeout_s=RECORD_TIMEOUT_S)
+            answer = parse_racp_response(payload) if source == "answer" else None
             if isinstance(answer, RacpResponse) and answer.request_op_code == RacpOpCode.ABORT_OPERATION:
                 return
-            if isinstance(answer, RacpResponse | RacpNumberOfRecords):
-                continue
-
-    async def _next_of(
-        self, connection: GattConnection, records: asyncio.Queue[bytes], answers: asyncio.Queue[bytes]
-    ) -> tuple[str, bytes]:
-        """The next record, or the RACP answer once every record before it has been taken."""
-        if not records.empty():
-            return "record", records.get_nowait()
-        if not answers.empty():
-            return "answer", answers.get_nowait()
-        getters = {
-            asyncio.ensure_future(records.get()): "record",
-            asyncio.ensure_future(answers.get()): "answer",
-        }
-        dropped = asyncio.ensure_future(connection.wait_disconnected())
-        try:
-            done, _ = await asyncio.wait(
-                [*getters, dropped], timeout=RECORD_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for task in [*getters, dropped]:
-                task.cancel()
-        for task, source in getters.items():
-            if task in done and not task.cancelled():
-                # A record and the answer can land together: records first, the other goes back.
-                others = [t for t in getters if t is not task and t in done and not t.cancelled()]
-                for other in others:
-                    (answers if getters[other] == "answer" else records).put_nowait(other.result())
-                return source, task.result()
-        if dropped in done:
-            raise _Dropped(f"{self.address} disconnected during the record download")
-        raise BleUnavailable(f"{self.address}: no record or answer for {RECORD_TIMEOUT_S:.0f} s")
 
     async def _next(
         self, connection: GattConnection, queue: asyncio.Queue[_T], timeout_s: float | None
