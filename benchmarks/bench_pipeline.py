@@ -322,13 +322,15 @@ def bench_codec_micropython(sizes: Sizes) -> tuple[Figure | None, list[str]]:
 def bench_batch(sizes: Sizes, rng: random.Random) -> tuple[list[Figure], list[str], float]:
     readings = make_readings(BATCH_SIZE, 1, rng)
     key = Ed25519PrivateKey.generate()
-    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key)
+    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key, number=1)
     payload = cbor2.loads(message)["p"]
     body = cbor2.dumps([r.to_cbor_map() for r in readings], canonical=True)
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
     rounds = sizes.batch_rounds
-    ours = best_seconds(lambda: encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key), rounds)
+    ours = best_seconds(
+        lambda: encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key, number=1), rounds
+    )
     sign = best_seconds(lambda: key.sign(payload), rounds * 20)
     compress = best_seconds(lambda: compressor.compress(body), rounds)
     figure = Figure(
@@ -542,7 +544,7 @@ def bench_bridge(sizes: Sizes, rng: random.Random, work: Path) -> tuple[list[Fig
     prev = GENESIS_HASH
     for index in range(sizes.bridge_batches):
         readings = make_readings(BATCH_SIZE, 1 + index * BATCH_SIZE, rng)
-        message, prev = encode_batch(readings, prev_hash=prev, signing_key=key)
+        message, prev = encode_batch(readings, prev_hash=prev, signing_key=key, number=index + 1)
         messages.append(message)
     total = BATCH_SIZE * len(messages)
     now_ms = time.time_ns() // 1_000_000

@@ -81,6 +81,10 @@ class BridgeConsumer:
 
     def metrics(self) -> dict[str, object]:
         out: dict[str, object] = {"mqtt_connected": self.connected.is_set(), **dict(self.counters)}
+        with self._lock:
+            (out["readings_missing"],) = self._conn.execute(
+                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM seq_gaps"
+            ).fetchone()
         if self.poster is not None:
             with self._lock:
                 out["fhir_posts"] = fhir_post.counts(self._conn)
@@ -134,10 +138,13 @@ class BridgeConsumer:
             return
         if outcome.refusal:
             self.counters["refused"] += 1
+        elif outcome.probe:
+            self.counters["time_probes"] += 1
         elif outcome.replay:
             self.counters["replays"] += 1
         else:
             self.counters["batches_stored"] += 1
             self.counters["readings_stored"] += outcome.stored
+            self.counters["sequence_gaps_opened"] += outcome.gaps_opened
         if outcome.ack is not None and outcome.gateway_id is not None:
             client.publish(ack_topic(outcome.gateway_id), encode_ack(outcome.ack), qos=1)

@@ -12,6 +12,7 @@ refuse a Decimal and a float would round it.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterable
@@ -78,34 +79,27 @@ def open_store(path: str) -> sqlite3.Connection:
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON in which a Decimal is written as its exact digits."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out)
+    """Compact JSON in which a Decimal is written as its exact digits.
+
+    The C encoder does the work; a Decimal goes through it as a marked string (NUL-delimited:
+    FHIR strings cannot hold control characters, so no real value looks like one) and the mark
+    is then replaced by the bare digits.
+    """
+    text = json.dumps(
+        value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_mark_decimal
+    )
+    return _DECIMAL_MARK.sub(r"\1", text) if "\\u0000" in text else text
 
 
-def _encode(value: Any, out: list[str]) -> None:
+_DECIMAL_MARK = re.compile(r'"\\u0000([-+0-9.Ee]+)\\u0000"')
+
+
+def _mark_decimal(value: Any) -> str:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"not a JSON number: {value}")
-        out.append(str(value))
-    elif isinstance(value, dict):
-        out.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            if not isinstance(key, str):
-                raise TypeError(f"JSON object keys must be strings, got {type(key).__name__}")
-            out.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
-            _encode(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        out.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
+        return f"\x00{value}\x00"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def from_json(text: str) -> Any:
@@ -174,7 +168,8 @@ def apply_transaction(
             moved[local_ref] = f"{resource_type}/{row[0]}"
             results.append((resource_type, row[0], False))
             continue
-        resource = _rewrite_references(entry.resource, moved)  # a copy: entries stay untouched
+        # A copy (entries stay untouched): deep only when a reference must change.
+        resource = _rewrite_references(entry.resource, moved) if moved else dict(entry.resource)
         resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": now_iso}
         subject = resource.get("subject", {}).get("reference")
         try:

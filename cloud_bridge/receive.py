@@ -6,20 +6,23 @@ ack it returns is true of what is on disk when the caller publishes it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cloud_bridge import fhir_post, fhir_store, store
+from cloud_bridge import fhir_post, fhir_store, gaps, store
 from cloud_bridge.alert_rules import RuleText, alert_texts
 from cloud_bridge.fhir_map import FhirMappingError, map_reading
 from contract.wire import (
     Ack,
+    Batch,
     ContractError,
     SignatureError,
     decode_batch,
+    decode_time_probe,
     gateway_id_from_topic,
     peek_batch_gateway,
 )
@@ -36,6 +39,8 @@ class Outcome:
     stored: int = 0
     replay: bool = False
     refusal: str | None = None
+    gaps_opened: int = 0
+    probe: bool = False
 
 
 def _iso(now_ms: int) -> str:
@@ -56,6 +61,9 @@ def receive_batch(
     """With `post_to_remote`, each reading's transaction Bundle is queued for the health
     community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
     either way in the same commit as the reading, before the ack."""
+    probe_gateway = decode_time_probe(message)
+    if probe_gateway is not None:
+        return answer_time_probe(conn, topic, probe_gateway, now_ms)
     try:
         topic_gateway = gateway_id_from_topic(topic)
         gateway_id, _, signature = peek_batch_gateway(message)
@@ -80,14 +88,11 @@ def receive_batch(
     known = store.batch_known(conn, batch.hash)
     if known is not None:
         store.touch_gateway(conn, gateway_id, now_ms)
-        log.info("bridge: replay of %s batch %d..%d ignored", gateway_id, batch.first_seq, batch.last_seq)
-        return Outcome(gateway_id, Ack(record.last_seq, record.last_hash, server_time_ms=now_ms), replay=True)
-    if batch.prev_hash != record.last_hash or batch.first_seq != record.last_seq + 1:
-        reason = (
-            f"out of chain order: batch {batch.first_seq}..{batch.last_seq} does not follow "
-            f"stored seq {record.last_seq}"
-        )
-        return _refuse(conn, gateway_id, reason, now_ms, acked=record.last_seq)
+        log.info("bridge: replay of %s %s ignored", gateway_id, batch.describe())
+        return Outcome(gateway_id, _head_ack(record, batch.hash, now_ms), replay=True)
+    chain_error = _chain_error(record, batch)
+    if chain_error is not None:
+        return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
 
     stored = 0
     conn.execute("BEGIN IMMEDIATE")
@@ -115,22 +120,91 @@ def receive_batch(
                     )
                 elif fhir_error is None:
                     fhir_store.apply_transaction(conn, entries, now_iso=_iso(now_ms))
-        store.record_batch(
+        change = store.record_batch(
             conn,
             gateway_id=gateway_id,
-            first_seq=batch.first_seq,
-            last_seq=batch.last_seq,
+            batch_no=batch.number,
+            seq_ranges=batch.seq_ranges,
             batch_hash=batch.hash,
             prev_hash=batch.prev_hash,
             signature=signature,
+            waiting=batch.waiting,
             now_ms=now_ms,
         )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    log.info("bridge: stored %s seq %d..%d (%d new)", gateway_id, batch.first_seq, batch.last_seq, stored)
-    return Outcome(gateway_id, Ack(batch.last_seq, batch.hash, server_time_ms=now_ms), stored=stored)
+    if stored < len(batch.readings):
+        log.warning(
+            "bridge: %s %s held %d reading(s) already stored; kept the first copies",
+            gateway_id, batch.describe(), len(batch.readings) - stored,
+        )  # fmt: skip
+    log.info("bridge: stored %s %s (%d new)", gateway_id, batch.describe(), stored)
+    _report_gaps(gateway_id, change, batch.waiting)
+    high = max(record.last_seq, batch.last_seq)
+    ack = Ack(batch.hash, batch.number, high, batch.hash, server_time_ms=now_ms)
+    return Outcome(gateway_id, ack, stored=stored, gaps_opened=len(change.opened))
+
+
+def answer_time_probe(conn: sqlite3.Connection, topic: str, gateway_id: str, now_ms: int) -> Outcome:
+    """A gateway that just connected asks for the bridge's clock: answer with it and the chain
+    head (so it also learns what the bridge holds). Stores nothing."""
+    try:
+        topic_gateway = gateway_id_from_topic(topic)
+    except ContractError as exc:
+        return _refuse(conn, None, f"malformed message on {topic!r}: {exc}", now_ms, answer=False)
+    if gateway_id != topic_gateway:
+        return _refuse(conn, topic_gateway, f"time probe names {gateway_id!r} but came on {topic!r}", now_ms)
+    record = store.get_gateway(conn, gateway_id)
+    if record is None:
+        return _refuse(conn, gateway_id, "unknown gateway (not enrolled)", now_ms)
+    if record.status != "active":
+        return _refuse(conn, gateway_id, f"gateway is {record.status}", now_ms)
+    store.touch_gateway(conn, gateway_id, now_ms)
+    return Outcome(
+        gateway_id,
+        Ack(record.last_hash, record.last_batch_no, record.last_seq, None, server_time_ms=now_ms),
+        probe=True,
+    )
+
+
+def _chain_error(record: store.GatewayRecord, batch: Batch) -> str | None:
+    """Why `batch` cannot be the next link of the gateway's chain, or None if it can."""
+    if batch.prev_hash != record.last_hash:
+        return (
+            f"out of chain order: {batch.describe()} does not follow the newest stored batch "
+            f"(number {record.last_batch_no}, seq up to {record.last_seq})"
+        )
+    if batch.number is None and batch.first_seq != record.last_seq + 1:
+        return f"out of order: v1 {batch.describe()} does not follow stored seq {record.last_seq}"
+    if batch.number is not None and batch.number <= record.last_batch_no:
+        return f"batch number {batch.number} is not after the stored {record.last_batch_no}"
+    return None
+
+
+def _head_ack(record: store.GatewayRecord, answered: bytes, now_ms: int) -> Ack:
+    """What the bridge holds of this gateway's chain: its newest batch vouches for all before it."""
+    return Ack(record.last_hash, record.last_batch_no, record.last_seq, answered, server_time_ms=now_ms)
+
+
+def _report_gaps(gateway_id: str, change: store.GapChange, waiting: int | None) -> None:
+    """Say which sequences have not arrived; loudly when the gateway does not hold that many back."""
+    if change.filled:
+        log.info("bridge: %s: sequences %s arrived (gaps filled)", gateway_id, gaps.describe(change.filled))
+    if not change.opened:
+        return
+    missing = gaps.missing(change.gaps)
+    if waiting is not None and missing <= waiting:
+        log.info(
+            "bridge: %s: sequences %s not received yet (%d missing in all; the gateway holds %d back)",
+            gateway_id, gaps.describe(change.opened), missing, waiting,
+        )  # fmt: skip
+    else:
+        log.warning(
+            "bridge: %s: sequences %s missing (%d missing in all, the gateway reports %s waiting)",
+            gateway_id, gaps.describe(change.opened), missing, "?" if waiting is None else waiting,
+        )  # fmt: skip
 
 
 def _refuse(
@@ -140,9 +214,13 @@ def _refuse(
     now_ms: int,
     *,
     answer: bool = True,
-    acked: int = 0,
+    ack: Ack | None = None,
 ) -> Outcome:
+    """Log and count the refusal; answer the gateway (when it can be named) with the reason and,
+    for a batch out of chain order, what the bridge does hold so it resends the right ones."""
     log.warning("bridge: refused batch from %s: %s", gateway_id or "?", reason)
     store.record_refusal(conn, gateway_id, reason, now_ms)
-    ack = Ack(acked, None, error=reason, server_time_ms=now_ms) if answer and gateway_id else None
-    return Outcome(gateway_id, ack, refusal=reason)
+    if not answer or gateway_id is None:
+        return Outcome(gateway_id, None, refusal=reason)
+    base = ack if ack is not None else Ack(None, server_time_ms=now_ms)
+    return Outcome(gateway_id, dataclasses.replace(base, error=reason), refusal=reason)

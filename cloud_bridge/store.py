@@ -1,6 +1,8 @@
 """The bridge's durable store (SQLite): gateway registry, readings by (gateway, seq), batches, refusals.
 
 Exactly-once rests on two unique keys: a reading is (gateway_id, seq) and a batch is its hash.
+A gateway's row keeps the head of its batch chain (`last_hash`, `last_batch_no`), the highest
+sequence stored (`last_seq`) and, in `seq_gaps`, the sequences below it not stored yet.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud_bridge import fhir_post, fhir_store
+from cloud_bridge import fhir_post, fhir_store, gaps
 from contract.wire import GENESIS_HASH, Reading, encode_reading
 
 SCHEMA = """
@@ -25,7 +27,10 @@ CREATE TABLE IF NOT EXISTS gateways (
     enrolled_at_ms INTEGER NOT NULL,
     last_seen_ms INTEGER,
     last_seq INTEGER NOT NULL DEFAULT 0,
-    last_hash BLOB NOT NULL
+    last_hash BLOB NOT NULL,
+    last_batch_no INTEGER NOT NULL DEFAULT 0,
+    waiting INTEGER,
+    waiting_at_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS readings (
     gateway_id TEXT NOT NULL,
@@ -46,6 +51,13 @@ CREATE TABLE IF NOT EXISTS batches (
     prev_hash BLOB NOT NULL,
     signature BLOB NOT NULL,
     received_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seq_gaps (
+    gateway_id TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    opened_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, first_seq)
 );
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,6 +87,7 @@ class GatewayRecord:
     last_seq: int
     last_hash: bytes
     last_seen_ms: int | None
+    last_batch_no: int = 0
 
 
 def connect(path: Path | str, *, shared_across_threads: bool = False) -> sqlite3.Connection:
@@ -89,9 +102,27 @@ def connect(path: Path | str, *, shared_across_threads: bool = False) -> sqlite3
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)
+    _add_missing_columns(conn)
     fhir_store.ensure_schema(conn)
     fhir_post.ensure_schema(conn)
     return conn
+
+
+_ADDED_COLUMNS = {  # columns newer than the first release, added in place to an older store
+    "gateways": {
+        "last_batch_no": "INTEGER NOT NULL DEFAULT 0",
+        "waiting": "INTEGER",
+        "waiting_at_ms": "INTEGER",
+    },
+}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 def load_public_key(pem: bytes | str) -> Ed25519PublicKey:
@@ -119,14 +150,15 @@ def revoke_gateway(conn: sqlite3.Connection, gateway_id: str) -> bool:
 
 def get_gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRecord | None:
     row = conn.execute(
-        """SELECT gateway_id, public_key_pem, site, kind, status, last_seq, last_hash, last_seen_ms
+        """SELECT gateway_id, public_key_pem, site, kind, status, last_seq, last_hash, last_seen_ms,
+                  last_batch_no
            FROM gateways WHERE gateway_id = ?""",
         (gateway_id,),
     ).fetchone()
     if row is None:
         return None
     return GatewayRecord(
-        row[0], load_public_key(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]), row[7]
+        row[0], load_public_key(row[1]), row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8]
     )
 
 
@@ -184,22 +216,73 @@ def record_batch(
     conn: sqlite3.Connection,
     *,
     gateway_id: str,
-    first_seq: int,
-    last_seq: int,
+    batch_no: int | None,
+    seq_ranges: tuple[tuple[int, int], ...],
     batch_hash: bytes,
     prev_hash: bytes,
     signature: bytes,
+    waiting: int | None,
     now_ms: int,
-) -> None:
+) -> GapChange:
+    """The batch becomes the head of the gateway's chain, and its sequences fill or open gaps."""
     conn.execute(
         """INSERT INTO batches (hash, gateway_id, first_seq, last_seq, prev_hash, signature, received_at_ms)
            VALUES (?, ?, ?, ?, ?, ?, ?)""",
-        (batch_hash, gateway_id, first_seq, last_seq, prev_hash, signature, now_ms),
+        (batch_hash, gateway_id, seq_ranges[0][0], seq_ranges[-1][1], prev_hash, signature, now_ms),
     )
+    high, old_batch_no = conn.execute(
+        "SELECT last_seq, last_batch_no FROM gateways WHERE gateway_id = ?", (gateway_id,)
+    ).fetchone()
+    old = {
+        (first, last): opened
+        for first, last, opened in conn.execute(
+            "SELECT first_seq, last_seq, opened_at_ms FROM seq_gaps WHERE gateway_id = ? ORDER BY first_seq",
+            (gateway_id,),
+        )
+    }
+    new, new_high = gaps.after_batch(list(old), high, seq_ranges)
+    if new != list(old):
+        conn.execute("DELETE FROM seq_gaps WHERE gateway_id = ?", (gateway_id,))
+        conn.executemany(
+            "INSERT INTO seq_gaps (gateway_id, first_seq, last_seq, opened_at_ms) VALUES (?, ?, ?, ?)",
+            [(gateway_id, first, last, _opened_at(old, first, now_ms)) for first, last in new],
+        )
     conn.execute(
-        "UPDATE gateways SET last_seq = ?, last_hash = ?, last_seen_ms = ? WHERE gateway_id = ?",
-        (last_seq, batch_hash, now_ms, gateway_id),
+        """UPDATE gateways SET last_seq = ?, last_hash = ?, last_batch_no = ?, last_seen_ms = ?,
+               waiting = ?, waiting_at_ms = ?
+           WHERE gateway_id = ?""",
+        (new_high, batch_hash, batch_no if batch_no is not None else old_batch_no, now_ms,
+         waiting, now_ms if waiting is not None else None, gateway_id),
+    )  # fmt: skip
+    return GapChange(
+        opened=[(first, last) for first, last in new if first > high],  # none was above the old high
+        filled=[gap for gap in old if gap not in new],
+        gaps=new,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class GapChange:
+    """What one batch did to a gateway's gaps: the runs it opened, the old runs it touched (filled
+    wholly or in part), and every gap now."""
+
+    opened: list[gaps.Gap]
+    filled: list[gaps.Gap]
+    gaps: list[gaps.Gap]
+
+
+def _opened_at(old: dict[gaps.Gap, int], first: int, now_ms: int) -> int:
+    """A gap that is what is left of an older one keeps the time that one opened."""
+    return next((opened for (a, b), opened in old.items() if a <= first <= b), now_ms)
+
+
+def gateway_gaps(conn: sqlite3.Connection, gateway_id: str) -> list[gaps.Gap]:
+    return [
+        (first, last)
+        for first, last in conn.execute(
+            "SELECT first_seq, last_seq FROM seq_gaps WHERE gateway_id = ? ORDER BY first_seq", (gateway_id,)
+        )
+    ]
 
 
 def touch_gateway(conn: sqlite3.Connection, gateway_id: str, now_ms: int) -> None:
@@ -220,13 +303,18 @@ def count_readings(conn: sqlite3.Connection, gateway_id: str | None = None) -> i
 
 def fleet(conn: sqlite3.Connection, *, now_ms: int) -> list[dict[str, object]]:
     """Every enrolled gateway: site, kind, status, when it was last heard, how far it has synced,
-    its refusals in the last 24 h, and the peripherals (model, firmware) its readings came from."""
+    the sequences it has not delivered yet (gaps) against the readings it says it still holds
+    (its backlog, as of its last batch), its refusals in the last 24 h, and the peripherals
+    (model, firmware) its readings came from."""
     since = now_ms - 86_400_000
     out = []
-    for gateway_id, site, kind, status, last_seq, last_seen_ms, enrolled_ms in conn.execute(
-        """SELECT gateway_id, site, kind, status, last_seq, last_seen_ms, enrolled_at_ms
+    rows = conn.execute(
+        """SELECT gateway_id, site, kind, status, last_seq, last_seen_ms, enrolled_at_ms, waiting,
+                  waiting_at_ms
            FROM gateways ORDER BY gateway_id"""
-    ).fetchall():
+    ).fetchall()
+    for gateway_id, site, kind, status, last_seq, last_seen_ms, enrolled_ms, waiting, waiting_ms in rows:
+        open_gaps = gateway_gaps(conn, gateway_id)
         refusals = conn.execute(
             "SELECT COUNT(*) FROM refusals WHERE gateway_id = ? AND at_ms >= ?", (gateway_id, since)
         ).fetchone()[0]
@@ -247,6 +335,10 @@ def fleet(conn: sqlite3.Connection, *, now_ms: int) -> list[dict[str, object]]:
                 "enrolled_at_ms": enrolled_ms,
                 "last_seen_ms": last_seen_ms,
                 "last_seq": last_seq,
+                "missing": gaps.missing(open_gaps),
+                "missing_seqs": gaps.describe(open_gaps) or None,
+                "backlog": waiting,
+                "backlog_at_ms": waiting_ms,
                 "silent_s": None if last_seen_ms is None else max(0, (now_ms - last_seen_ms) // 1000),
                 "refusals_24h": refusals,
                 "devices": devices,

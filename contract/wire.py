@@ -7,12 +7,21 @@ A batch on the wire (topic ``kiosk/{gateway_id}/up``, MQTT QoS 1) is the CBOR ma
 ``{"p": payload, "s": signature}`` where ``signature`` is Ed25519 over the exact ``payload``
 bytes and ``payload`` is the CBOR map
 
-    {"v": 1, "gw": gateway_id, "first": seq, "last": seq, "prev": sha256(previous payload),
-     "n": count, "z": zstd(CBOR [reading, ...])}
+    {"v": 2, "gw": gateway_id, "no": batch number, "prev": sha256(previous payload),
+     "seqs": [[first, last], ...], "n": count, "q": readings still waiting at the gateway,
+     "z": zstd(CBOR [reading, ...])}
 
-The chain of ``prev`` hashes lets the bridge prove that nothing was removed or reordered. The
-bridge answers on ``kiosk/{gateway_id}/ack`` with ``{"v": 1, "acked": seq, "hash": ...}``: the
-highest sequence it has durably stored; only that ack lets a gateway mark readings synced.
+A batch holds any set of the gateway's sequence numbers (``seqs``: sorted, disjoint ranges), so
+the gateway can send flagged readings before a backlog and hold ECG strips back on a metered
+link. The batches themselves form a chain in the order the gateway made them (``no`` counts up,
+``prev`` is the hash of the batch before): the bridge can prove that no batch was removed or
+reordered, and it reports sequence numbers it has not seen yet as gaps. Version 1 batches (one
+contiguous run ``"first"``..``"last"``, no number) are still accepted.
+
+The bridge answers on ``kiosk/{gateway_id}/ack`` with ``{"v": 2, "head": hash, "no": number,
+"acked": seq, "hash": answered batch, ...}``: ``head`` is the newest batch of the gateway's chain
+it has durably stored, which also vouches for every batch before it. Only that ack lets a
+gateway mark readings synced.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import array
 import hashlib
 import itertools
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -49,14 +59,19 @@ __all__ = [
     "batch_hash",
     "decode_ack",
     "decode_batch",
+    "decode_time_probe",
     "encode_ack",
     "encode_batch",
+    "encode_time_probe",
+    "expand_ranges",
     "gateway_id_from_topic",
     "peek_batch_gateway",
+    "seq_ranges",
     "up_topic",
 ]
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+BATCH_VERSIONS = (1, 2)  # what the bridge accepts: v1 from gateways not yet updated
 GENESIS_HASH = bytes(32)
 KINDS = ("bp", "glucose", "ecg", "spo2", "temperature", "weight", "heart_rate")
 TIME_QUALITIES = ("rtc", "ntp", "bridge", "unsynced")
@@ -307,16 +322,79 @@ def decode_reading(data: bytes) -> Reading:
     return Reading.from_cbor_map(raw)
 
 
+SeqRanges = tuple[tuple[int, int], ...]
+
+
+def seq_ranges(seqs: Iterable[int]) -> SeqRanges:
+    """Strictly increasing sequence numbers -> their runs as (first, last) pairs."""
+    runs: list[list[int]] = []
+    previous = 0
+    for seq in seqs:
+        if seq <= previous:
+            raise ContractError(f"sequences must be positive and increasing: {seq} after {previous}")
+        if runs and seq == previous + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+        previous = seq
+    return tuple((first, last) for first, last in runs)
+
+
+def expand_ranges(ranges: SeqRanges) -> Iterator[int]:
+    for first, last in ranges:
+        yield from range(first, last + 1)
+
+
+def _check_ranges(raw: Any) -> SeqRanges:
+    """Ranges as sent: sorted, disjoint, not touching (the encoder merges neighbours), >= 1."""
+    if not isinstance(raw, list) or not raw:
+        raise ContractError("batch seqs must be a non-empty list of [first, last] ranges")
+    ranges: list[tuple[int, int]] = []
+    previous_last = 0
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+        ):
+            raise ContractError(f"batch seq range {item!r} is not [first, last]")
+        first, last = item
+        if first < 1 or first > last or (ranges and first <= previous_last + 1):
+            raise ContractError(f"batch seq ranges are not sorted, disjoint runs: {raw!r}")
+        ranges.append((first, last))
+        previous_last = last
+    return tuple(ranges)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A verified, decoded batch: the readings and the facts needed to check the chain."""
+    """A verified, decoded batch: the readings and the facts needed to check the chain.
+
+    `number` counts the gateway's batches in the order it made them (None for a v1 batch);
+    `waiting` is how many readings the gateway still held, not yet batched, when it made this
+    one (None for v1): the bridge tells a gap the gateway will fill from one it cannot.
+    """
 
     gateway_id: str
-    first_seq: int
-    last_seq: int
+    number: int | None
+    seq_ranges: SeqRanges
     prev_hash: bytes
     hash: bytes
     readings: tuple[Reading, ...]
+    waiting: int | None = None
+
+    @property
+    def first_seq(self) -> int:
+        return self.seq_ranges[0][0]
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq_ranges[-1][1]
+
+    def describe(self) -> str:
+        """`batch 7 (seq 120-130, 140)` for logs and refusals."""
+        runs = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in self.seq_ranges)
+        return f"batch {self.number if self.number is not None else '(v1)'} (seq {runs})"
 
 
 def batch_hash(payload: bytes) -> bytes:
@@ -324,26 +402,33 @@ def batch_hash(payload: bytes) -> bytes:
 
 
 def encode_batch(
-    readings: list[Reading], *, prev_hash: bytes, signing_key: Ed25519PrivateKey
+    readings: Sequence[Reading],
+    *,
+    prev_hash: bytes,
+    signing_key: Ed25519PrivateKey,
+    number: int,
+    waiting: int = 0,
 ) -> tuple[bytes, bytes]:
-    """Sign a contiguous run of readings -> (message bytes to publish, hash of this batch)."""
+    """Sign readings (increasing sequence numbers, not necessarily contiguous) as batch `number`
+    of the gateway's chain -> (message bytes to publish, hash of this batch)."""
     if not readings:
         raise ContractError("empty batch")
+    if number < 1 or waiting < 0:
+        raise ContractError(f"batch number must be >= 1 and waiting >= 0 (got {number}, {waiting})")
     gateway_id = readings[0].gateway_id
-    seqs = [r.seq for r in readings]
-    if seqs != list(range(seqs[0], seqs[0] + len(seqs))):
-        raise ContractError(f"batch sequences are not contiguous: {seqs[0]}..{seqs[-1]}")
     if any(r.gateway_id != gateway_id for r in readings):
         raise ContractError("batch mixes gateways")
+    ranges = seq_ranges(r.seq for r in readings)
     body = cbor2.dumps([r.to_cbor_map() for r in readings], canonical=True)
     payload = cbor2.dumps(
         {
             "v": CONTRACT_VERSION,
             "gw": gateway_id,
-            "first": seqs[0],
-            "last": seqs[-1],
+            "no": number,
             "prev": prev_hash,
+            "seqs": [list(r) for r in ranges],
             "n": len(readings),
+            "q": waiting,
             "z": zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body),
         },
         canonical=True,
@@ -375,9 +460,21 @@ def decode_batch(message: bytes, public_key: Ed25519PublicKey) -> Batch:
         raise SignatureError(f"bad signature on batch from {gateway_id}") from exc
     header = cbor2.loads(payload)
     try:
-        if header["v"] != CONTRACT_VERSION:
-            raise ContractError(f"unsupported contract version {header['v']!r}")
-        first, last, count, prev = header["first"], header["last"], header["n"], header["prev"]
+        version = header["v"]
+        if version not in BATCH_VERSIONS:
+            raise ContractError(f"unsupported contract version {version!r}")
+        if version == 1:
+            first, last = header["first"], header["last"]
+            if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last):
+                raise ContractError(f"batch v1 range {first!r}..{last!r} is not a run of sequences")
+            ranges: SeqRanges = ((first, last),)
+            number, waiting = None, None
+        else:
+            ranges = _check_ranges(header["seqs"])
+            number, waiting = header["no"], header["q"]
+            if not (isinstance(number, int) and number >= 1 and isinstance(waiting, int) and waiting >= 0):
+                raise ContractError(f"batch number {number!r} / waiting {waiting!r} out of range")
+        count, prev = header["n"], header["prev"]
         with zstandard.ZstdDecompressor().stream_reader(header["z"]) as reader:
             body = reader.read(_MAX_DECOMPRESSED + 1)
     except (KeyError, TypeError, zstandard.ZstdError) as exc:
@@ -391,25 +488,49 @@ def decode_batch(message: bytes, public_key: Ed25519PublicKey) -> Batch:
     if not isinstance(raw_readings, list):
         raise ContractError("batch body is not a list")
     readings = tuple(Reading.from_cbor_map(r) for r in raw_readings)
-    seqs = [r.seq for r in readings]
-    if len(readings) != count or seqs != list(range(first, last + 1)):
-        raise ContractError(f"batch header {first}..{last} (n={count}) does not match its readings")
+    if len(readings) != count or [r.seq for r in readings] != list(expand_ranges(ranges)):
+        raise ContractError(f"batch header (seqs {list(ranges)}, n={count}) does not match its readings")
     if any(r.gateway_id != gateway_id for r in readings):
         raise ContractError("batch holds readings of another gateway")
     if not isinstance(prev, bytes) or len(prev) != 32:
         raise ContractError("batch prev hash must be 32 bytes")
-    return Batch(gateway_id, first, last, prev, batch_hash(payload), readings)
+    return Batch(gateway_id, number, ranges, prev, batch_hash(payload), readings, waiting)
+
+
+def encode_time_probe(gateway_id: str) -> bytes:
+    """A gateway that has just connected asks for the bridge's clock (and its chain head).
+
+    Published on the gateway's own up topic, which the broker lets only that gateway write; the
+    bridge stores nothing for it and answers with an ack, so it needs no signature.
+    """
+    return cbor2.dumps({"v": CONTRACT_VERSION, "gw": gateway_id, "probe": True}, canonical=True)
+
+
+def decode_time_probe(message: bytes) -> str | None:
+    """The gateway id if `message` is a time probe, else None (a batch, or garbage)."""
+    try:
+        raw = cbor2.loads(message)
+    except Exception:
+        return None
+    if isinstance(raw, dict) and raw.get("probe") is True and isinstance(raw.get("gw"), str):
+        return raw["gw"]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """The bridge's answer: `acked` is the highest sequence durably stored (0 = none yet).
+    """The bridge's answer about one gateway's chain.
 
-    `error` is set when the bridge refused a batch; the gateway shows it to the operator and
-    keeps the readings.
+    `head_hash` is the newest batch of the chain the bridge has durably stored (None: it cannot
+    say, e.g. it refused an unknown gateway); since the chain proves order, it vouches for every
+    batch the gateway made before it. `head_number` is that batch's number, `acked` the highest
+    sequence stored (both for display). `batch_hash` is the batch this message answers. `error` is
+    set when the bridge refused it: the gateway shows that to the operator and keeps the readings.
     """
 
-    acked: int
+    head_hash: bytes | None
+    head_number: int | None = None
+    acked: int = 0
     batch_hash: bytes | None = None
     error: str | None = None
     server_time_ms: int | None = None
@@ -419,6 +540,8 @@ def encode_ack(ack: Ack) -> bytes:
     return cbor2.dumps(
         {
             "v": CONTRACT_VERSION,
+            "head": ack.head_hash,
+            "no": ack.head_number,
             "acked": ack.acked,
             "hash": ack.batch_hash,
             "err": ack.error,
@@ -431,11 +554,22 @@ def encode_ack(ack: Ack) -> bytes:
 def decode_ack(data: bytes) -> Ack:
     try:
         raw = cbor2.loads(data)
+        if raw.get("v") == 1:  # a bridge not yet updated: its "hash" was the newest stored batch
+            head = raw.get("hash")
+            number = None
+        else:
+            head, number = raw["head"], raw.get("no")
+        if head is not None and (not isinstance(head, bytes) or len(head) != 32):
+            raise ContractError(f"ack head must be a 32-byte hash, got {head!r}")
         return Ack(
+            head_hash=head,
+            head_number=number,
             acked=int(raw["acked"]),
             batch_hash=raw.get("hash"),
             error=raw.get("err"),
             server_time_ms=raw.get("now"),
         )
+    except ContractError:
+        raise
     except Exception as exc:
         raise ContractError(f"malformed ack: {exc!r}") from exc

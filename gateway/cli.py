@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -13,13 +17,18 @@ from rich.table import Table
 
 from gateway.alerts import ALERT_RULES_DIR, AlertRules, available_regions, load_alert_rules, load_rules_file
 from gateway.ble_ingest import FoundDevice, find_devices
-from gateway.config import load_config
+from gateway.config import KioskUiConfig, load_config
 from gateway.errors import GatewayError, ProfileError
 from gateway.keys import PUBLIC_KEY_FILE, create_keys, create_tls_request
+from gateway.operators import OPERATORS_DB, OperatorError, Operators
 from gateway.profiles import PROTOCOLS, DeviceProfile, load_profile, load_profiles, short_uuid
+from gateway.tech_cli import firmware_app
 from gateway.transports.ble import BleakCentral, BleUnavailable
 
+T = TypeVar("T")
+
 app = typer.Typer(help="Kiosk gateway: ingest, store and sync readings.", no_args_is_help=True)
+app.add_typer(firmware_app, name="firmware")
 
 
 @app.command()
@@ -343,6 +352,112 @@ def scan(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     print_found(found)
+
+
+operator = typer.Typer(help="Operators of the kiosk screen: doctors and crew, their PINs, the audit log.")
+app.add_typer(operator, name="operator")
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="Gateway TOML configuration (its data_dir).")
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="The gateway's data directory (instead of -c).")
+
+
+def _operators_file(config: Path | None, data_dir: Path | None) -> tuple[Path, KioskUiConfig]:
+    """operators.sqlite in the gateway's data directory, and the session policy of its config."""
+    if config is not None:
+        try:
+            loaded = load_config(config)
+        except GatewayError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        return loaded.data_dir / OPERATORS_DB, loaded.ui
+    if data_dir is None:
+        typer.echo("error: give --config or --data-dir", err=True)
+        raise typer.Exit(2)
+    return data_dir / OPERATORS_DB, KioskUiConfig()
+
+
+def _read_pin(pin_stdin: bool) -> str:
+    if pin_stdin:
+        return sys.stdin.readline().strip()
+    return str(typer.prompt("PIN (6-12 digits)", hide_input=True, confirmation_prompt=True)).strip()
+
+
+async def _with_operators(path: Path, policy: KioskUiConfig, job: Callable[[Operators], Awaitable[T]]) -> T:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    operators = await Operators.open(path, policy)
+    try:
+        return await job(operators)
+    finally:
+        await operators.close()
+
+
+def _local_time(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+@operator.command("add")
+def operator_add(
+    operator_id: str = typer.Argument(..., metavar="ID", help="Staff id the operator signs in with."),
+    name: str = typer.Option(..., help="Name shown on the screen."),
+    role: str = typer.Option(..., help="doctor or crew."),
+    pin_stdin: bool = typer.Option(False, "--pin-stdin", help="Read the PIN from one line of stdin."),
+    config: Path | None = CONFIG_OPTION,
+    data_dir: Path | None = DATA_DIR_OPTION,
+) -> None:
+    """Add an operator; the PIN (6-12 digits) is asked for, or read from stdin, never an argument."""
+    path, policy = _operators_file(config, data_dir)
+    pin = _read_pin(pin_stdin)
+    try:
+        added = asyncio.run(_with_operators(path, policy, lambda ops: ops.add(operator_id, name, role, pin)))
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"operator {added.id} ({added.role}) added")
+
+
+@operator.command("reset-pin")
+def operator_reset_pin(
+    operator_id: str = typer.Argument(..., metavar="ID"),
+    pin_stdin: bool = typer.Option(False, "--pin-stdin", help="Read the PIN from one line of stdin."),
+    config: Path | None = CONFIG_OPTION,
+    data_dir: Path | None = DATA_DIR_OPTION,
+) -> None:
+    """Give an operator a new PIN: lifts a lock-out and ends their open sessions."""
+    path, policy = _operators_file(config, data_dir)
+    pin = _read_pin(pin_stdin)
+    try:
+        asyncio.run(_with_operators(path, policy, lambda ops: ops.set_pin(operator_id, pin)))
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"operator {operator_id}: new PIN set")
+
+
+@operator.command("list")
+def operator_list(config: Path | None = CONFIG_OPTION, data_dir: Path | None = DATA_DIR_OPTION) -> None:
+    """Every operator: id, name, role, and whether locked out."""
+    path, policy = _operators_file(config, data_dir)
+    rows = asyncio.run(_with_operators(path, policy, lambda ops: ops.roster()))
+    table = Table("id", "name", "role", "locked until")
+    for item, locked_until in rows:
+        _add_row(table, item.id, item.name, item.role, _local_time(locked_until) if locked_until else "-")
+    Console().print(table)
+
+
+@operator.command("audit")
+def operator_audit(
+    limit: int = typer.Option(50, help="How many lines, newest first."),
+    config: Path | None = CONFIG_OPTION,
+    data_dir: Path | None = DATA_DIR_OPTION,
+) -> None:
+    """Who signed in, checked in and viewed which resident (masked), newest first."""
+    path, policy = _operators_file(config, data_dir)
+    rows = asyncio.run(_with_operators(path, policy, lambda ops: ops.audit_rows(limit)))
+    table = Table("time", "operator", "action", "resident", "detail")
+    for row in rows:
+        who, resident = row.operator_id or "-", row.resident_masked or "-"
+        _add_row(table, _local_time(row.at_ms), who, row.action, resident, row.detail or "")
+    Console().print(table)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import ConfigError
 
@@ -53,15 +53,51 @@ class MqttConfig(_Frozen):
 
 
 class SyncConfig(_Frozen):
+    # Batch size adapts between these to the link (gateway/sync_policy.py): smaller after ack
+    # time-outs and drops, larger again while acks come in time.
     batch_max_readings: int = Field(default=500, ge=1, le=5000)
+    batch_min_readings: int = Field(default=20, ge=1, le=5000)
+    batch_max_kb: int = Field(default=512, ge=16)  # raw reading bytes (an ECG strip is ~40 KB)
     ack_timeout_s: float = 15.0
     max_in_flight: int = Field(default=4, ge=1)
     idle_poll_s: float = 1.0
+    # After connecting, wait this long for the bridge's clock before sending (see MqttSync).
+    time_probe_wait_s: float = Field(default=3.0, ge=0)
+    # A metered link's budget per local day: once spent, plain ECG strips wait (durably) for the
+    # next day; readings and flagged strips still go. None: unmetered.
+    daily_budget_mb: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_min_within_max(cls, raw: object) -> object:
+        """Only a maximum given: the minimum follows it down (a 10-reading cap means 10 at most)."""
+        if isinstance(raw, dict) and "batch_min_readings" not in raw and "batch_max_readings" in raw:
+            maximum = raw["batch_max_readings"]
+            if isinstance(maximum, int):
+                return {**raw, "batch_min_readings": min(20, maximum)}
+        return raw
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> SyncConfig:
+        if self.batch_min_readings > self.batch_max_readings:
+            raise ValueError(
+                f"batch_min_readings {self.batch_min_readings} > batch_max_readings {self.batch_max_readings}"
+            )
+        return self
 
 
 class ApiConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = 8700
+
+
+class KioskUiConfig(_Frozen):
+    """Operator sessions at the kiosk screen (gateway/operators.py)."""
+
+    session_max_s: float = Field(default=8 * 3600, gt=0)  # a working day, then sign in again
+    session_idle_s: float = Field(default=15 * 60, gt=0)  # screen left alone: signed out
+    lockout_after: int = Field(default=5, ge=1)  # wrong PINs in a row before the operator is locked
+    lockout_s: float = Field(default=15 * 60, gt=0)
 
 
 class GatewayConfig(_Frozen):
@@ -82,6 +118,7 @@ class GatewayConfig(_Frozen):
     mqtt: MqttConfig = MqttConfig()
     sync: SyncConfig = SyncConfig()
     api: ApiConfig = ApiConfig()
+    ui: KioskUiConfig = KioskUiConfig()
 
     @property
     def db_path(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 import time
 
 import uvicorn
@@ -20,6 +21,7 @@ from gateway.peripherals import Peripheral
 from gateway.profiles import DeviceProfile, load_profiles
 from gateway.store import Outbox, StorageGuard
 from gateway.sync import MqttSync
+from gateway.systemd_notify import Notifier, watchdog_forever
 from gateway.transports.ble import BleakCentral, BleCentral
 from gateway.transports.serial import SerialTransport
 
@@ -136,13 +138,30 @@ async def run_gateway(config: GatewayConfig) -> None:
         log.exception("gateway %s: could not rebuild staged ECG strips now", config.gateway_id)
     service = GatewayService(config, outbox, profiles)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(service), host=config.api.host, port=config.api.port, log_level="warning")
+        uvicorn.Config(
+            create_app(service),
+            host=config.api.host,
+            port=config.api.port,
+            log_level="warning",
+            timeout_graceful_shutdown=2,  # the kiosk screen's event stream never ends by itself
+        )
     )
     tasks = [
         asyncio.create_task(peripheral.serve(), name=peripheral.name) for peripheral in service.peripherals
     ]
     tasks.append(asyncio.create_task(service.sync.run(), name="sync"))
     tasks.append(asyncio.create_task(prune_forever(outbox, config.retention_days), name="retention"))
+    notifier = Notifier()  # systemd (Type=notify, WatchdogSec=); does nothing outside it
+
+    async def supervise() -> None:
+        # READY=1 once the API answers and the tasks run; then ping the watchdog only while every
+        # task is alive, so a hung event loop or a stopped task gets the gateway restarted.
+        while not server.started:
+            await asyncio.sleep(0.05)
+        notifier.ready(f"{len(service.peripherals)} peripheral(s), API on port {config.api.port}")
+        await watchdog_forever(lambda: all(not task.done() for task in tasks), notifier=notifier)
+
+    tasks.append(asyncio.create_task(supervise(), name="systemd"))
 
     failed: list[str] = []
 
@@ -165,13 +184,18 @@ async def run_gateway(config: GatewayConfig) -> None:
         config.api.host,
         config.api.port,
     )
+    # uvicorn re-raises SIGTERM after its shutdown under the handler it found; the default one would
+    # end the process before this finally closes the outbox and tells systemd the gateway is stopping.
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         await server.serve()  # returns on SIGINT/SIGTERM
     finally:
+        notifier.stopping()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await outbox.close()
+        signal.signal(signal.SIGTERM, previous_sigterm)
         log.info("gateway %s stopped", config.gateway_id)
     if failed:
         raise GatewayError(f"gateway stopped because a task failed: {', '.join(failed)}")

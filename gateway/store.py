@@ -3,9 +3,10 @@
 A reading is acked to its peripheral only after the transaction that stores it has committed,
 so an acked reading survives a crash or power cut. Its sequence number is the table's
 AUTOINCREMENT key: per gateway, strictly increasing, never reused. Readings are grouped into
-signed batches once; a batch's exact bytes are kept (sealed with the storage key, since they
-carry resident identifiers) and resent unchanged until the bridge acks them, which keeps the
-hash chain stable across retries and restarts.
+signed batches once, just before they are sent (so what is urgent when the link returns goes
+first: gateway/sync_policy.py); a batch's exact bytes are kept (sealed with the storage key,
+since they carry resident identifiers) and resent unchanged until the bridge acks them, which
+keeps the hash chain stable across retries and restarts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, Residen
 from gateway.ecg import EcgChunk
 from gateway.errors import StorageFullError
 from gateway.keys import GatewayKeys
+from gateway.sync_policy import PRIORITY_WAVEFORM, sync_priority
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -48,9 +51,12 @@ CREATE TABLE IF NOT EXISTS readings (
     state TEXT NOT NULL DEFAULT 'stored' CHECK (state IN ('stored', 'batched', 'synced')),
     batch_id INTEGER,
     stored_at_ms INTEGER NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 1,
+    gateway_boot TEXT,
     UNIQUE (device_id, boot_id, link_seq)
 );
 CREATE INDEX IF NOT EXISTS readings_state ON readings (state, seq);
+CREATE INDEX IF NOT EXISTS readings_batch ON readings (batch_id);
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     first_seq INTEGER NOT NULL,
@@ -77,6 +83,7 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS link_usage (day TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ble_cursors (
     device_id TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL,
@@ -106,6 +113,29 @@ CREATE TABLE IF NOT EXISTS checkins (
     ended_ms INTEGER
 );
 """
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Bring an outbox made by an older release up to this schema, in place, keeping its data."""
+    async with db.execute("PRAGMA table_info(readings)") as cursor:
+        columns = {row[1] for row in await cursor.fetchall()}
+    if "priority" not in columns:
+        await db.execute("ALTER TABLE readings ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
+        await db.execute(
+            "UPDATE readings SET priority = ? WHERE waveform IS NOT NULL AND state = 'stored'",
+            (PRIORITY_WAVEFORM,),
+        )
+    if "gateway_boot" not in columns:  # older readings: their boot is unknown, their time stays
+        await db.execute("ALTER TABLE readings ADD COLUMN gateway_boot TEXT")
+
+
+def current_boot_id() -> str:
+    """This boot of the machine: monotonic times compare only within one (Linux's boot id; a
+    random one elsewhere, which only makes the time correction more cautious)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return uuid.uuid4().hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +178,14 @@ class StagedChunk:
 
 @dataclass(frozen=True, slots=True)
 class PendingBatch:
+    """A signed batch waiting for the bridge's ack; `id` is its number in the gateway's chain."""
+
     id: int
     first_seq: int
     last_seq: int
     hash: bytes
     message: bytes
+    readings: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +197,7 @@ class OutboxStatus:
     last_synced_seq: int
     last_synced_at_ms: int | None
     rejections: int
+    waveforms_waiting: int = 0  # ECG strips stored, not in a batch yet (held back by the budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +271,7 @@ class Outbox:
         self._gateway_id = gateway_id
         self._keys = keys
         self.guard = guard
+        self.boot_id = current_boot_id()
         # One connection serves ingest, sync and the API: the lock keeps one coroutine's
         # transaction from swallowing (or reading half of) another's.
         self._lock = asyncio.Lock()
@@ -264,6 +299,10 @@ class Outbox:
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
+        await _migrate(db)
+        await db.execute(  # what form_batch reads: the stored readings, most urgent and oldest first
+            "CREATE INDEX IF NOT EXISTS readings_queue ON readings (priority, seq) WHERE state = 'stored'"
+        )
         return cls(db, gateway_id, keys, guard)
 
     async def close(self) -> None:
@@ -305,8 +344,9 @@ class Outbox:
         async with self._db.execute(
             """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
                    device_firmware, kind, measurements, measured_at_ms, time_quality,
-                   received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms, priority,
+                   gateway_boot)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 new.device.id,
                 new.boot_id,
@@ -323,6 +363,8 @@ class Outbox:
                 cbor2.dumps(list(new.flags)),
                 cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
                 _now_ms(),
+                sync_priority(new.kind, new.flags, new.waveform is not None),
+                self.boot_id,
             ),
         ) as cursor:
             assert cursor.lastrowid is not None
@@ -507,78 +549,169 @@ class Outbox:
         )
 
     async def form_batches(self, max_readings: int) -> int:
-        """Seal stored readings into signed, chained batches; returns how many batches were made."""
+        """Seal every stored reading into batches now, most urgent first; returns how many batches.
+        (The sync engine forms one at a time, as the link takes them: `form_batch`.)"""
         made = 0
-        while await self._form_one_batch(max_readings):
+        while await self.form_batch(max_readings) is not None:
             made += 1
         return made
 
-    async def _form_one_batch(self, max_readings: int) -> bool:
+    async def form_batch(
+        self,
+        max_readings: int,
+        *,
+        max_bytes: int | None = None,
+        priorities: tuple[int, int] = (0, PRIORITY_WAVEFORM),
+        accept: Callable[[bytes], bool] | None = None,
+    ) -> PendingBatch | None:
+        """Sign the most urgent stored readings (lowest priority class, then oldest) as the next
+        batch of the chain, or return None when there are none in `priorities` (low, high).
+
+        At most `max_readings`, and no more raw bytes than `max_bytes` (but always one reading).
+        `accept` sees the signed message before anything is written: False (e.g. it would
+        overrun today's byte budget) leaves the readings waiting and the chain as it was.
+        """
+        low, high = priorities
         async with self._transaction():
             async with self._db.execute(
                 """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
                           measured_at_ms, time_quality, received_mono_ms, resident_sealed,
-                          operator, flags, waveform
-                   FROM readings WHERE state = 'stored' ORDER BY seq LIMIT ?""",
-                (max_readings,),
+                          operator, flags, waveform,
+                          length(measurements) + COALESCE(length(waveform), 0)
+                   FROM readings WHERE state = 'stored' AND priority BETWEEN ? AND ?
+                   ORDER BY priority, seq LIMIT ?""",
+                (low, high, max_readings),
             ) as cursor:
                 rows = await cursor.fetchall()
             if not rows:
-                return False
-            readings = [self._reading_from_row(row) for row in rows]
+                return None
+            taken, size = [], 0
+            for row in rows:
+                if taken and max_bytes is not None and size + row[-1] > max_bytes:
+                    break
+                taken.append(row[:-1])
+                size += row[-1]
+            readings = sorted((self._reading_from_row(row) for row in taken), key=lambda r: r.seq)
+            async with self._db.execute("SELECT COUNT(*) FROM readings WHERE state = 'stored'") as cursor:
+                (stored,) = await cursor.fetchone()  # type: ignore[misc]
             async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
                 row = await cursor.fetchone()
             prev_hash = bytes(row[0]) if row else GENESIS_HASH
-            message, digest = encode_batch(readings, prev_hash=prev_hash, signing_key=self._keys.signing)
+            async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'") as cursor:
+                row = await cursor.fetchone()
+            number = (int(row[0]) if row else 0) + 1  # the table's next AUTOINCREMENT id, set explicitly
+            message, digest = encode_batch(
+                readings,
+                prev_hash=prev_hash,
+                signing_key=self._keys.signing,
+                number=number,
+                waiting=stored - len(readings),
+            )
+            if accept is not None and not accept(message):
+                return None  # nothing written: the transaction commits no change
             first, last = readings[0].seq, readings[-1].seq
-            async with self._db.execute(
-                """INSERT INTO batches (first_seq, last_seq, hash, message_sealed, created_at_ms)
-                   VALUES (?, ?, ?, ?, ?)""",
-                (first, last, digest, self._keys.seal(message, b"batch"), _now_ms()),
-            ) as cursor:
-                batch_id = cursor.lastrowid
             await self._db.execute(
-                "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq BETWEEN ? AND ?",
-                (batch_id, first, last),
+                """INSERT INTO batches (id, first_seq, last_seq, hash, message_sealed, created_at_ms)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (number, first, last, digest, self._keys.seal(message, b"batch"), _now_ms()),
+            )
+            await self._db.executemany(
+                "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq = ?",
+                [(number, reading.seq) for reading in readings],
             )
             await self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_hash', ?)", (digest,)
             )
-        return True
+        return PendingBatch(number, first, last, digest, message, len(readings))
 
     async def pending_batches(self, limit: int) -> list[PendingBatch]:
+        """Formed batches the bridge has not acked, in chain order (the order they must arrive)."""
         async with (
             self._lock,
             self._db.execute(
-                """SELECT id, first_seq, last_seq, hash, message_sealed FROM batches
-                   WHERE state = 'pending' ORDER BY id LIMIT ?""",
+                """SELECT id, first_seq, last_seq, hash, message_sealed,
+                          (SELECT COUNT(*) FROM readings WHERE batch_id = batches.id)
+                   FROM batches WHERE state = 'pending' ORDER BY id LIMIT ?""",
                 (limit,),
             ) as cursor,
         ):
             rows = await cursor.fetchall()
         return [
-            PendingBatch(row[0], row[1], row[2], bytes(row[3]), self._keys.unseal(row[4], b"batch"))
+            PendingBatch(row[0], row[1], row[2], bytes(row[3]), self._keys.unseal(row[4], b"batch"), row[5])
             for row in rows
         ]
 
-    async def mark_synced(self, acked_seq: int) -> int:
-        """Apply the bridge's ack: every reading up to `acked_seq` is in the record. Returns count."""
+    async def mark_acked(self, head_hash: bytes) -> int | None:
+        """Apply the bridge's ack: it holds the batch `head_hash` and, the chain being in order,
+        every batch before it. Returns the readings newly marked synced, or None when `head_hash`
+        is none of this gateway's pending or acked batches (the genesis hash, or pruned long ago)."""
         now = _now_ms()
         async with self._transaction():
+            async with self._db.execute("SELECT id FROM batches WHERE hash = ?", (head_hash,)) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            (head_id,) = row
             async with self._db.execute(
-                "UPDATE readings SET state = 'synced' WHERE seq <= ? AND state = 'batched'", (acked_seq,)
+                """UPDATE readings SET state = 'synced'
+                   WHERE state = 'batched' AND batch_id IN
+                       (SELECT id FROM batches WHERE state = 'pending' AND id <= ?)""",
+                (head_id,),
             ) as cursor:
                 count = cursor.rowcount
             await self._db.execute(
-                """UPDATE batches SET state = 'acked', acked_at_ms = ?
-                   WHERE last_seq <= ? AND state = 'pending'""",
-                (now, acked_seq),
+                "UPDATE batches SET state = 'acked', acked_at_ms = ? WHERE id <= ? AND state = 'pending'",
+                (now, head_id),
             )
             if count:
                 await self._db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_synced_at_ms', ?)", (now,)
                 )
         return count
+
+    async def correct_unsynced_time(self, bridge_ms: int, mono_ms: int, after_seq: int) -> tuple[int, int]:
+        """Put the bridge's clock on readings stamped by this gateway's unsynced clock.
+
+        The bridge's time was `bridge_ms` when this boot's monotonic clock read `mono_ms`. A
+        reading received at monotonic `received_mono_ms` was therefore received at
+        `bridge_ms - (mono_ms - received_mono_ms)`, while our wall clock said `stored_at_ms`;
+        its measured-at moves by the difference and its time quality becomes `bridge`. Only
+        readings of this boot (monotonic time means nothing across a reboot), not yet in a batch
+        (a signed batch never changes), after `after_seq`. Returns (corrected, newest seq seen).
+        """
+        async with self._transaction():
+            async with self._db.execute(
+                """UPDATE readings
+                   SET measured_at_ms = measured_at_ms + (? - (? - received_mono_ms)) - stored_at_ms,
+                       time_quality = 'bridge'
+                   WHERE seq > ? AND state = 'stored' AND time_quality = 'unsynced' AND gateway_boot = ?""",
+                (bridge_ms, mono_ms, after_seq, self.boot_id),
+            ) as cursor:
+                corrected = cursor.rowcount
+            async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM readings") as cursor:
+                (newest,) = await cursor.fetchone()  # type: ignore[misc]
+        return corrected, int(newest)
+
+    async def add_link_usage(self, day: str, nbytes: int) -> int:
+        """Count bytes sent or received over the uplink on `day` (local date); returns the day's
+        total. Durable, so a restart cannot reset a metered link's budget."""
+        async with self._transaction():
+            await self._db.execute(
+                """INSERT INTO link_usage (day, bytes) VALUES (?, ?)
+                   ON CONFLICT (day) DO UPDATE SET bytes = bytes + excluded.bytes""",
+                (day, nbytes),
+            )
+            async with self._db.execute("SELECT bytes FROM link_usage WHERE day = ?", (day,)) as cursor:
+                (total,) = await cursor.fetchone()  # type: ignore[misc]
+        return int(total)
+
+    async def link_usage(self, day: str) -> int:
+        async with (
+            self._lock,
+            self._db.execute("SELECT bytes FROM link_usage WHERE day = ?", (day,)) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def prune_synced(self, before_ms: int) -> PruneResult:
         """Delete what the bridge acked before `before_ms`: synced readings, their batches, used
@@ -605,6 +738,9 @@ class Outbox:
             ) as cursor:
                 chunks = cursor.rowcount
             await self._db.execute("DELETE FROM rejections WHERE at_ms < ?", (before_ms,))
+            await self._db.execute(
+                "DELETE FROM link_usage WHERE day < date(? / 1000, 'unixepoch', '-1 day')", (before_ms,)
+            )
         return PruneResult(readings, batches, chunks)
 
     async def status(self) -> OutboxStatus:
@@ -627,6 +763,10 @@ class Outbox:
             row = await cursor.fetchone()
         async with self._db.execute("SELECT COUNT(*) FROM rejections") as cursor:
             (rejections,) = await cursor.fetchone()  # type: ignore[misc]
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM readings WHERE state = 'stored' AND priority = ?", (PRIORITY_WAVEFORM,)
+        ) as cursor:
+            (waveforms_waiting,) = await cursor.fetchone()  # type: ignore[misc]
         return OutboxStatus(
             stored=counts["stored"],
             batched=counts["batched"],
@@ -635,6 +775,7 @@ class Outbox:
             last_synced_seq=last_synced,
             last_synced_at_ms=int(row[0]) if row else None,
             rejections=rejections,
+            waveforms_waiting=waveforms_waiting,
         )
 
     async def recent_readings(self, limit: int = 20) -> list[tuple[Reading, str]]:
@@ -650,3 +791,134 @@ class Outbox:
         ):
             rows = await cursor.fetchall()
         return [(self._reading_from_row(row[:-1]), row[-1]) for row in rows]
+
+    # kiosk UI queries ---
+    # For the kiosk screen (gateway/api.py): readings without their waveform (has_waveform says
+    # whether one is kept), new readings after a sequence, one resident's readings, the
+    # residents seen here. Residents are sealed with a random nonce, so finding one means
+    # unsealing rows: the check-ins table is small, and readings are scanned newest first, capped.
+    _UI_COLUMNS = """seq, device_id, device_model, device_firmware, kind, measurements, measured_at_ms,
+                     time_quality, received_mono_ms, resident_sealed, operator, flags, NULL,
+                     state, waveform IS NOT NULL"""
+
+    def _ui_rows(self, rows: Sequence[Sequence[object]]) -> list[tuple[Reading, str, bool]]:
+        return [(self._reading_from_row(tuple(row[:13])), str(row[13]), bool(row[14])) for row in rows]
+
+    async def latest_seq(self) -> int:
+        """The newest reading's sequence (0 when there is none): where a live view starts."""
+        async with self._lock, self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM readings") as cursor:
+            (seq,) = await cursor.fetchone()  # type: ignore[misc]
+        return int(seq)
+
+    async def readings_after(self, after_seq: int, limit: int = 50) -> list[tuple[Reading, str, bool]]:
+        """Readings stored after `after_seq`, oldest first: (reading, state, has_waveform)."""
+        async with (
+            self._lock,
+            self._db.execute(
+                f"SELECT {self._UI_COLUMNS} FROM readings WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        return self._ui_rows(rows)
+
+    async def reading(self, seq: int) -> Reading | None:
+        """One reading with its waveform (the ECG strip to draw)."""
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
+                          measured_at_ms, time_quality, received_mono_ms, resident_sealed, operator,
+                          flags, waveform
+                   FROM readings WHERE seq = ?""",
+                (seq,),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return self._reading_from_row(tuple(row)) if row else None
+
+    async def resident_readings(
+        self, resident: ResidentRef, *, limit: int = 50, scan: int = 5000
+    ) -> list[tuple[Reading, str, bool]]:
+        """The resident's readings on this gateway, newest first, among the newest `scan`
+        readings that name a resident (retention removes older synced ones anyway)."""
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT seq, resident_sealed FROM readings WHERE resident_sealed IS NOT NULL
+                   ORDER BY seq DESC LIMIT ?""",
+                (scan,),
+            ) as cursor,
+        ):
+            candidates = await cursor.fetchall()
+        seqs = [seq for seq, sealed in candidates if self._keys.unseal_resident(sealed) == resident][:limit]
+        if not seqs:
+            return []
+        async with (
+            self._lock,
+            self._db.execute(
+                f"""SELECT {self._UI_COLUMNS} FROM readings
+                    WHERE seq IN ({", ".join("?" * len(seqs))}) ORDER BY seq DESC""",
+                seqs,
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        return self._ui_rows(rows)
+
+    async def seen_residents(self) -> list[tuple[int, ResidentRef, int, int]]:
+        """Every resident checked in on this gateway, newest visit first: (id of their latest
+        check-in, resident, visits, latest visit's start in ms)."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT id, resident_sealed, started_ms FROM checkins ORDER BY id DESC"
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        seen: dict[ResidentRef, list[int]] = {}
+        for checkin_id, sealed, started_ms in rows:
+            resident = self._keys.unseal_resident(sealed)
+            if resident in seen:
+                seen[resident][1] += 1
+            else:
+                seen[resident] = [checkin_id, 1, started_ms]
+        return [(entry[0], resident, entry[1], entry[2]) for resident, entry in seen.items()]
+
+    async def checkin_resident(self, checkin_id: int) -> ResidentRef | None:
+        """The resident of one check-in (how the kiosk checks in a resident found by a search
+        without the full number ever reaching the browser)."""
+        async with (
+            self._lock,
+            self._db.execute("SELECT resident_sealed FROM checkins WHERE id = ?", (checkin_id,)) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return self._keys.unseal_resident(row[0]) if row else None
+
+    async def current_checkin_detail(self) -> tuple[int, ResidentRef, str, int] | None:
+        """The open check-in: (id, resident, operator, started_ms), or None."""
+        async with (
+            self._lock,
+            self._db.execute(
+                """SELECT id, resident_sealed, operator, started_ms FROM checkins
+                   WHERE ended_ms IS NULL ORDER BY id DESC LIMIT 1"""
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return (row[0], self._keys.unseal_resident(row[1]), row[2], row[3]) if row else None
+
+    async def rejections_after(self, after_id: int, limit: int = 20) -> list[tuple[int, int, str, str]]:
+        """Refusals recorded after `after_id`: (id, at_ms, source, reason), oldest first."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT id, at_ms, source, reason FROM rejections WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ) as cursor,
+        ):
+            rows = await cursor.fetchall()
+        return [(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    async def latest_rejection_id(self) -> int:
+        async with self._lock, self._db.execute("SELECT COALESCE(MAX(id), 0) FROM rejections") as cursor:
+            (last,) = await cursor.fetchone()  # type: ignore[misc]
+        return int(last)

@@ -9,6 +9,7 @@ in tests, the embedded amqtt broker in the demo).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -205,17 +206,60 @@ port = {self.gateway_api_port}
         return path.read_text(errors="replace") if path.exists() else ""
 
     # talking to the running chain ----------------------------------------------------------
+    # The gateway shows residents only to a signed-in operator. The chain signs in as the
+    # operator of its last check-in (adding them with `kiosk-gateway operator add` first), and
+    # keeps the session tokens in its workdir, beside everything else it set up.
+    OPERATOR_PIN = "246810"
+
+    def _gateway_request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = f"http://127.0.0.1:{self.gateway_api_port}{path}"
+        for attempt in range(2):
+            sessions = self._gateway_sessions()
+            token = sessions["tokens"].get(sessions["current"])
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            response = httpx.request(method, url, json=body, headers=headers, timeout=5)
+            if response.status_code != 401 or attempt:
+                return response.raise_for_status().json()
+            self.sign_in(sessions["current"] or "chain-technician")  # none yet, or it expired
+        raise AssertionError("unreachable")
+
+    def _gateway_sessions(self) -> dict[str, Any]:
+        """{"current": the operator signed in now, "tokens": {operator: session token}}."""
+        path = self.workdir / "gateway-sessions.json"
+        return json.loads(path.read_text()) if path.exists() else {"current": None, "tokens": {}}
+
+    def sign_in(self, operator: str) -> str:
+        """Sign in at the gateway as `operator` (a crew member if the id says "crew", else a
+        doctor), adding them first if the gateway does not know them. Returns the token."""
+        url = f"http://127.0.0.1:{self.gateway_api_port}/api/session"
+        credentials = {"operator": operator, "pin": self.OPERATOR_PIN}
+        response = httpx.post(url, json=credentials, timeout=10)
+        if response.status_code == 401:
+            subprocess.run(
+                [sys.executable, "-m", "gateway.cli", "operator", "add", operator, "--name", operator,
+                 "--role", "crew" if "crew" in operator else "doctor", "--pin-stdin",
+                 "--config", str(self.gateway_config)],
+                input=f"{self.OPERATOR_PIN}\n".encode(), check=True, cwd=REPO_ROOT, capture_output=True,
+            )  # fmt: skip
+            response = httpx.post(url, json=credentials, timeout=10)
+        token = response.raise_for_status().cookies["kiosk_session"]
+        sessions = self._gateway_sessions()
+        sessions["tokens"][operator] = token
+        sessions["current"] = operator
+        (self.workdir / "gateway-sessions.json").write_text(json.dumps(sessions))
+        return token
+
     def gateway_get(self, path: str) -> Any:
-        return (
-            httpx.get(f"http://127.0.0.1:{self.gateway_api_port}{path}", timeout=5).raise_for_status().json()
-        )
+        return self._gateway_request("GET", path)
 
     def gateway_post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = httpx.post(f"http://127.0.0.1:{self.gateway_api_port}{path}", json=body or {}, timeout=5)
-        return response.raise_for_status().json()
+        return self._gateway_request("POST", path, body or {})
 
     def check_in(self, system: str, value: str, operator: str) -> None:
-        self.gateway_post("/api/checkin", {"system": system, "value": value, "operator": operator})
+        """Check a resident in as `operator`, who is then signed in at the gateway."""
+        if self._gateway_sessions()["current"] != operator:
+            self.sign_in(operator)
+        self.gateway_post("/api/checkin", {"system": system, "value": value})
 
     def bridge_get(self, path: str, **params: str) -> Any:
         response = httpx.get(f"http://127.0.0.1:{self.bridge_port}{path}", params=params, timeout=5)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Mosquitto broker on a free loopback port."""
+"""Shared fixtures: a real Mosquitto broker on a free loopback port; every FHIR resource validated."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from cloud_bridge import fhir_map
 from simulators.chain import free_port, port_open, wait_for
+
+
+@pytest.fixture(autouse=True)
+def validate_every_fhir_resource(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests validate every resource the bridge maps with fhir.resources, not once per
+    shape as the running bridge does (tests/unit/test_fhir_validation_cache.py covers that)."""
+    monkeypatch.setattr(fhir_map, "VALIDATE_EVERY_RESOURCE", True)
 
 
 def mosquitto_binary() -> str:

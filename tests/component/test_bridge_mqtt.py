@@ -102,19 +102,21 @@ def test_valid_batch_is_stored_and_acked_once_even_when_replayed(
     bridge: tuple[BridgeConsumer, Path], gateway: GatewayStandIn, key: Ed25519PrivateKey
 ) -> None:
     consumer, db = bridge
-    message, digest = encode_batch([reading(1), reading(2)], prev_hash=GENESIS_HASH, signing_key=key)
+    message, digest = encode_batch(
+        [reading(1), reading(2)], prev_hash=GENESIS_HASH, signing_key=key, number=1
+    )
     gateway.publish(message)
     gateway.publish(message)  # a resend after a lost ack
     first, second = gateway.wait_acks(2)[:2]
-    assert first == Ack(acked=2, batch_hash=digest, server_time_ms=first.server_time_ms)
-    assert second.acked == 2 and second.error is None
+    assert first == Ack(digest, 1, 2, batch_hash=digest, server_time_ms=first.server_time_ms)
+    assert (second.head_hash, second.acked, second.error) == (digest, 2, None)
     assert rows(db, "SELECT gateway_id, seq FROM readings ORDER BY seq") == [(GATEWAY, 1), (GATEWAY, 2)]
     assert rows(db, "SELECT COUNT(*) FROM fhir_resources WHERE resource_type = 'Observation'") == [(2,)]
     assert consumer.counters["replays"] == 1
 
-    follow_up, _ = encode_batch([reading(3)], prev_hash=digest, signing_key=key)
+    follow_up, follow_digest = encode_batch([reading(3)], prev_hash=digest, signing_key=key, number=2)
     gateway.publish(follow_up)
-    assert gateway.wait_acks(3)[2].acked == 3
+    assert gateway.wait_acks(3)[2].head_hash == follow_digest
 
 
 def test_batch_signed_by_unknown_key_is_refused_and_stores_nothing(
@@ -122,12 +124,12 @@ def test_batch_signed_by_unknown_key_is_refused_and_stores_nothing(
 ) -> None:
     consumer, db = bridge
     forged, _ = encode_batch(
-        [reading(1, systolic=99)], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate()
+        [reading(1, systolic=99)], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate(), number=1
     )
     with caplog.at_level(logging.WARNING, logger="cloud_bridge.receive"):
         gateway.publish(forged)
         [ack] = gateway.wait_acks(1)
-    assert ack.acked == 0
+    assert (ack.head_hash, ack.acked) == (None, 0)
     assert ack.error == "signature does not verify against the enrolled key"
     assert f"refused batch from {GATEWAY}: signature does not verify" in caplog.text
     assert rows(db, "SELECT COUNT(*) FROM readings") == [(0,)]
@@ -143,7 +145,9 @@ def test_unknown_gateway_is_refused(bridge: tuple[BridgeConsumer, Path], mosquit
     stranger = Reading(
         **{**{f: getattr(reading(1), f) for f in Reading.__slots__}, "gateway_id": "gw-stranger"}
     )
-    message, _ = encode_batch([stranger], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate())
+    message, _ = encode_batch(
+        [stranger], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate(), number=1
+    )
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     client.connect("127.0.0.1", mosquitto.port)
     client.loop_start()
@@ -160,16 +164,18 @@ def test_out_of_chain_and_revoked_batches_are_refused(
     bridge: tuple[BridgeConsumer, Path], gateway: GatewayStandIn, key: Ed25519PrivateKey
 ) -> None:
     _, db = bridge
-    first, digest = encode_batch([reading(1)], prev_hash=GENESIS_HASH, signing_key=key)
-    skipped, _ = encode_batch([reading(3)], prev_hash=bytes(range(32)), signing_key=key)
+    first, digest = encode_batch([reading(1)], prev_hash=GENESIS_HASH, signing_key=key, number=1)
+    skipped, _ = encode_batch([reading(3)], prev_hash=bytes(range(32)), signing_key=key, number=3)
     gateway.publish(skipped)  # batch 2 never arrived: the chain does not continue
-    assert gateway.wait_acks(1)[0].error.startswith("out of chain order")
+    refusal = gateway.wait_acks(1)[0]
+    assert refusal.error.startswith("out of chain order: batch 3 (seq 3)")
+    assert refusal.head_hash == GENESIS_HASH  # what the bridge holds: nothing yet
     gateway.publish(first)
-    assert gateway.wait_acks(2)[1].acked == 1
+    assert gateway.wait_acks(2)[1].head_hash == digest
 
     with sqlite3.connect(db) as conn:
         store.revoke_gateway(conn, GATEWAY)
-    second, _ = encode_batch([reading(2)], prev_hash=digest, signing_key=key)
+    second, _ = encode_batch([reading(2)], prev_hash=digest, signing_key=key, number=2)
     gateway.publish(second)
     assert gateway.wait_acks(3)[2].error == "gateway is revoked"
     assert rows(db, "SELECT seq FROM readings") == [(1,)]

@@ -88,7 +88,9 @@ def sender(tmp_path: Path) -> Iterator[sqlite3.Connection]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     store.enrol_gateway(conn, GATEWAY, pem.decode(), site="county", kind="kiosk", now_ms=0)
-    message, _ = encode_batch([reading(1), reading(2), reading(3)], prev_hash=GENESIS_HASH, signing_key=key)
+    message, _ = encode_batch(
+        [reading(1), reading(2), reading(3)], prev_hash=GENESIS_HASH, signing_key=key, number=1
+    )
     outcome = receive_batch(conn, up_topic(GATEWAY), message, now_ms=1795564900000, post_to_remote=True)
     assert outcome.stored == 3 and outcome.ack is not None
     yield conn
@@ -181,7 +183,9 @@ def test_the_fleet_api_lists_gateways_with_their_peripherals_and_refusals(
         "SELECT public_key_pem FROM gateways WHERE gateway_id = ?", (GATEWAY,)
     ).fetchone()[0]
     store.enrol_gateway(sender, "gw-quiet-02", public, site="village 2", kind="vehicle", now_ms=5)
-    forged, _ = encode_batch([reading(4)], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate())
+    forged, _ = encode_batch(
+        [reading(4)], prev_hash=GENESIS_HASH, signing_key=Ed25519PrivateKey.generate(), number=1
+    )
     refused = receive_batch(sender, up_topic(GATEWAY), forged, now_ms=time.time_ns() // 1_000_000)
     assert refused.refusal is not None
     with TestClient(create_app(str(tmp_path / "bridge.db"))) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import time
 from decimal import Decimal
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.wire import GENESIS_HASH, DeviceRef, Measurement, ResidentRef, decode_batch
+from contract.wire import GENESIS_HASH, DeviceRef, Measurement, ResidentRef, Waveform, decode_batch
 from gateway.keys import GatewayKeys, create_keys
 from gateway.store import NewReading, Outbox, PruneResult
 
@@ -102,11 +103,24 @@ async def test_ack_marks_only_what_it_names(outbox: Outbox) -> None:
     for link_seq in range(1, 5):
         await outbox.add_reading(new_reading(link_seq))
     await outbox.form_batches(max_readings=2)
-    assert await outbox.mark_synced(2) == 2
+    first, second = await outbox.pending_batches(10)
+    assert (first.id, second.id) == (1, 2)
+    assert await outbox.mark_acked(first.hash) == 2
     status = await outbox.status()
     assert (status.batched, status.synced, status.pending_batches, status.last_synced_seq) == (2, 2, 1, 2)
     assert [b.first_seq for b in await outbox.pending_batches(10)] == [3]
-    assert await outbox.mark_synced(2) == 0  # a repeated ack changes nothing
+    assert await outbox.mark_acked(first.hash) == 0  # a repeated ack changes nothing
+    assert await outbox.mark_acked(GENESIS_HASH) is None  # "nothing stored yet": not ours
+    assert await outbox.mark_acked(second.hash) == 2
+
+
+async def test_the_head_of_the_chain_vouches_for_every_batch_before_it(outbox: Outbox) -> None:
+    for link_seq in range(1, 7):
+        await outbox.add_reading(new_reading(link_seq))
+    await outbox.form_batches(max_readings=2)
+    batches = await outbox.pending_batches(10)
+    assert await outbox.mark_acked(batches[1].hash) == 4  # the ack of batch 1 was lost
+    assert [b.id for b in await outbox.pending_batches(10)] == [3]
 
 
 async def test_resident_never_stored_in_clear(outbox: Outbox, tmp_path: Path) -> None:
@@ -135,7 +149,8 @@ async def test_pruning_removes_only_what_the_bridge_acked_long_enough_ago(
     for link_seq in range(1, 8):
         await outbox.add_reading(new_reading(link_seq))
     await outbox.form_batches(max_readings=2)  # batches 1-2, 3-4, 5-6, 7
-    await outbox.mark_synced(4)  # 1..4 synced; 5..7 are not
+    batches = await outbox.pending_batches(10)
+    await outbox.mark_acked(batches[1].hash)  # 1..4 synced; 5..7 are not
     later = time.time_ns() // 1_000_000 + 1
     result = await outbox.prune_synced(before_ms=later)
     # The batch 1-2 goes; 3-4 is the newest acked batch and stays (its hash chains the next one).
@@ -143,7 +158,7 @@ async def test_pruning_removes_only_what_the_bridge_acked_long_enough_ago(
     status = await outbox.status()
     assert (status.synced, status.batched, status.last_synced_seq) == (2, 3, 4)
     assert await outbox.prune_synced(before_ms=0) == PruneResult(0, 0, 0)  # nothing that recent
-    await outbox.mark_synced(7)
+    await outbox.mark_acked(batches[3].hash)
     await outbox.prune_synced(before_ms=time.time_ns() // 1_000_000 + 1)
     await outbox.add_reading(new_reading(8))
     await outbox.form_batches(max_readings=10)
@@ -152,3 +167,96 @@ async def test_pruning_removes_only_what_the_bridge_acked_long_enough_ago(
     assert previous != GENESIS_HASH and batch.first_seq == 8  # the chain and the numbering go on
     status = await outbox.status()
     assert (status.stored, status.batched, status.synced, status.last_synced_seq) == (0, 1, 1, 7)
+
+
+def flagged(link_seq: int) -> NewReading:
+    return dataclasses.replace(new_reading(link_seq, systolic=182), flags=("alert:hypertensive_crisis",))
+
+
+def plain(link_seq: int) -> NewReading:
+    return dataclasses.replace(new_reading(link_seq), flags=())
+
+
+def ecg(link_seq: int) -> NewReading:
+    strip = Waveform(500, Decimal("0.5"), ("I", "II"), 0, (tuple(range(500)), tuple(range(500))))
+    return dataclasses.replace(new_reading(link_seq), kind="ecg", values=(), flags=(), waveform=strip)
+
+
+async def test_flagged_readings_go_first_then_vitals_then_ecg(outbox: Outbox, keys: GatewayKeys) -> None:
+    # Taken in this order: ecg 1, vitals 2-3, ecg 4, vitals 5, a crisis 6, vitals 7.
+    for new in (ecg(1), plain(2), plain(3), ecg(4), plain(5), flagged(6), plain(7)):
+        await outbox.add_reading(new)
+    sent = []
+    for classes in ((0, 1), (2, 2)):  # as the sync engine asks: waveforms only once nothing else waits
+        while (batch := await outbox.form_batch(3, priorities=classes)) is not None:
+            sent.append([r.seq for r in decode_batch(batch.message, keys.signing.public_key()).readings])
+    # Each batch is in sequence order; across batches, urgency decides.
+    assert sent == [[2, 3, 6], [5, 7], [1, 4]]
+
+
+async def test_a_batch_says_how_many_readings_still_wait(outbox: Outbox, keys: GatewayKeys) -> None:
+    for link_seq in range(1, 6):
+        await outbox.add_reading(plain(link_seq))
+    batch = await outbox.form_batch(2)
+    assert batch is not None and batch.readings == 2
+    decoded = decode_batch(batch.message, keys.signing.public_key())
+    assert (decoded.number, decoded.waiting) == (1, 3)
+
+
+async def test_the_byte_cap_limits_a_batch_but_one_reading_always_goes(outbox: Outbox) -> None:
+    for link_seq in (1, 2):
+        await outbox.add_reading(ecg(link_seq))
+    first = await outbox.form_batch(100, max_bytes=100)  # one strip is ~4 KB raw
+    assert first is not None and first.readings == 1
+
+
+async def test_a_refused_batch_leaves_the_readings_and_the_chain_as_they_were(
+    outbox: Outbox, keys: GatewayKeys
+) -> None:
+    await outbox.add_reading(ecg(1))
+    seen: list[int] = []
+    assert await outbox.form_batch(10, accept=lambda message: seen.append(len(message)) is not None) is None
+    assert seen and (await outbox.status()).stored == 1
+    assert (await outbox.status()).waveforms_waiting == 1
+    batch = await outbox.form_batch(10, accept=lambda message: True)
+    assert batch is not None
+    decoded = decode_batch(batch.message, keys.signing.public_key())
+    assert (decoded.number, decoded.prev_hash) == (1, GENESIS_HASH)  # the refused one left no trace
+
+
+async def test_only_the_asked_priority_classes_are_batched(outbox: Outbox) -> None:
+    await outbox.add_reading(ecg(1))
+    assert await outbox.form_batch(10, priorities=(0, 1)) is None
+    assert await outbox.form_batch(10, priorities=(2, 2)) is not None
+
+
+async def test_link_usage_adds_up_per_day_and_survives_reopen(tmp_path: Path, keys: GatewayKeys) -> None:
+    path = tmp_path / "gw" / "gateway.db"
+    box = await Outbox.open(path, "gw-1", keys)
+    assert await box.add_link_usage("2026-11-25", 1000) == 1000
+    assert await box.add_link_usage("2026-11-25", 234) == 1234
+    assert await box.add_link_usage("2026-11-26", 5) == 5
+    await box.close()
+    box = await Outbox.open(path, "gw-1", keys)
+    assert await box.link_usage("2026-11-25") == 1234 and await box.link_usage("2026-11-27") == 0
+    await box.close()
+
+
+async def test_an_outbox_of_the_previous_release_is_upgraded_in_place(
+    tmp_path: Path, keys: GatewayKeys
+) -> None:
+    path = tmp_path / "gw" / "gateway.db"
+    box = await Outbox.open(path, "gw-1", keys)
+    await box.add_reading(plain(1))
+    await box.add_reading(ecg(2))
+    await box.close()
+    with sqlite3.connect(path) as conn:  # what the previous release's schema had: no priority
+        conn.execute("DROP INDEX readings_queue")
+        conn.execute("ALTER TABLE readings DROP COLUMN priority")
+    box = await Outbox.open(path, "gw-1", keys)
+    try:
+        assert (await box.status()).waveforms_waiting == 1
+        batch = await box.form_batch(10, priorities=(0, 1))
+        assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 1)
+    finally:
+        await box.close()

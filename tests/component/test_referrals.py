@@ -55,7 +55,7 @@ def bridge(tmp_path: Path) -> Iterator[tuple[TestClient, sqlite3.Connection]]:
         bp(3, 120, 78, ()),
         bp(4, 185, 112, ("alert:hypertensive_crisis",), resident=None),  # nobody checked in: no Flag
     ]
-    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key)
+    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key, number=1)
     outcome = receive_batch(
         conn, up_topic(GATEWAY), message, now_ms=1795565000000, alert_rules=load_rule_texts(RULES)
     )
@@ -160,7 +160,7 @@ def test_chronic_disease_figures_per_site_for_a_quarter(tmp_path: Path) -> None:
         at(5, start + 3_000, 118, 76, (), "C"),  # C: never over
         at(6, end + 1_000, 190, 120, ("alert:hypertensive_crisis",), "C"),  # next quarter: not counted
     ]
-    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key)
+    message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key, number=1)
     assert receive_batch(conn, up_topic(GATEWAY), message, now_ms=end + 5_000).stored == 6
     conn.close()
     with TestClient(create_app(str(db))) as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contract.wire import (
     GENESIS_HASH,
@@ -26,11 +29,15 @@ from contract.wire import (
     encode_ack,
     encode_batch,
     encode_reading,
+    expand_ranges,
     gateway_id_from_topic,
+    seq_ranges,
     up_topic,
 )
 
-VECTOR = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "batch_v1.json").read_text())
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+VECTOR = json.loads((VECTORS / "batch_v1.json").read_text())
+VECTOR_V2 = json.loads((VECTORS / "batch_v2.json").read_text())
 KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTOR["signing_key_seed"]))
 PUBLIC = Ed25519PublicKey.from_public_bytes(bytes.fromhex(VECTOR["public_key"]))
 DEVICE = DeviceRef("bp-0001", "KX-BP100", "0.1.0")
@@ -96,11 +103,79 @@ def test_decimal_precision_survives() -> None:
     assert systolic is not None and str(systolic.value) == "141.5"
 
 
+def test_vector_v1_batch_still_decodes_as_one_run_without_a_number() -> None:
+    batch = decode_batch(bytes.fromhex(VECTOR["message"]), PUBLIC)
+    assert (batch.number, batch.seq_ranges, batch.waiting) == (None, ((1, 2),), None)
+
+
 def test_encode_then_decode_round_trips() -> None:
-    message, digest = encode_batch([READING_1, READING_2], prev_hash=GENESIS_HASH, signing_key=KEY)
+    message, digest = encode_batch(
+        [READING_1, READING_2], prev_hash=GENESIS_HASH, signing_key=KEY, number=1, waiting=7
+    )
     batch = decode_batch(message, KEY.public_key())
     assert batch.readings == (READING_1, READING_2)
     assert batch.hash == digest
+    assert (batch.number, batch.seq_ranges, batch.waiting) == (1, ((1, 2),), 7)
+
+
+def test_vector_v2_batch_decodes_to_its_runs() -> None:
+    batch = decode_batch(bytes.fromhex(VECTOR_V2["message"]), PUBLIC)
+    assert batch.hash.hex() == VECTOR_V2["hash"]
+    assert batch.number == VECTOR_V2["number"] and batch.waiting == VECTOR_V2["waiting"]
+    assert [list(r) for r in batch.seq_ranges] == VECTOR_V2["seqs"]
+    assert batch.readings == (READING_1, READING_2, dataclasses.replace(READING_2, seq=5))
+    assert batch.describe() == "batch 3 (seq 1-2, 5)"
+
+
+def test_v2_header_spelled_out() -> None:
+    payload = cbor2.loads(cbor2.loads(bytes.fromhex(VECTOR_V2["message"]))["p"])
+    assert {k: v for k, v in payload.items() if k != "z"} == {
+        "v": 2, "gw": "gw-vector", "no": 3, "prev": bytes(range(32)),
+        "seqs": [[1, 2], [5, 5]], "n": 3, "q": 4,
+    }  # fmt: skip
+
+
+def test_a_batch_may_skip_sequences_but_not_repeat_or_reorder_them() -> None:
+    later = dataclasses.replace(READING_2, seq=9)
+    message, _ = encode_batch([READING_1, later], prev_hash=GENESIS_HASH, signing_key=KEY, number=2)
+    assert decode_batch(message, PUBLIC).seq_ranges == ((1, 1), (9, 9))
+    for readings in ([later, READING_1], [READING_1, READING_1]):
+        with pytest.raises(ContractError, match="increasing"):
+            encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=KEY, number=2)
+
+
+@pytest.mark.parametrize(
+    ("seqs", "problem"),
+    [
+        ([[1, 2], [2, 3]], "not sorted"),  # overlapping
+        ([[1, 2], [3, 3]], "not sorted"),  # touching: the encoder merges neighbours
+        ([[5, 5], [1, 2]], "not sorted"),
+        ([[3, 1]], "not sorted"),
+        ([[0, 1]], "not sorted"),
+        ([], "non-empty"),
+        ([[1]], "not \\[first, last\\]"),
+        ([[1, 2], [4, 5]], "does not match"),  # well formed, but not the readings it holds
+    ],
+)
+def test_header_ranges_must_describe_the_readings(seqs: list[list[int]], problem: str) -> None:
+    message = _resigned(VECTOR_V2["message"], seqs=seqs)
+    with pytest.raises(ContractError, match=problem):
+        decode_batch(message, PUBLIC)
+
+
+def _resigned(hex_message: str, **changes: object) -> bytes:
+    """The vector with header fields changed and signed again (as a buggy gateway would)."""
+    payload = cbor2.loads(cbor2.loads(bytes.fromhex(hex_message))["p"])
+    payload.update(changes)
+    raw = cbor2.dumps(payload, canonical=True)
+    return cbor2.dumps({"p": raw, "s": KEY.sign(raw)}, canonical=True)
+
+
+@given(st.sets(st.integers(min_value=1, max_value=200), min_size=1))
+def test_seq_ranges_round_trip(seqs: set[int]) -> None:
+    ranges = seq_ranges(sorted(seqs))
+    assert list(expand_ranges(ranges)) == sorted(seqs)
+    assert all(b[0] > a[1] + 1 for a, b in itertools.pairwise(ranges))  # merged, never touching
 
 
 def test_changed_byte_fails_signature() -> None:
@@ -117,10 +192,9 @@ def test_other_key_fails_signature() -> None:
         decode_batch(bytes.fromhex(VECTOR["message"]), Ed25519PrivateKey.generate().public_key())
 
 
-def test_non_contiguous_batch_refused() -> None:
-    gap = Reading(**{**{f: getattr(READING_2, f) for f in READING_2.__slots__}, "seq": 3})
-    with pytest.raises(ContractError, match="not contiguous"):
-        encode_batch([READING_1, gap], prev_hash=GENESIS_HASH, signing_key=KEY)
+def test_batch_number_must_be_positive() -> None:
+    with pytest.raises(ContractError, match="batch number"):
+        encode_batch([READING_1], prev_hash=GENESIS_HASH, signing_key=KEY, number=0)
 
 
 def test_garbage_is_a_contract_error() -> None:
@@ -134,8 +208,20 @@ def test_unknown_kind_refused() -> None:
 
 
 def test_ack_round_trip() -> None:
-    ack = Ack(acked=42, batch_hash=bytes(32), error=None, server_time_ms=1795564800000)
+    ack = Ack(bytes(range(32)), 7, 42, batch_hash=bytes(32), error=None, server_time_ms=1795564800000)
     assert decode_ack(encode_ack(ack)) == ack
+    refusal = Ack(None, error="unknown gateway (not enrolled)", server_time_ms=1)
+    assert decode_ack(encode_ack(refusal)) == refusal
+
+
+def test_a_v1_ack_names_its_batch_as_the_head() -> None:
+    v1 = cbor2.dumps({"v": 1, "acked": 2, "hash": bytes(range(32)), "err": None, "now": 5})
+    assert decode_ack(v1) == Ack(bytes(range(32)), None, 2, bytes(range(32)), None, 5)
+
+
+def test_an_ack_head_must_be_a_hash() -> None:
+    with pytest.raises(ContractError, match="32-byte"):
+        decode_ack(cbor2.dumps({"v": 2, "head": b"short", "acked": 0}))
 
 
 def test_topics() -> None:
