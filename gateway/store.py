@@ -212,6 +212,13 @@ def _now_ms() -> int:
 
 
 MB = 1024 * 1024
+_BULK_FROM = 4  # readings in one add_readings call from which the bulk path pays off
+_LOOKUP_CHUNK = 300  # rows per look-up statement (3 parameters each; SQLite allows 32766)
+_INSERT_READING = """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
+        device_firmware, kind, measurements, measured_at_ms, time_quality,
+        received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms, priority,
+        gateway_boot)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 @dataclass
@@ -322,9 +329,11 @@ class Outbox:
         if self.guard is not None:
             self.guard.check("reading")
         sealed = [self._keys.seal_resident(new.resident) if new.resident else None for new in news]
-        out: list[int | None] = []
         try:
             async with self._transaction():
+                if len(news) >= _BULK_FROM:
+                    return await self._insert_many(news, sealed)
+                out: list[int | None] = []
                 for new, resident in zip(news, sealed, strict=True):
                     async with self._db.execute(
                         "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
@@ -334,41 +343,67 @@ class Outbox:
                             out.append(None)
                             continue
                     out.append(await self._insert(new, resident))
+                return out
         except sqlite3.OperationalError as exc:
             if "full" in str(exc):
                 raise StorageFullError(f"outbox cannot store more: {exc}") from exc
             raise
-        return out
+
+    async def _insert_many(self, news: Sequence[NewReading], sealed: list[bytes | None]) -> list[int | None]:
+        """Many readings in a few statements (each await is a hop to aiosqlite's thread): one
+        look-up of those already stored, one executemany, then the sequence numbers. Inside the
+        caller's write transaction AUTOINCREMENT hands out consecutive values in insert order."""
+        keys = [(new.device.id, new.boot_id, new.link_seq) for new in news]
+        stored: set[tuple[str, int, int]] = set()
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            values = ",".join("(?, ?, ?)" for _ in chunk)
+            async with self._db.execute(
+                f"""SELECT device_id, boot_id, link_seq FROM readings
+                    WHERE (device_id, boot_id, link_seq) IN (VALUES {values})""",
+                [part for key in chunk for part in key],
+            ) as cursor:
+                stored.update((row[0], row[1], row[2]) for row in await cursor.fetchall())
+        fresh: list[tuple[NewReading, bytes | None]] = []
+        is_fresh: list[bool] = []
+        for key, new, resident in zip(keys, news, sealed, strict=True):
+            is_fresh.append(key not in stored)
+            if key not in stored:
+                stored.add(key)  # the same message twice in one call: stored once
+                fresh.append((new, resident))
+        if fresh:
+            await self._db.executemany(_INSERT_READING, [self._row(new, resident) for new, resident in fresh])
+        async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'") as cursor:
+            row = await cursor.fetchone()
+        last = int(row[0]) if row else 0
+        next_seq = iter(range(last - len(fresh) + 1, last + 1))
+        return [next(next_seq) if flag else None for flag in is_fresh]
 
     async def _insert(self, new: NewReading, sealed: bytes | None) -> int:
-        async with self._db.execute(
-            """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
-                   device_firmware, kind, measurements, measured_at_ms, time_quality,
-                   received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms, priority,
-                   gateway_boot)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                new.device.id,
-                new.boot_id,
-                new.link_seq,
-                new.device.model,
-                new.device.firmware,
-                new.kind,
-                cbor2.dumps([m.to_cbor() for m in new.values]),
-                new.measured_at_ms,
-                new.time_quality,
-                new.received_mono_ms,
-                sealed,
-                new.operator,
-                cbor2.dumps(list(new.flags)),
-                cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
-                _now_ms(),
-                sync_priority(new.kind, new.flags, new.waveform is not None),
-                self.boot_id,
-            ),
-        ) as cursor:
+        async with self._db.execute(_INSERT_READING, self._row(new, sealed)) as cursor:
             assert cursor.lastrowid is not None
             return cursor.lastrowid
+
+    def _row(self, new: NewReading, sealed: bytes | None) -> tuple[object, ...]:
+        return (
+            new.device.id,
+            new.boot_id,
+            new.link_seq,
+            new.device.model,
+            new.device.firmware,
+            new.kind,
+            cbor2.dumps([m.to_cbor() for m in new.values]),
+            new.measured_at_ms,
+            new.time_quality,
+            new.received_mono_ms,
+            sealed,
+            new.operator,
+            cbor2.dumps(list(new.flags)),
+            cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
+            _now_ms(),
+            sync_priority(new.kind, new.flags, new.waveform is not None),
+            self.boot_id,
+        )
 
     async def ble_cursor(self, device_id: str) -> BleCursor | None:
         """Where a BLE meter's stored-record download stopped (survives restarts)."""

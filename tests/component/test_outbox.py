@@ -260,3 +260,28 @@ async def test_an_outbox_of_the_previous_release_is_upgraded_in_place(
         assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 1)
     finally:
         await box.close()
+
+
+async def test_many_readings_in_one_call_get_consecutive_sequences_and_duplicates_none(
+    outbox: Outbox, keys: GatewayKeys
+) -> None:
+    assert await outbox.add_reading(new_reading(3)) == 1  # already stored before the bulk call
+    news = [new_reading(n) for n in (1, 2, 3, 4, 4, 5)]  # 3 stored; 4 twice in the same call
+    assert await outbox.add_readings(news) == [2, 3, None, 4, None, 5]
+    assert await outbox.add_readings(news) == [None] * 6  # a resend of the whole download
+    await outbox.form_batches(100)
+    [batch] = await outbox.pending_batches(10)
+    readings = decode_batch(batch.message, keys.signing.public_key()).readings
+    assert [(r.seq, r.received_mono_ms) for r in readings] == [
+        (1, 1003),
+        (2, 1001),
+        (3, 1002),
+        (4, 1004),
+        (5, 1005),
+    ]
+
+
+async def test_a_bulk_call_on_an_empty_outbox_of_only_duplicates_stores_nothing(outbox: Outbox) -> None:
+    news = [new_reading(7)] * 5
+    assert await outbox.add_readings(news) == [1, None, None, None, None]
+    assert (await outbox.status()).stored == 1
