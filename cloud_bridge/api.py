@@ -1,14 +1,14 @@
 """Read-only FHIR API over the bridge's embedded store, plus health and metrics for operators.
 
-Each request opens its own SQLite connection (no connection shared across threads) and marks it
-query-only: this API can never write the store the bridge's consumer is writing. Unsupported
+Each request opens its own connection to the store (SQLite file or PostgreSQL; no connection
+shared across threads), read-only except where a referral is worked or another bridge posts a
+transaction: the read side can never write the store the bridge's consumer is writing. Unsupported
 search parameters are refused (400) rather than ignored, so a result never looks filtered when
 it is not.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -21,6 +21,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from pydantic import ValidationError
 
+from cloud_bridge import db as dbapi
+from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, parse_token, resource_id
 from cloud_bridge.fhir_store import (
     FhirStoreError,
@@ -106,24 +108,22 @@ def capability_statement() -> dict[str, Any]:
 
 
 def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
-    """The API over the store file at `db_path` (created, in WAL mode, if missing)."""
+    """The API over the store at `db_path`: a SQLite file (created, in WAL mode, if missing) or a
+    `postgresql://` URL (schema created if missing)."""
     # WAL is a property of the file: set once here, so readers never block the bridge's writer.
     open_store(db_path).close()
     metadata = capability_statement()
     app = FastAPI(title="Kiosk cloud bridge")
 
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(db_path)
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA query_only=ON")
-        return conn
+    def connect() -> Database:
+        return dbapi.connect(db_path, read_only=True)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         try:
             with closing(connect()) as conn:
                 conn.execute("SELECT 1 FROM fhir_resources LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
+        except dbapi.driver_errors(db_path) as exc:
             return JSONResponse({"status": "error", "detail": type(exc).__name__}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -153,32 +153,23 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         except (ValueError, KeyError, TypeError) as exc:
             return _outcome(400, "invalid", f"body must be JSON with 'by' (who): {exc}")
         now = _now_iso()
-        with closing(open_store(db_path)) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                task = read(conn, "Task", id)
-                if task is None:
-                    conn.execute("ROLLBACK")
-                    return _outcome(404, "not-found", f"Task/{id} is not known")
-                if task["status"] not in allowed:
-                    conn.execute("ROLLBACK")
-                    return _outcome(
-                        409, "conflict", f"Task/{id} is {task['status']}; expected {' or '.join(allowed)}"
-                    )
-                change(conn, task, by, body, now)
-                updated = fhir_update(conn, task, now_iso=now)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with closing(open_store(db_path)) as conn, conn.transaction():
+            task = read(conn, "Task", id, lock=True)  # two claims at once: the second sees the first
+            if task is None:
+                return _outcome(404, "not-found", f"Task/{id} is not known")
+            if task["status"] not in allowed:
+                return _outcome(
+                    409, "conflict", f"Task/{id} is {task['status']}; expected {' or '.join(allowed)}"
+                )
+            change(conn, task, by, body, now)
+            updated = fhir_update(conn, task, now_iso=now)
         return _fhir(updated)
 
     @app.post("/referrals/{id}/claim")
     async def claim_referral(id: str, request: Request) -> Response:
         """A member of the specialist team takes the referral on."""
 
-        def claim(conn: sqlite3.Connection, task: dict[str, Any], by: str, body: Any, now: str) -> None:
+        def claim(conn: Database, task: dict[str, Any], by: str, body: Any, now: str) -> None:
             task["status"] = "accepted"
             task["owner"] = {"display": by}
             task["lastModified"] = now
@@ -190,7 +181,7 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         """Done (seen, advised, or referred on): the Task is completed with a note and the alert's
         Flag on the resident ends."""
 
-        def close(conn: sqlite3.Connection, task: dict[str, Any], by: str, body: Any, now: str) -> None:
+        def close(conn: Database, task: dict[str, Any], by: str, body: Any, now: str) -> None:
             task["status"] = "completed"
             task["lastModified"] = now
             note = str(body.get("note", "")).strip() if isinstance(body, dict) else ""
@@ -213,15 +204,13 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
             quarter_bounds(quarter)
         except ValueError as exc:
             return _outcome(400, "invalid", str(exc))
-        with closing(sqlite3.connect(db_path)) as conn:
-            conn.execute("PRAGMA busy_timeout=5000")
+        with closing(connect()) as conn:
             return JSONResponse(chronic_figures(conn, quarter))
 
     @app.get("/fleet/gateways")
     def get_fleet() -> JSONResponse:
         """The county's gateways: registry, last heard, synced up to, refusals, peripherals."""
-        with closing(sqlite3.connect(db_path)) as conn:
-            conn.execute("PRAGMA busy_timeout=5000")
+        with closing(connect()) as conn:
             return JSONResponse(fleet(conn, now_ms=time.time_ns() // 1_000_000))
 
     @app.get("/metrics")
@@ -237,14 +226,11 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         except (ValueError, KeyError, TypeError, FhirStoreError) as exc:
             return _outcome(400, "invalid", str(exc))
         now_iso = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        with closing(open_store(db_path)) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+        try:
+            with closing(open_store(db_path)) as conn, conn.transaction():
                 results = apply_transaction(conn, entries, now_iso=now_iso)
-            except FhirStoreError as exc:
-                conn.execute("ROLLBACK")
-                return _outcome(409, "conflict", str(exc))
-            conn.execute("COMMIT")
+        except FhirStoreError as exc:  # rolled back: all or nothing
+            return _outcome(409, "conflict", str(exc))
         response: dict[str, Any] = {"resourceType": "Bundle", "type": "transaction-response"}
         if results:
             response["entry"] = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import sqlite3
 import time
 from pathlib import Path
 
@@ -14,7 +13,11 @@ from cloud_bridge import broker_acl, fhir_post, pki, store
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
 
-DB_OPTION = typer.Option(Path("bridge.db"), "--db", help="Bridge SQLite database.")
+DB_OPTION = typer.Option(
+    "bridge.db",
+    "--db",
+    help="The bridge's store: a SQLite file (default), or postgresql://user@host/dbname for PostgreSQL.",
+)
 
 
 class GatewayKind(enum.StrEnum):
@@ -30,7 +33,7 @@ def enrol(
     kind: GatewayKind = typer.Option(
         GatewayKind.kiosk, help="Village-clinic kiosk or mobile clinic vehicle."
     ),
-    db: Path = DB_OPTION,
+    db: str = DB_OPTION,
 ) -> None:
     """Register a gateway's signing key so its batches are accepted."""
     conn = store.connect(db)
@@ -43,34 +46,46 @@ def enrol(
             kind=kind.value,
             now_ms=time.time_ns() // 1_000_000,
         )
-    except sqlite3.IntegrityError as exc:
+    except conn.IntegrityError as exc:
         typer.echo(f"gateway {gateway_id} is already enrolled", err=True)
         raise typer.Exit(1) from exc
     except ValueError as exc:
         typer.echo(f"cannot enrol {gateway_id}: {exc}", err=True)
         raise typer.Exit(1) from exc
+    finally:
+        conn.close()
     typer.echo(f"enrolled {gateway_id}")
 
 
 @app.command()
-def revoke(gateway_id: str, db: Path = DB_OPTION) -> None:
+def revoke(gateway_id: str, db: str = DB_OPTION) -> None:
     """Refuse every further batch from a gateway (lost or stolen device)."""
-    if not store.revoke_gateway(store.connect(db), gateway_id):
+    conn = store.connect(db)
+    try:
+        revoked = store.revoke_gateway(conn, gateway_id)
+    finally:
+        conn.close()
+    if not revoked:
         typer.echo(f"no gateway {gateway_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {gateway_id}")
 
 
 @app.command("gateways")
-def list_gateways(db: Path = DB_OPTION) -> None:
+def list_gateways(db: str = DB_OPTION) -> None:
     """List enrolled gateways with their last stored sequence."""
-    for row in store.list_gateways(store.connect(db)):
+    conn = store.connect(db)
+    try:
+        rows = store.list_gateways(conn)
+    finally:
+        conn.close()
+    for row in rows:
         typer.echo("  ".join(f"{key}={value}" for key, value in row.items()))
 
 
 @app.command()
 def run(
-    db: Path = DB_OPTION,
+    db: str = DB_OPTION,
     mqtt_host: str = typer.Option("127.0.0.1"),
     mqtt_port: int = typer.Option(1883),
     http_host: str = typer.Option("127.0.0.1"),
@@ -107,7 +122,7 @@ def run(
     consumer.start()
     try:
         uvicorn.run(
-            create_app(str(db), metrics=consumer.metrics), host=http_host, port=http_port, log_level="warning"
+            create_app(db, metrics=consumer.metrics), host=http_host, port=http_port, log_level="warning"
         )
     finally:
         consumer.stop()
@@ -115,7 +130,7 @@ def run(
 
 @app.command("acl")
 def acl(
-    db: Path = DB_OPTION,
+    db: str = DB_OPTION,
     out: Path = typer.Option(..., help="The Mosquitto acl_file to write."),
     bridge_identity: str = typer.Option(broker_acl.BRIDGE_IDENTITY, help="The bridge certificate's name."),
 ) -> None:
@@ -136,7 +151,7 @@ app.add_typer(posts, name="fhir-posts")
 
 
 @posts.command("list")
-def list_posts(db: Path = DB_OPTION) -> None:
+def list_posts(db: str = DB_OPTION) -> None:
     """How many are pending, posted and dead, and each dead letter with the server's answer."""
     conn = store.connect(db)
     try:
@@ -149,7 +164,7 @@ def list_posts(db: Path = DB_OPTION) -> None:
 
 @posts.command("replay")
 def replay_posts(
-    db: Path = DB_OPTION,
+    db: str = DB_OPTION,
     gateway_id: str | None = typer.Option(None, "--gateway", help="Only this gateway's."),
     seq: int | None = typer.Option(None, help="Only this reading (with --gateway)."),
 ) -> None:

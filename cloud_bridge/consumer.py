@@ -1,13 +1,12 @@
 """The bridge's MQTT side: subscribe to every gateway's uplink, receive, and publish acks.
 
-Messages are handled one at a time on paho's network thread with the consumer's own SQLite
-connection; the ack is published only after `receive_batch` has committed.
+Messages are handled one at a time on paho's network thread with the consumer's own database
+connection (SQLite or PostgreSQL); the ack is published only after `receive_batch` has committed.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import ssl
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_bridge import db as dbapi
 from cloud_bridge import fhir_post, store
 from cloud_bridge.alert_rules import load_rule_texts
 from cloud_bridge.fhir_post import FhirPoster
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class BridgeConsumer:
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,  # a SQLite file, or a postgresql:// URL
         *,
         host: str,
         port: int,
@@ -83,7 +83,7 @@ class BridgeConsumer:
         out: dict[str, object] = {"mqtt_connected": self.connected.is_set(), **dict(self.counters)}
         with self._lock:
             (out["readings_missing"],) = self._conn.execute(
-                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM seq_gaps"
+                "SELECT CAST(COALESCE(SUM(last_seq - first_seq + 1), 0) AS BIGINT) FROM seq_gaps"
             ).fetchone()
         if self.poster is not None:
             with self._lock:
@@ -112,10 +112,27 @@ class BridgeConsumer:
         self.connected.clear()
         log.warning("bridge: disconnected from broker (%s)", reason)
 
+    def _reconnect_if_broken(self) -> None:
+        """PostgreSQL went away (a restart, a network cut): open a new connection for the next
+        message; this one will not work again. SQLite connections do not break."""
+        if not self._conn.broken:
+            return
+        try:
+            fresh = store.connect(self._db_path, shared_across_threads=True)
+        except dbapi.driver_errors(self._db_path):
+            log.warning("bridge: database still unreachable; will try again on the next message")
+            return
+        self._conn.close()
+        self._conn = fresh
+        if self.poster is not None:
+            self.poster.use(fresh)
+        log.info("bridge: reconnected to the database")
+
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.counters["messages"] += 1
         try:
             with self._lock:
+                self._reconnect_if_broken()
                 outcome = receive_batch(
                     self._conn,
                     message.topic,
@@ -124,8 +141,8 @@ class BridgeConsumer:
                     post_to_remote=self.poster is not None,
                     alert_rules=self.alert_rules,
                 )
-        except sqlite3.Error:
-            # Storage trouble (disk full, locked): nothing was committed, so nothing is acked;
+        except self._conn.Error:
+            # Storage trouble (disk full, locked, server gone): nothing was committed, so nothing is acked;
             # the gateway keeps the batch and sends it again.
             self.counters["storage_errors"] += 1
             log.exception("bridge: could not store batch from %s; not acked", message.topic)

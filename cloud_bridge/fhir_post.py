@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 
 import httpx
 
+from cloud_bridge.db import Database
 from cloud_bridge.fhir_store import to_json
 
 log = logging.getLogger(__name__)
@@ -41,20 +41,21 @@ CREATE TABLE IF NOT EXISTS fhir_posts (
     last_answer TEXT,
     PRIMARY KEY (gateway_id, seq)
 );
-CREATE INDEX IF NOT EXISTS fhir_posts_due ON fhir_posts (state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS fhir_posts_due ON fhir_posts (state, next_attempt_ms)
 """
 _RETRIED = {408, 429}
 _ANSWER_LIMIT = 4000  # characters of the server's answer kept with a dead letter
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
+def ensure_schema(conn: Database) -> None:
+    conn.ddl(SCHEMA)
 
 
-def enqueue(conn: sqlite3.Connection, gateway_id: str, seq: int, bundle: dict[str, object]) -> None:
+def enqueue(conn: Database, gateway_id: str, seq: int, bundle: dict[str, object]) -> None:
     """Queue one reading's bundle; inside the caller's transaction (the one that stores it)."""
     conn.execute(
-        "INSERT OR IGNORE INTO fhir_posts (gateway_id, seq, bundle) VALUES (?, ?, ?)",
+        "INSERT INTO fhir_posts (gateway_id, seq, bundle) VALUES (?, ?, ?)"
+        " ON CONFLICT (gateway_id, seq) DO NOTHING",
         (gateway_id, seq, to_json(bundle)),
     )
 
@@ -68,7 +69,7 @@ class DeadLetter:
     attempts: int
 
 
-def dead_letters(conn: sqlite3.Connection) -> list[DeadLetter]:
+def dead_letters(conn: Database) -> list[DeadLetter]:
     rows = conn.execute(
         """SELECT gateway_id, seq, last_status, last_answer, attempts FROM fhir_posts
            WHERE state = 'dead' ORDER BY gateway_id, seq"""
@@ -76,7 +77,7 @@ def dead_letters(conn: sqlite3.Connection) -> list[DeadLetter]:
     return [DeadLetter(*row) for row in rows]
 
 
-def replay(conn: sqlite3.Connection, gateway_id: str | None = None, seq: int | None = None) -> int:
+def replay(conn: Database, gateway_id: str | None = None, seq: int | None = None) -> int:
     """Put dead letters (all, one gateway's, or one) back in the queue; returns how many."""
     where, args = "state = 'dead'", []
     if gateway_id is not None:
@@ -85,14 +86,14 @@ def replay(conn: sqlite3.Connection, gateway_id: str | None = None, seq: int | N
     if seq is not None:
         where += " AND seq = ?"
         args.append(seq)
-    with conn:
+    with conn.transaction():
         cursor = conn.execute(
             f"UPDATE fhir_posts SET state = 'pending', attempts = 0, next_attempt_ms = 0 WHERE {where}", args
         )
     return cursor.rowcount
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
+def counts(conn: Database) -> dict[str, int]:
     out = {"pending": 0, "posted": 0, "dead": 0}
     for state, count in conn.execute("SELECT state, COUNT(*) FROM fhir_posts GROUP BY state"):
         out[state] = count
@@ -104,7 +105,7 @@ class FhirPoster:
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        conn: Database,
         lock: threading.Lock,
         base_url: str,
         *,
@@ -127,6 +128,10 @@ class FhirPoster:
     def start(self) -> None:
         self._thread.start()
 
+    def use(self, conn: Database) -> None:
+        """Post through another connection from now on (the consumer reconnected); under the lock."""
+        self._conn = conn
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
@@ -136,7 +141,7 @@ class FhirPoster:
         while not self._stop.is_set():
             try:
                 posted = self.post_due()
-            except sqlite3.Error:
+            except self._conn.Error:
                 log.exception("fhir poster: store error; will try again")
                 posted = 0
             if not posted:
@@ -191,7 +196,7 @@ class FhirPoster:
         status: int | None,
         answer: str | None,
     ) -> None:
-        with self._lock, self._conn:
+        with self._lock, self._conn.transaction():
             self._conn.execute(
                 """UPDATE fhir_posts SET state = ?, attempts = ?, next_attempt_ms = ?, last_status = ?,
                        last_answer = ? WHERE gateway_id = ? AND seq = ?""",

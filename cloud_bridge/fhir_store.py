@@ -1,7 +1,8 @@
-"""The bridge's embedded FHIR store: resources as JSON rows in SQLite, written by conditional create.
+"""The bridge's embedded FHIR store: resources as JSON rows (SQLite or PostgreSQL, through
+`cloud_bridge.db`), written by conditional create.
 
 The caller owns the connection and the transaction (the bridge commits a whole batch at once),
-so nothing here commits except `open_store`, which sets up a database file. Resources are keyed
+so nothing here commits except `open_store`, which sets up the schema. Resources are keyed
 by their identifier as well as their id: applying the same transaction twice creates nothing the
 second time, which is the local half of "nothing is posted twice to the health record".
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -24,6 +24,8 @@ from urllib.parse import parse_qsl
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from cloud_bridge import db as dbapi
+from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import TransactionEntry, parse_token
 
 __all__ = [
@@ -39,42 +41,38 @@ __all__ = [
     "to_transaction_bundle",
 ]
 
-_SCHEMA = (
-    """
+_SCHEMA = """
     CREATE TABLE IF NOT EXISTS fhir_resources (
         resource_type TEXT NOT NULL,
         id TEXT NOT NULL,
         identifier_key TEXT NOT NULL,
         subject TEXT,
         body TEXT NOT NULL,
-        last_updated TEXT NOT NULL,
+        last_updated TEXT NOT NULL,{row_no}
         PRIMARY KEY (resource_type, id)
-    )
-    """,
-    "CREATE UNIQUE INDEX IF NOT EXISTS fhir_resources_identifier"
-    " ON fhir_resources (resource_type, identifier_key)",
-    "CREATE INDEX IF NOT EXISTS fhir_resources_subject ON fhir_resources (resource_type, subject)",
-)
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS fhir_resources_identifier
+        ON fhir_resources (resource_type, identifier_key);
+    CREATE INDEX IF NOT EXISTS fhir_resources_subject ON fhir_resources (resource_type, subject)
+"""
+# Search results come oldest first: SQLite orders by its implicit rowid, PostgreSQL by this.
+_ROW_NO = {"sqlite": "", "postgresql": "\n        row_no BIGINT GENERATED ALWAYS AS IDENTITY,"}
 
 
 class FhirStoreError(ValueError):
     """An entry the store cannot apply, or a search it cannot run."""
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the table and indexes if missing; inside the caller's transaction, if one is open."""
-    for statement in _SCHEMA:
-        conn.execute(statement)
+def ensure_schema(conn: Database) -> None:
+    """Create the table and indexes if missing."""
+    conn.ddl(_SCHEMA.format(row_no=_ROW_NO[conn.dialect]))
 
 
-def open_store(path: str) -> sqlite3.Connection:
-    """Open a store file for writing: WAL, durable commits, schema in place (committed here)."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
+def open_store(target: str) -> Database:
+    """Open a store for writing (a SQLite file in WAL mode with durable commits, or a PostgreSQL
+    URL) with the schema in place; statements autocommit outside `transaction()`."""
+    conn = dbapi.connect(target, shared_across_threads=False)
     ensure_schema(conn)
-    conn.commit()
     return conn
 
 
@@ -140,12 +138,15 @@ def _rewrite_references(node: Any, moved: dict[str, str]) -> Any:
 
 
 def apply_transaction(
-    conn: sqlite3.Connection, entries: Iterable[TransactionEntry], *, now_iso: str
+    conn: Database, entries: Iterable[TransactionEntry], *, now_iso: str
 ) -> list[tuple[str, str, bool]]:
     """Conditionally create each entry in order -> (resource type, id, created) per entry.
 
     An entry whose identifier is already stored changes nothing; later entries that referred to
-    it are pointed at the stored resource (which, with deterministic ids, is the same id).
+    it are pointed at the stored resource (which, with deterministic ids, is the same id). The
+    insert itself is conditional too (`ON CONFLICT … DO NOTHING`): on PostgreSQL another
+    transaction may create the same resource between the look-up and the insert, and then its
+    copy is the one kept.
     """
     try:
         if datetime.fromisoformat(now_iso).tzinfo is None:
@@ -160,40 +161,52 @@ def apply_transaction(
             raise FhirStoreError(f"{resource_type}: entry needs a matching resourceType and an id")
         key = identifier_key(entry)
         local_ref = f"{resource_type}/{entry.resource['id']}"
-        row = conn.execute(
-            "SELECT id FROM fhir_resources WHERE resource_type = ? AND identifier_key = ?",
-            (resource_type, key),
-        ).fetchone()
-        if row is not None:
-            moved[local_ref] = f"{resource_type}/{row[0]}"
-            results.append((resource_type, row[0], False))
-            continue
-        # A copy (entries stay untouched): deep only when a reference must change.
-        resource = _rewrite_references(entry.resource, moved) if moved else dict(entry.resource)
-        resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": now_iso}
-        subject = resource.get("subject", {}).get("reference")
-        try:
-            conn.execute(
-                "INSERT INTO fhir_resources (resource_type, id, identifier_key, subject, body, last_updated)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (resource_type, resource["id"], key, subject, to_json(resource), now_iso),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise FhirStoreError(f"{local_ref} exists under another identifier") from exc
-        results.append((resource_type, resource["id"], True))
+        stored_id = _id_by_identifier(conn, resource_type, key)
+        if stored_id is None:
+            # A copy (entries stay untouched): deep only when a reference must change.
+            resource = _rewrite_references(entry.resource, moved) if moved else dict(entry.resource)
+            resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": now_iso}
+            subject = resource.get("subject", {}).get("reference")
+            try:
+                created = conn.execute(
+                    "INSERT INTO fhir_resources"
+                    " (resource_type, id, identifier_key, subject, body, last_updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (resource_type, identifier_key) DO NOTHING",
+                    (resource_type, resource["id"], key, subject, to_json(resource), now_iso),
+                ).rowcount
+            except conn.IntegrityError as exc:
+                raise FhirStoreError(f"{local_ref} exists under another identifier") from exc
+            if created == 1:
+                results.append((resource_type, resource["id"], True))
+                continue
+            stored_id = _id_by_identifier(conn, resource_type, key)  # created meanwhile by another
+            if stored_id is None:
+                raise FhirStoreError(f"{local_ref}: its identifier vanished during the transaction")
+        moved[local_ref] = f"{resource_type}/{stored_id}"
+        results.append((resource_type, stored_id, False))
     return results
 
 
-def read(conn: sqlite3.Connection, resource_type: str, id: str) -> dict[str, Any] | None:
-    """The stored resource, or None."""
+def _id_by_identifier(conn: Database, resource_type: str, key: str) -> str | None:
     row = conn.execute(
-        "SELECT body FROM fhir_resources WHERE resource_type = ? AND id = ?", (resource_type, id)
+        "SELECT id FROM fhir_resources WHERE resource_type = ? AND identifier_key = ?", (resource_type, key)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def read(conn: Database, resource_type: str, id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    """The stored resource, or None. With `lock` (inside a transaction, before an `update`), no
+    other writer changes it until the commit."""
+    row = conn.execute(
+        "SELECT body FROM fhir_resources WHERE resource_type = ? AND id = ?"
+        + (conn.lock_clause if lock else ""),
+        (resource_type, id),
     ).fetchone()
     return None if row is None else from_json(row[0])
 
 
 def search(
-    conn: sqlite3.Connection,
+    conn: Database,
     resource_type: str,
     *,
     identifier: str | None = None,
@@ -224,7 +237,8 @@ def search(
     if len(clauses) == 1:
         raise FhirStoreError("search needs at least one parameter")
     rows = conn.execute(
-        f"SELECT body FROM fhir_resources WHERE {' AND '.join(clauses)} ORDER BY rowid", params
+        f"SELECT body FROM fhir_resources WHERE {' AND '.join(clauses)} ORDER BY {conn.insertion_order}",
+        params,
     ).fetchall()
     return [from_json(body) for (body,) in rows]
 
@@ -302,7 +316,7 @@ def from_transaction_bundle(bundle: dict[str, Any]) -> list[TransactionEntry]:
     return entries
 
 
-def update(conn: sqlite3.Connection, resource: dict[str, Any], *, now_iso: str) -> dict[str, Any]:
+def update(conn: Database, resource: dict[str, Any], *, now_iso: str) -> dict[str, Any]:
     """Replace a stored resource with a new version (a Task claimed or closed, a Flag ended):
     same id and identifier, versionId + 1. Raises FhirStoreError when it is not stored."""
     resource_type, id = resource["resourceType"], resource["id"]
@@ -321,7 +335,7 @@ def update(conn: sqlite3.Connection, resource: dict[str, Any], *, now_iso: str) 
     return updated
 
 
-def all_of_type(conn: sqlite3.Connection, resource_type: str) -> list[dict[str, Any]]:
+def all_of_type(conn: Database, resource_type: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT body FROM fhir_resources WHERE resource_type = ?", (resource_type,)
     ).fetchall()

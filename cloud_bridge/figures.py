@@ -16,10 +16,10 @@ fine for a county's quarter, not meant as an analytics warehouse.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
+from cloud_bridge.db import Database
 from contract.wire import decode_reading
 
 CONDITIONS = {
@@ -55,7 +55,7 @@ class _Condition:
     )  # resident -> (time, crossed)
 
 
-def chronic_figures(conn: sqlite3.Connection, quarter: str) -> list[dict[str, object]]:
+def chronic_figures(conn: Database, quarter: str) -> list[dict[str, object]]:
     start_ms, end_ms = quarter_bounds(quarter)
     sites: dict[str, dict[str, _Condition]] = {}
     rows = conn.execute(

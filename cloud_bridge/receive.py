@@ -1,21 +1,23 @@
 """Receive one batch message: verify, check the chain, store exactly once, map to FHIR, decide the ack.
 
-`receive_batch` is the whole decision for one MQTT message, in one SQLite transaction, so the
-ack it returns is true of what is on disk when the caller publishes it.
+`receive_batch` is the whole decision for one MQTT message, in one transaction that holds the
+gateway's chain head (the write lock on SQLite, its row locked on PostgreSQL), so the ack it
+returns is true of what is stored when the caller publishes it, and two workers given the same
+batch store it once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cloud_bridge import fhir_post, fhir_store, gaps, store
 from cloud_bridge.alert_rules import RuleText, alert_texts
-from cloud_bridge.fhir_map import FhirMappingError, map_reading
+from cloud_bridge.db import Database
+from cloud_bridge.fhir_map import FhirMappingError, TransactionEntry, map_reading
 from contract.wire import (
     Ack,
     Batch,
@@ -50,7 +52,7 @@ def _iso(now_ms: int) -> str:
 
 
 def receive_batch(
-    conn: sqlite3.Connection,
+    conn: Database,
     topic: str,
     message: bytes,
     *,
@@ -85,31 +87,28 @@ def receive_batch(
     except ContractError as exc:
         return _refuse(conn, gateway_id, f"malformed batch: {exc}", now_ms)
 
-    known = store.batch_known(conn, batch.hash)
-    if known is not None:
-        store.touch_gateway(conn, gateway_id, now_ms)
-        log.info("bridge: replay of %s %s ignored", gateway_id, batch.describe())
-        return Outcome(gateway_id, _head_ack(record, batch.hash, now_ms), replay=True)
-    chain_error = _chain_error(record, batch)
-    if chain_error is not None:
-        return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
-
+    # The mapping is the slow part: done before the write lock is taken, unless a look-up without
+    # the lock already shows the batch will not be stored (a replay, out of chain).
+    likely_new = store.batch_known(conn, batch.hash) is None and _chain_error(record, batch) is None
+    mapped = _map_batch(batch, signature, now_ms, alert_rules) if likely_new else None
     stored = 0
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for reading in batch.readings:
-            fhir_error = None
-            try:
-                entries = map_reading(
-                    reading,
-                    batch_hash=batch.hash,
-                    gateway_signature=signature,
-                    recorded_at_ms=now_ms,
-                    alerts=alert_texts(alert_rules, reading) if alert_rules else (),
-                )
-            except FhirMappingError as exc:
-                fhir_error = str(exc)
-                log.error("bridge: %s seq %d kept as dead letter: %s", gateway_id, reading.seq, exc)
+    with conn.transaction():
+        # The decision is made again on the gateway's row, locked until the commit: another
+        # worker (PostgreSQL) may have extended this chain since the look-up above.
+        record = store.get_gateway(conn, gateway_id, lock=True)
+        if record is None or record.status != "active":
+            why = "unknown gateway (not enrolled)" if record is None else f"gateway is {record.status}"
+            return _refuse(conn, gateway_id, why, now_ms)
+        if store.batch_known(conn, batch.hash) is not None:
+            store.touch_gateway(conn, gateway_id, now_ms)
+            log.info("bridge: replay of %s %s ignored", gateway_id, batch.describe())
+            return Outcome(gateway_id, _head_ack(record, batch.hash, now_ms), replay=True)
+        chain_error = _chain_error(record, batch)
+        if chain_error is not None:
+            return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
+        if mapped is None:
+            mapped = _map_batch(batch, signature, now_ms, alert_rules)
+        for reading, (entries, fhir_error) in zip(batch.readings, mapped, strict=True):
             if store.insert_reading(
                 conn, reading, batch_hash=batch.hash, now_ms=now_ms, fhir_error=fhir_error
             ):
@@ -131,10 +130,6 @@ def receive_batch(
             waiting=batch.waiting,
             now_ms=now_ms,
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     if stored < len(batch.readings):
         log.warning(
             "bridge: %s %s held %d reading(s) already stored; kept the first copies",
@@ -147,7 +142,7 @@ def receive_batch(
     return Outcome(gateway_id, ack, stored=stored, gaps_opened=len(change.opened))
 
 
-def answer_time_probe(conn: sqlite3.Connection, topic: str, gateway_id: str, now_ms: int) -> Outcome:
+def answer_time_probe(conn: Database, topic: str, gateway_id: str, now_ms: int) -> Outcome:
     """A gateway that just connected asks for the bridge's clock: answer with it and the chain
     head (so it also learns what the bridge holds). Stores nothing."""
     try:
@@ -207,8 +202,30 @@ def _report_gaps(gateway_id: str, change: store.GapChange, waiting: int | None) 
         )  # fmt: skip
 
 
+def _map_batch(
+    batch: Batch, signature: bytes, now_ms: int, alert_rules: Mapping[str, RuleText] | None
+) -> list[tuple[list[TransactionEntry], str | None]]:
+    """Each reading's FHIR entries, or why it cannot be mapped (it is then kept as a dead letter)."""
+    out: list[tuple[list[TransactionEntry], str | None]] = []
+    for reading in batch.readings:
+        try:
+            entries = map_reading(
+                reading,
+                batch_hash=batch.hash,
+                gateway_signature=signature,
+                recorded_at_ms=now_ms,
+                alerts=alert_texts(alert_rules, reading) if alert_rules else (),
+            )
+        except FhirMappingError as exc:
+            log.error("bridge: %s seq %d kept as dead letter: %s", batch.gateway_id, reading.seq, exc)
+            out.append(([], str(exc)))
+            continue
+        out.append((entries, None))
+    return out
+
+
 def _refuse(
-    conn: sqlite3.Connection,
+    conn: Database,
     gateway_id: str | None,
     reason: str,
     now_ms: int,

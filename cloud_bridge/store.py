@@ -1,20 +1,24 @@
-"""The bridge's durable store (SQLite): gateway registry, readings by (gateway, seq), batches, refusals.
+"""The bridge's durable store: gateway registry, readings by (gateway, seq), batches, refusals.
 
+SQLite by default, PostgreSQL for production: the same statements through `cloud_bridge.db`.
 Exactly-once rests on two unique keys: a reading is (gateway_id, seq) and a batch is its hash.
 A gateway's row keeps the head of its batch chain (`last_hash`, `last_batch_no`), the highest
-sequence stored (`last_seq`) and, in `seq_gaps`, the sequences below it not stored yet.
+sequence stored (`last_seq`) and, in `seq_gaps`, the sequences below it not stored yet; a writer
+reads it with `get_gateway(…, lock=True)` inside its transaction so no other writer can extend the
+same chain until it commits.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cloud_bridge import db as dbapi
 from cloud_bridge import fhir_post, fhir_store, gaps
+from cloud_bridge.db import Database
 from contract.wire import GENESIS_HASH, Reading, encode_reading
 
 SCHEMA = """
@@ -90,19 +94,17 @@ class GatewayRecord:
     last_batch_no: int = 0
 
 
-def connect(path: Path | str, *, shared_across_threads: bool = False) -> sqlite3.Connection:
-    """A connection in WAL mode with durable commits; the caller owns transactions.
+def connect(target: Path | str, *, shared_across_threads: bool = False) -> Database:
+    """The bridge's store with its schema in place: a SQLite file path (WAL, durable commits) or a
+    `postgresql://` URL. Statements autocommit; the caller groups them with `transaction()`.
 
     `shared_across_threads` is for a connection created on one thread and used, under the
     caller's lock, on another (the MQTT network thread).
     """
-    conn = sqlite3.connect(
-        path, isolation_level=None, timeout=10, check_same_thread=not shared_across_threads
-    )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(SCHEMA)
-    _add_missing_columns(conn)
+    conn = dbapi.connect(target, shared_across_threads=shared_across_threads)
+    conn.ddl(SCHEMA)
+    if conn.dialect == "sqlite":
+        _add_missing_columns(conn)  # a PostgreSQL store was created with every column
     fhir_store.ensure_schema(conn)
     fhir_post.ensure_schema(conn)
     return conn
@@ -117,7 +119,7 @@ _ADDED_COLUMNS = {  # columns newer than the first release, added in place to an
 }
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
+def _add_missing_columns(conn: Database) -> None:
     for table, columns in _ADDED_COLUMNS.items():
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         for name, decl in columns.items():
@@ -133,8 +135,9 @@ def load_public_key(pem: bytes | str) -> Ed25519PublicKey:
 
 
 def enrol_gateway(
-    conn: sqlite3.Connection, gateway_id: str, public_key_pem: str, *, site: str, kind: str, now_ms: int
+    conn: Database, gateway_id: str, public_key_pem: str, *, site: str, kind: str, now_ms: int
 ) -> None:
+    """Raises `conn.IntegrityError` when the gateway is already enrolled."""
     load_public_key(public_key_pem)  # refuse anything that is not an Ed25519 key
     conn.execute(
         """INSERT INTO gateways (gateway_id, public_key_pem, site, kind, enrolled_at_ms, last_hash)
@@ -143,16 +146,18 @@ def enrol_gateway(
     )
 
 
-def revoke_gateway(conn: sqlite3.Connection, gateway_id: str) -> bool:
+def revoke_gateway(conn: Database, gateway_id: str) -> bool:
     cursor = conn.execute("UPDATE gateways SET status = 'revoked' WHERE gateway_id = ?", (gateway_id,))
     return cursor.rowcount == 1
 
 
-def get_gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRecord | None:
+def get_gateway(conn: Database, gateway_id: str, *, lock: bool = False) -> GatewayRecord | None:
+    """With `lock` (inside a transaction), no other writer changes the row until the commit."""
     row = conn.execute(
         """SELECT gateway_id, public_key_pem, site, kind, status, last_seq, last_hash, last_seen_ms,
                   last_batch_no
-           FROM gateways WHERE gateway_id = ?""",
+           FROM gateways WHERE gateway_id = ?"""
+        + (conn.lock_clause if lock else ""),
         (gateway_id,),
     ).fetchone()
     if row is None:
@@ -162,7 +167,7 @@ def get_gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRecord | No
     )
 
 
-def list_gateways(conn: sqlite3.Connection) -> list[dict[str, object]]:
+def list_gateways(conn: Database) -> list[dict[str, object]]:
     rows = conn.execute(
         "SELECT gateway_id, site, kind, status, last_seq, last_seen_ms FROM gateways ORDER BY gateway_id"
     ).fetchall()
@@ -170,13 +175,13 @@ def list_gateways(conn: sqlite3.Connection) -> list[dict[str, object]]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def batch_known(conn: sqlite3.Connection, batch_hash: bytes) -> tuple[str, int] | None:
+def batch_known(conn: Database, batch_hash: bytes) -> tuple[str, int] | None:
     row = conn.execute("SELECT gateway_id, last_seq FROM batches WHERE hash = ?", (batch_hash,)).fetchone()
     return (row[0], row[1]) if row else None
 
 
 def insert_reading(
-    conn: sqlite3.Connection,
+    conn: Database,
     reading: Reading,
     *,
     batch_hash: bytes,
@@ -184,9 +189,9 @@ def insert_reading(
     fhir_error: str | None,
 ) -> bool:
     cursor = conn.execute(
-        """INSERT OR IGNORE INTO readings
+        """INSERT INTO readings
                (gateway_id, seq, kind, body, batch_hash, received_at_ms, fhir_status, fhir_error)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id, seq) DO NOTHING""",
         (
             reading.gateway_id,
             reading.seq,
@@ -204,8 +209,9 @@ def insert_reading(
         """INSERT INTO devices_seen (gateway_id, device_id, model, firmware, last_measured_ms, readings)
            VALUES (?, ?, ?, ?, ?, 1)
            ON CONFLICT (gateway_id, device_id) DO UPDATE SET model = excluded.model,
-               firmware = excluded.firmware, readings = readings + 1,
-               last_measured_ms = MAX(last_measured_ms, excluded.last_measured_ms)""",
+               firmware = excluded.firmware, readings = devices_seen.readings + 1,
+               last_measured_ms = CASE WHEN excluded.last_measured_ms > devices_seen.last_measured_ms
+                   THEN excluded.last_measured_ms ELSE devices_seen.last_measured_ms END""",
         (reading.gateway_id, reading.device.id, reading.device.model, reading.device.firmware,
          reading.measured_at_ms),
     )  # fmt: skip
@@ -213,7 +219,7 @@ def insert_reading(
 
 
 def record_batch(
-    conn: sqlite3.Connection,
+    conn: Database,
     *,
     gateway_id: str,
     batch_no: int | None,
@@ -276,7 +282,7 @@ def _opened_at(old: dict[gaps.Gap, int], first: int, now_ms: int) -> int:
     return next((opened for (a, b), opened in old.items() if a <= first <= b), now_ms)
 
 
-def gateway_gaps(conn: sqlite3.Connection, gateway_id: str) -> list[gaps.Gap]:
+def gateway_gaps(conn: Database, gateway_id: str) -> list[gaps.Gap]:
     return [
         (first, last)
         for first, last in conn.execute(
@@ -285,23 +291,23 @@ def gateway_gaps(conn: sqlite3.Connection, gateway_id: str) -> list[gaps.Gap]:
     ]
 
 
-def touch_gateway(conn: sqlite3.Connection, gateway_id: str, now_ms: int) -> None:
+def touch_gateway(conn: Database, gateway_id: str, now_ms: int) -> None:
     conn.execute("UPDATE gateways SET last_seen_ms = ? WHERE gateway_id = ?", (now_ms, gateway_id))
 
 
-def record_refusal(conn: sqlite3.Connection, gateway_id: str | None, reason: str, now_ms: int) -> None:
+def record_refusal(conn: Database, gateway_id: str | None, reason: str, now_ms: int) -> None:
     conn.execute(
         "INSERT INTO refusals (at_ms, gateway_id, reason) VALUES (?, ?, ?)", (now_ms, gateway_id, reason)
     )
 
 
-def count_readings(conn: sqlite3.Connection, gateway_id: str | None = None) -> int:
+def count_readings(conn: Database, gateway_id: str | None = None) -> int:
     if gateway_id is None:
         return conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
     return conn.execute("SELECT COUNT(*) FROM readings WHERE gateway_id = ?", (gateway_id,)).fetchone()[0]
 
 
-def fleet(conn: sqlite3.Connection, *, now_ms: int) -> list[dict[str, object]]:
+def fleet(conn: Database, *, now_ms: int) -> list[dict[str, object]]:
     """Every enrolled gateway: site, kind, status, when it was last heard, how far it has synced,
     the sequences it has not delivered yet (gaps) against the readings it says it still holds
     (its backlog, as of its last batch), its refusals in the last 24 h, and the peripherals

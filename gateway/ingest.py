@@ -120,7 +120,8 @@ class LinkIngest:
         splitter = link.FrameSplitter()
         while True:
             try:
-                data = await asyncio.wait_for(self.transport.read(), timeout=ECG_IDLE_FLUSH_S)
+                async with asyncio.timeout(ECG_IDLE_FLUSH_S):  # not wait_for: see MqttSync.run
+                    data = await self.transport.read()
             except TimeoutError:
                 await self.flush_ecg()  # the stream stopped: a short strip is still a strip
                 continue

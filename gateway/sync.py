@@ -159,7 +159,10 @@ class MqttSync:
                     self.state.last_error = f"outbox error: {exc}"
                     log.error("sync: %s", self.state.last_error)
                 try:
-                    kind, value = await asyncio.wait_for(self._events.get(), self.sync_config.idle_poll_s)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that lands as the event arrives, and the gateway would not stop.
+                    async with asyncio.timeout(self.sync_config.idle_poll_s):
+                        kind, value = await self._events.get()
                 except TimeoutError:
                     continue
                 await self._handle_event(kind, value)

@@ -48,7 +48,6 @@ def entries(tmp_path: Path) -> list[TransactionEntry]:
     conn = open_store(str(tmp_path / "bridge.sqlite3"))
     apply_transaction(conn, mapped, now_iso=NOW)
     apply_transaction(conn, map_reading(bp(2, "330781-2026-000999"), batch_hash=bytes(32)), now_iso=NOW)
-    conn.commit()
     conn.close()
     return mapped
 

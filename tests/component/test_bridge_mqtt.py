@@ -1,9 +1,9 @@
-"""The bridge's consumer on a real Mosquitto with a real SQLite file: accept, replay, refuse."""
+"""The bridge's consumer on a real Mosquitto with each real store (a SQLite file, a PostgreSQL
+database): accept, replay, refuse."""
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,9 +70,9 @@ def key() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def bridge(
-    tmp_path: Path, mosquitto: Mosquitto, key: Ed25519PrivateKey
-) -> Iterator[tuple[BridgeConsumer, Path]]:
-    db = tmp_path / "bridge.db"
+    bridge_db: Path | str, mosquitto: Mosquitto, key: Ed25519PrivateKey
+) -> Iterator[tuple[BridgeConsumer, Path | str]]:
+    db = bridge_db
     conn = store.connect(db)
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -93,13 +93,16 @@ def gateway(mosquitto: Mosquitto) -> Iterator[GatewayStandIn]:
     stand_in.close()
 
 
-def rows(db: Path, sql: str) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
+def rows(db: Path | str, sql: str) -> list[tuple]:
+    conn = store.connect(db)
+    try:
+        return [tuple(row) for row in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
 
 
 def test_valid_batch_is_stored_and_acked_once_even_when_replayed(
-    bridge: tuple[BridgeConsumer, Path], gateway: GatewayStandIn, key: Ed25519PrivateKey
+    bridge: tuple[BridgeConsumer, Path | str], gateway: GatewayStandIn, key: Ed25519PrivateKey
 ) -> None:
     consumer, db = bridge
     message, digest = encode_batch(
@@ -120,7 +123,7 @@ def test_valid_batch_is_stored_and_acked_once_even_when_replayed(
 
 
 def test_batch_signed_by_unknown_key_is_refused_and_stores_nothing(
-    bridge: tuple[BridgeConsumer, Path], gateway: GatewayStandIn, caplog: pytest.LogCaptureFixture
+    bridge: tuple[BridgeConsumer, Path | str], gateway: GatewayStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     consumer, db = bridge
     forged, _ = encode_batch(
@@ -140,7 +143,7 @@ def test_batch_signed_by_unknown_key_is_refused_and_stores_nothing(
     assert consumer.counters["refused"] == 1
 
 
-def test_unknown_gateway_is_refused(bridge: tuple[BridgeConsumer, Path], mosquitto: Mosquitto) -> None:
+def test_unknown_gateway_is_refused(bridge: tuple[BridgeConsumer, Path | str], mosquitto: Mosquitto) -> None:
     _, db = bridge
     stranger = Reading(
         **{**{f: getattr(reading(1), f) for f in Reading.__slots__}, "gateway_id": "gw-stranger"}
@@ -161,7 +164,7 @@ def test_unknown_gateway_is_refused(bridge: tuple[BridgeConsumer, Path], mosquit
 
 
 def test_out_of_chain_and_revoked_batches_are_refused(
-    bridge: tuple[BridgeConsumer, Path], gateway: GatewayStandIn, key: Ed25519PrivateKey
+    bridge: tuple[BridgeConsumer, Path | str], gateway: GatewayStandIn, key: Ed25519PrivateKey
 ) -> None:
     _, db = bridge
     first, digest = encode_batch([reading(1)], prev_hash=GENESIS_HASH, signing_key=key, number=1)
@@ -173,8 +176,9 @@ def test_out_of_chain_and_revoked_batches_are_refused(
     gateway.publish(first)
     assert gateway.wait_acks(2)[1].head_hash == digest
 
-    with sqlite3.connect(db) as conn:
-        store.revoke_gateway(conn, GATEWAY)
+    conn = store.connect(db)
+    store.revoke_gateway(conn, GATEWAY)
+    conn.close()
     second, _ = encode_batch([reading(2)], prev_hash=digest, signing_key=key, number=2)
     gateway.publish(second)
     assert gateway.wait_acks(3)[2].error == "gateway is revoked"

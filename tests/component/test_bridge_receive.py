@@ -1,4 +1,5 @@
-"""The bridge's decision for one message, on a real SQLite store: batch chain, gaps, probes, v1.
+"""The bridge's decision for one message, on each real store (a SQLite file, a PostgreSQL server):
+batch chain, gaps, probes, v1.
 
 `receive_batch` is called directly (no broker): each case is one message and its answer.
 """
@@ -6,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_bridge import store
+from cloud_bridge.db import Database
 from cloud_bridge.receive import receive_batch
 from contract.wire import GENESIS_HASH, Reading, batch_hash, encode_batch, encode_time_probe, up_topic
 from tests.component.bridge_readings import bp_reading
@@ -31,8 +32,8 @@ def reading(seq: int) -> Reading:
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = store.connect(tmp_path / "bridge.db")
+def conn(bridge_db: str | Path) -> Iterator[Database]:
+    conn = store.connect(bridge_db)
     pem = KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -60,12 +61,12 @@ class Chain:
         return message
 
 
-def receive(conn: sqlite3.Connection, message: bytes):
+def receive(conn: Database, message: bytes):
     return receive_batch(conn, up_topic(GATEWAY), message, now_ms=NOW)
 
 
 def test_urgent_readings_first_open_a_gap_that_the_backlog_fills(
-    conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+    conn: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     chain = Chain()
     with caplog.at_level(logging.INFO, logger="cloud_bridge.receive"):
@@ -83,7 +84,7 @@ def test_urgent_readings_first_open_a_gap_that_the_backlog_fills(
 
 
 def test_a_gap_the_gateway_does_not_account_for_is_a_warning(
-    conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+    conn: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     chain = Chain()
     receive(conn, chain.next([1]))
@@ -92,7 +93,7 @@ def test_a_gap_the_gateway_does_not_account_for_is_a_warning(
     assert "sequences 2–4 missing (3 missing in all, the gateway reports 0 waiting)" in caplog.text
 
 
-def test_replay_and_a_lost_batch_are_answered_with_the_chain_head(conn: sqlite3.Connection) -> None:
+def test_replay_and_a_lost_batch_are_answered_with_the_chain_head(conn: Database) -> None:
     chain = Chain()
     first = chain.next([1, 2])
     head = batch_hash(cbor2.loads(first)["p"])
@@ -107,7 +108,7 @@ def test_replay_and_a_lost_batch_are_answered_with_the_chain_head(conn: sqlite3.
     assert receive(conn, second).stored == 1 and receive(conn, third).stored == 1
 
 
-def test_a_batch_number_that_does_not_count_up_is_refused(conn: sqlite3.Connection) -> None:
+def test_a_batch_number_that_does_not_count_up_is_refused(conn: Database) -> None:
     chain = Chain()
     receive(conn, chain.next([1]))
     chain.number -= 1  # a gateway bug: the same number again, correctly chained
@@ -115,7 +116,7 @@ def test_a_batch_number_that_does_not_count_up_is_refused(conn: sqlite3.Connecti
     assert outcome.refusal == "batch number 1 is not after the stored 1"
 
 
-def test_a_version_1_batch_from_a_gateway_not_yet_updated_is_accepted(conn: sqlite3.Connection) -> None:
+def test_a_version_1_batch_from_a_gateway_not_yet_updated_is_accepted(conn: Database) -> None:
     body = cbor2.dumps([reading(1).to_cbor_map(), reading(2).to_cbor_map()], canonical=True)
     payload = cbor2.dumps(
         {"v": 1, "gw": GATEWAY, "first": 1, "last": 2, "prev": GENESIS_HASH, "n": 2,
@@ -130,7 +131,7 @@ def test_a_version_1_batch_from_a_gateway_not_yet_updated_is_accepted(conn: sqli
     assert receive(conn, follow).stored == 1
 
 
-def test_a_time_probe_gets_the_bridge_clock_and_head_and_stores_nothing(conn: sqlite3.Connection) -> None:
+def test_a_time_probe_gets_the_bridge_clock_and_head_and_stores_nothing(conn: Database) -> None:
     chain = Chain()
     receive(conn, chain.next([1]))
     outcome = receive(conn, encode_time_probe(GATEWAY))
@@ -143,7 +144,7 @@ def test_a_time_probe_gets_the_bridge_clock_and_head_and_stores_nothing(conn: sq
     assert conn.execute("SELECT COUNT(*) FROM readings").fetchone() == (1,)
 
 
-def test_a_time_probe_from_a_stranger_or_on_another_topic_is_refused(conn: sqlite3.Connection) -> None:
+def test_a_time_probe_from_a_stranger_or_on_another_topic_is_refused(conn: Database) -> None:
     stranger = receive_batch(conn, up_topic("gw-stranger"), encode_time_probe("gw-stranger"), now_ms=NOW)
     assert stranger.refusal == "unknown gateway (not enrolled)"
     spoofed = receive_batch(conn, up_topic("gw-stranger"), encode_time_probe(GATEWAY), now_ms=NOW)

@@ -2,13 +2,13 @@
 its answer, replay, and no doubles on a repost.
 
 The community's server is a second bridge's FHIR API over real HTTP (uvicorn on a loopback
-port, its own SQLite file); the posting bridge stores verified batches in its own file and
-queues each reading's transaction Bundle in the same commit.
+port, its own store); the posting bridge stores verified batches in its own store and queues each
+reading's transaction Bundle in the same commit. Each test runs on SQLite files and on PostgreSQL
+databases.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from cloud_bridge import fhir_post, store
 from cloud_bridge.api import create_app
 from cloud_bridge.cli import app as bridge_cli
+from cloud_bridge.db import Database
 from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import receive_batch
 from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
@@ -41,9 +42,10 @@ def reading(seq: int) -> Reading:
 
 
 class CommunityServer:
-    """A bridge's FHIR API on its own SQLite file, served over HTTP from a thread."""
+    """A bridge's FHIR API on its own store (SQLite file or PostgreSQL database), served over HTTP
+    from a thread."""
 
-    def __init__(self, db: Path, port: int) -> None:
+    def __init__(self, db: Path | str, port: int) -> None:
         self.db = db
         self.port = port
         self.url = f"http://127.0.0.1:{port}/fhir"
@@ -66,24 +68,34 @@ class CommunityServer:
             self._server = None
 
     def observations(self) -> int:
-        with sqlite3.connect(self.db) as conn:
+        conn = store.connect(self.db)
+        try:
             return conn.execute(
                 "SELECT COUNT(*) FROM fhir_resources WHERE resource_type = 'Observation'"
             ).fetchone()[0]
+        finally:
+            conn.close()
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[CommunityServer]:
-    community = CommunityServer(tmp_path / "community.db", free_port())
+def server(
+    bridge_db: Path | str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[CommunityServer]:
+    """The community's server on the same back-end as the posting bridge."""
+    if isinstance(bridge_db, Path):
+        community_db: Path | str = tmp_path / "community.db"
+    else:
+        community_db = request.getfixturevalue("postgres_server").create_database()
+    community = CommunityServer(community_db, free_port())
     yield community
     community.stop()
 
 
 @pytest.fixture
-def sender(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+def sender(bridge_db: Path | str) -> Iterator[Database]:
     """The posting bridge's store, with three readings of an enrolled gateway received."""
     key = Ed25519PrivateKey.generate()
-    conn = store.connect(tmp_path / "bridge.db", shared_across_threads=True)
+    conn = store.connect(bridge_db, shared_across_threads=True)
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -97,12 +109,12 @@ def sender(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn.close()
 
 
-def poster(conn: sqlite3.Connection, url: str) -> FhirPoster:
+def poster(conn: Database, url: str) -> FhirPoster:
     return FhirPoster(conn, threading.Lock(), url, timeout_s=2, min_backoff_s=0.05, max_backoff_s=0.2)
 
 
 def test_readings_are_queued_not_stored_locally_and_posted_once(
-    sender: sqlite3.Connection, server: CommunityServer
+    sender: Database, server: CommunityServer
 ) -> None:
     assert fhir_post.counts(sender) == {"pending": 3, "posted": 0, "dead": 0}
     assert sender.execute("SELECT COUNT(*) FROM fhir_resources").fetchone() == (0,)
@@ -118,7 +130,7 @@ def test_readings_are_queued_not_stored_locally_and_posted_once(
     assert patients["total"] == 1  # one resident: conditional create by identifier
 
 
-def test_a_repost_creates_nothing(sender: sqlite3.Connection, server: CommunityServer) -> None:
+def test_a_repost_creates_nothing(sender: Database, server: CommunityServer) -> None:
     server.start()
     (bundle,) = sender.execute("SELECT bundle FROM fhir_posts WHERE seq = 1").fetchone()
     first = httpx.post(server.url, content=bundle, headers={"Content-Type": "application/fhir+json"}).json()
@@ -132,7 +144,7 @@ def test_a_repost_creates_nothing(sender: sqlite3.Connection, server: CommunityS
 
 
 def test_a_server_that_is_away_gets_everything_once_it_is_back(
-    sender: sqlite3.Connection, server: CommunityServer
+    sender: Database, server: CommunityServer
 ) -> None:
     posting = poster(sender, server.url)
     posting.post_due()  # nobody listening
@@ -150,7 +162,7 @@ def test_a_server_that_is_away_gets_everything_once_it_is_back(
 
 
 def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
-    sender: sqlite3.Connection, server: CommunityServer, tmp_path: Path
+    sender: Database, server: CommunityServer, bridge_db: Path | str
 ) -> None:
     server.start()
     good = sender.execute("SELECT bundle FROM fhir_posts WHERE seq = 2").fetchone()[0]
@@ -164,10 +176,10 @@ def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
     (dead,) = fhir_post.dead_letters(sender)
     assert (dead.gateway_id, dead.seq, dead.status) == (GATEWAY, 2, 400)
     assert "only 'transaction' is accepted" in (dead.answer or "")
-    listing = CliRunner().invoke(bridge_cli, ["fhir-posts", "list", "--db", str(tmp_path / "bridge.db")])
+    listing = CliRunner().invoke(bridge_cli, ["fhir-posts", "list", "--db", str(bridge_db)])
     assert "dead 1" in listing.output and "seq 2, HTTP 400" in listing.output
     sender.execute("UPDATE fhir_posts SET bundle = ? WHERE seq = 2", (good,))  # the cause is fixed
-    replayed = CliRunner().invoke(bridge_cli, ["fhir-posts", "replay", "--db", str(tmp_path / "bridge.db")])
+    replayed = CliRunner().invoke(bridge_cli, ["fhir-posts", "replay", "--db", str(bridge_db)])
     assert "1 dead letter(s) queued again" in replayed.output
     posting.post_due()
     assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
@@ -175,7 +187,7 @@ def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
 
 
 def test_the_fleet_api_lists_gateways_with_their_peripherals_and_refusals(
-    sender: sqlite3.Connection, tmp_path: Path
+    sender: Database, bridge_db: Path | str
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -188,7 +200,7 @@ def test_the_fleet_api_lists_gateways_with_their_peripherals_and_refusals(
     )
     refused = receive_batch(sender, up_topic(GATEWAY), forged, now_ms=time.time_ns() // 1_000_000)
     assert refused.refusal is not None
-    with TestClient(create_app(str(tmp_path / "bridge.db"))) as client:
+    with TestClient(create_app(str(bridge_db))) as client:
         fleet = client.get("/fleet/gateways").json()
     by_id = {g["gateway_id"]: g for g in fleet}
     busy, quiet = by_id[GATEWAY], by_id["gw-quiet-02"]

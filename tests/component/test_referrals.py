@@ -6,7 +6,6 @@ rules file; the team lists, claims and closes them over the bridge's API.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from fastapi.testclient import TestClient
 from cloud_bridge import store
 from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
 from cloud_bridge.api import create_app
+from cloud_bridge.db import Database
 from cloud_bridge.receive import receive_batch
 from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
 from tests.component.bridge_readings import bp_reading
@@ -41,9 +41,10 @@ def bp(
 
 
 @pytest.fixture
-def bridge(tmp_path: Path) -> Iterator[tuple[TestClient, sqlite3.Connection]]:
+def bridge(bridge_db: Path | str) -> Iterator[tuple[TestClient, Database]]:
+    """On each back-end: a SQLite file, a PostgreSQL database."""
     key = Ed25519PrivateKey.generate()
-    db = tmp_path / "bridge.db"
+    db = bridge_db
     conn = store.connect(db)
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -66,7 +67,7 @@ def bridge(tmp_path: Path) -> Iterator[tuple[TestClient, sqlite3.Connection]]:
 
 
 def test_each_alert_is_a_flag_and_a_referral_worded_from_the_rules(
-    bridge: tuple[TestClient, sqlite3.Connection],
+    bridge: tuple[TestClient, Database],
 ) -> None:
     client, conn = bridge
     listed = client.get("/referrals").json()
@@ -85,14 +86,14 @@ def test_each_alert_is_a_flag_and_a_referral_worded_from_the_rules(
     assert flag["status"] == "active" and flag["subject"] == crisis["for"]
 
 
-def _flag_id(conn: sqlite3.Connection, task: dict) -> str:
+def _flag_id(conn: Database, task: dict) -> str:
     from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, resource_id
 
     return resource_id(ALERT_FLAG_SYSTEM, task["identifier"][0]["value"])
 
 
 def test_the_specialist_team_claims_and_closes_a_referral(
-    bridge: tuple[TestClient, sqlite3.Connection],
+    bridge: tuple[TestClient, Database],
 ) -> None:
     client, conn = bridge
     crisis = client.get("/referrals").json()["referrals"][0]

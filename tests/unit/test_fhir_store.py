@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
+from cloud_bridge import db
+from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import TransactionEntry, map_reading
 from cloud_bridge.fhir_store import (
     FhirStoreError,
@@ -47,18 +48,18 @@ def bp(seq: int, resident: str | None = "330781-2026-000123", systolic: str = "1
 
 
 @pytest.fixture
-def conn() -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(":memory:")
+def conn() -> Iterator[Database]:
+    connection = db.connect(":memory:")
     ensure_schema(connection)
     yield connection
     connection.close()
 
 
-def count(conn: sqlite3.Connection) -> int:
+def count(conn: Database) -> int:
     return conn.execute("SELECT count(*) FROM fhir_resources").fetchone()[0]
 
 
-def test_applying_twice_creates_nothing_the_second_time(conn: sqlite3.Connection) -> None:
+def test_applying_twice_creates_nothing_the_second_time(conn: Database) -> None:
     entries = map_reading(bp(1), batch_hash=BATCH_HASH)
     first = apply_transaction(conn, entries, now_iso=NOW)
     assert first == [(e.resource_type, e.resource["id"], True) for e in entries]
@@ -71,7 +72,7 @@ def test_applying_twice_creates_nothing_the_second_time(conn: sqlite3.Connection
     assert conn.execute("SELECT body FROM fhir_resources ORDER BY rowid").fetchall() == bodies
 
 
-def test_second_reading_reuses_patient_and_devices(conn: sqlite3.Connection) -> None:
+def test_second_reading_reuses_patient_and_devices(conn: Database) -> None:
     apply_transaction(conn, map_reading(bp(1), batch_hash=BATCH_HASH), now_iso=NOW)
     results = apply_transaction(conn, map_reading(bp(2), batch_hash=BATCH_HASH), now_iso=NOW)
     assert [(rt, created) for rt, _, created in results] == [
@@ -85,7 +86,7 @@ def test_second_reading_reuses_patient_and_devices(conn: sqlite3.Connection) -> 
     assert count(conn) == 9
 
 
-def test_stored_resource_gains_version_and_last_updated(conn: sqlite3.Connection) -> None:
+def test_stored_resource_gains_version_and_last_updated(conn: Database) -> None:
     entries = map_reading(bp(1), batch_hash=BATCH_HASH)
     apply_transaction(conn, entries, now_iso=NOW)
     observation = entries[3].resource
@@ -102,7 +103,7 @@ def test_stored_resource_gains_version_and_last_updated(conn: sqlite3.Connection
     assert read(conn, "Observation", "no-such-id") is None
 
 
-def test_search_by_subject_and_by_subject_identifier(conn: sqlite3.Connection) -> None:
+def test_search_by_subject_and_by_subject_identifier(conn: Database) -> None:
     for reading in (bp(1), bp(2, resident="330781-2026-000999"), bp(3), bp(4, resident=None)):
         apply_transaction(conn, map_reading(reading, batch_hash=BATCH_HASH), now_iso=NOW)
     (patient,) = search(conn, "Patient", identifier=f"{HEALTH_RECORD}|330781-2026-000123")
@@ -121,12 +122,12 @@ def test_search_by_subject_and_by_subject_identifier(conn: sqlite3.Connection) -
     assert search(conn, "Observation", subject="Patient/nobody") == []
 
 
-def test_search_needs_a_parameter(conn: sqlite3.Connection) -> None:
+def test_search_needs_a_parameter(conn: Database) -> None:
     with pytest.raises(FhirStoreError, match="at least one parameter"):
         search(conn, "Observation")
 
 
-def test_decimals_survive_the_store_digit_for_digit(conn: sqlite3.Connection) -> None:
+def test_decimals_survive_the_store_digit_for_digit(conn: Database) -> None:
     entries = map_reading(bp(1, systolic="120.50"), batch_hash=BATCH_HASH)
     apply_transaction(conn, entries, now_iso=NOW)
     (body,) = conn.execute(
@@ -142,7 +143,7 @@ def test_decimals_survive_the_store_digit_for_digit(conn: sqlite3.Connection) ->
     assert from_json('{"v":36.60,"n":128}') == {"v": Decimal("36.60"), "n": 128}
 
 
-def test_a_match_under_another_id_is_what_later_entries_refer_to(conn: sqlite3.Connection) -> None:
+def test_a_match_under_another_id_is_what_later_entries_refer_to(conn: Database) -> None:
     """As a FHIR server does: a conditional create that finds a resource re-points references."""
     key = f"{HEALTH_RECORD}|330781-2026-000123"
     existing = {
@@ -159,7 +160,7 @@ def test_a_match_under_another_id_is_what_later_entries_refer_to(conn: sqlite3.C
     assert len(search(conn, "Observation", subject_identifier=key)) == 2
 
 
-def test_if_none_exist_must_name_the_first_identifier(conn: sqlite3.Connection) -> None:
+def test_if_none_exist_must_name_the_first_identifier(conn: Database) -> None:
     patient = {
         "resourceType": "Patient",
         "id": "p1",
