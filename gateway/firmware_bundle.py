@@ -28,7 +28,6 @@ import ast
 import hashlib
 import io
 import json
-import os
 import re
 import tempfile
 import zipfile
@@ -44,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from firmware.build import TARGETS, board_modules, build_target, find_mpy_cross
 from gateway.errors import GatewayError
+from gateway.keys import write_secret
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -151,14 +151,6 @@ class FileHashMismatch(BundleError):
 # --- keys ---------------------------------------------------------------------------------------
 
 
-def _write_secret(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def create_release_keys(directory: Path) -> tuple[Path, Path]:
     """Make the release key pair (private 0600; refuses to overwrite). Returns (private, public)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -167,7 +159,7 @@ def create_release_keys(directory: Path) -> tuple[Path, Path]:
     if public_path.exists():
         raise FileExistsError(17, "release key exists", str(public_path))
     key = Ed25519PrivateKey.generate()
-    _write_secret(
+    write_secret(
         private_path,
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -25,7 +25,8 @@ STORAGE_KEY_FILE = "storage.key"
 PUBLIC_KEY_FILE = "gateway-signing.pub.pem"
 
 
-def _write_secret(path: Path, data: bytes) -> None:
+def write_secret(path: Path, data: bytes) -> None:
+    """A new file only its owner can read (0600), refusing to replace one, flushed to disk."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -37,13 +38,13 @@ def create_keys(data_dir: Path) -> bytes:
     """Provisioning: make both keys (refusing to overwrite) and return the public key PEM."""
     data_dir.mkdir(parents=True, exist_ok=True)
     signing = Ed25519PrivateKey.generate()
-    _write_secret(
+    write_secret(
         data_dir / SIGNING_KEY_FILE,
         signing.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    _write_secret(data_dir / STORAGE_KEY_FILE, AESGCM.generate_key(bit_length=256))
+    write_secret(data_dir / STORAGE_KEY_FILE, AESGCM.generate_key(bit_length=256))
     public_pem = signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -62,7 +63,7 @@ def create_tls_request(data_dir: Path, gateway_id: str) -> Path:
     request naming the gateway, for the health community's CA to sign. Returns the request path."""
     data_dir.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    _write_secret(
+    write_secret(
         data_dir / TLS_KEY_FILE,
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

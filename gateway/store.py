@@ -541,15 +541,8 @@ class Outbox:
         return (self._keys.unseal_resident(row[0]), row[1]) if row else None
 
     async def current_checkin(self) -> tuple[ResidentRef, str] | None:
-        async with (
-            self._lock,
-            self._db.execute(
-                """SELECT resident_sealed, operator FROM checkins
-               WHERE ended_ms IS NULL ORDER BY id DESC LIMIT 1"""
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
-        return (self._keys.unseal_resident(row[0]), row[1]) if row else None
+        detail = await self.current_checkin_detail()
+        return (detail[1], detail[2]) if detail else None
 
     # batches -----------------------------------------------------------------------------------
     def _reading_from_row(self, row: aiosqlite.Row | tuple) -> Reading:
