@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from cloud_bridge import broker_acl, fhir_post, pki, store
+from cloud_bridge.db import is_postgres_url
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
 
@@ -102,6 +103,19 @@ def run(
         None,
         help="The region's alert rules (device_profiles/alert_rules/cn.toml): alerts become Flag + Task.",
     ),
+    worker: str | None = typer.Option(
+        None,
+        help="Run as one of several bridge workers under this unique name (MQTT client id "
+        "kiosk-bridge-NAME): MQTT v5 shared subscription $share/GROUP/kiosk/+/up, so the broker "
+        "spreads batches over the workers. Workers need PostgreSQL (--db postgresql://...): several "
+        "processes writing one SQLite file is not supported. Give each worker its own --http-port.",
+    ),
+    share_group: str = typer.Option("bridge", help="With --worker: the shared-subscription group."),
+    session_expiry: int = typer.Option(
+        30,
+        help="With --worker: seconds the broker keeps a disconnected worker's session and queue "
+        "(a worker restarted within it under the same name gets them).",
+    ),
 ) -> None:
     """Consume gateway batches and serve the FHIR API until interrupted."""
     import uvicorn
@@ -109,7 +123,18 @@ def run(
     from cloud_bridge.api import create_app
     from cloud_bridge.consumer import BridgeConsumer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s bridge %(levelname)s %(name)s: %(message)s")
+    if worker is not None and not is_postgres_url(db):
+        typer.echo(
+            "error: --worker needs a PostgreSQL store (--db postgresql://...); several bridge "
+            "processes writing one SQLite file is not supported",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if worker is not None and (not worker or not share_group or any(c in share_group for c in "/+#")):
+        typer.echo("error: --worker needs a name, and --share-group may not hold '/', '+' or '#'", err=True)
+        raise typer.Exit(2)
+    name = "bridge" if worker is None else f"bridge-{worker}"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     store.connect(db).close()
     tls_files = (mqtt_ca, mqtt_cert, mqtt_key)
     if any(tls_files) and not all(tls_files):
@@ -117,7 +142,15 @@ def run(
         raise typer.Exit(2)
     tls = (mqtt_ca, mqtt_cert, mqtt_key) if mqtt_ca and mqtt_cert and mqtt_key else None
     consumer = BridgeConsumer(
-        db, host=mqtt_host, port=mqtt_port, tls=tls, fhir_base_url=fhir_base_url, alert_rules=alert_rules
+        db,
+        host=mqtt_host,
+        port=mqtt_port,
+        tls=tls,
+        fhir_base_url=fhir_base_url,
+        alert_rules=alert_rules,
+        worker=worker,
+        share_group=share_group,
+        session_expiry_s=session_expiry,
     )
     consumer.start()
     try:

@@ -2,6 +2,14 @@
 
 Messages are handled one at a time on paho's network thread with the consumer's own database
 connection (SQLite or PostgreSQL); the ack is published only after `receive_batch` has committed.
+
+Scale-out (`worker=NAME`): several consumers, each its own process, share one PostgreSQL and
+subscribe as members of an MQTT v5 shared subscription (`$share/{group}/kiosk/+/up`), so the broker
+hands each batch to one of them. Consecutive batches of one gateway can then reach different
+workers and be decided out of order: a worker that gets a batch whose predecessor is not stored
+yet (it is likely being stored by another worker right now) does not refuse it at once but tries
+again after a short wait, off the network thread, and refuses it (with the chain head, so the
+gateway resends from there) only when it still does not fit. See README "Several bridge workers".
 """
 
 from __future__ import annotations
@@ -15,15 +23,35 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud_bridge import db as dbapi
 from cloud_bridge import fhir_post, store
 from cloud_bridge.alert_rules import load_rule_texts
 from cloud_bridge.fhir_post import FhirPoster
-from cloud_bridge.receive import receive_batch
+from cloud_bridge.receive import Outcome, receive_batch
 from contract.wire import UP_TOPIC_FILTER, ack_topic, encode_ack
 
 log = logging.getLogger(__name__)
+
+# A worker retries a batch that arrived before its predecessor after these waits (seconds), then
+# refuses it; together well under a gateway's ack time-out (15 s by default).
+AHEAD_RETRY_DELAYS_S: tuple[float, ...] = (0.1, 0.5)
+# How long the broker keeps a worker's session (its subscription and queued messages) after it
+# disconnects: a worker restarted within this time gets what was queued for it. Kept short on
+# purpose: Mosquitto 2.0 keeps handing a disconnected member its share of new messages until the
+# session expires (README "Several bridge workers").
+WORKER_SESSION_EXPIRY_S = 30
+
+
+def worker_client_id(name: str) -> str:
+    return f"kiosk-bridge-{name}"
+
+
+def shared_filter(group: str) -> str:
+    """The uplink filter as a member of shared-subscription `group` (MQTT v5)."""
+    return f"$share/{group}/{UP_TOPIC_FILTER}"
 
 
 class BridgeConsumer:
@@ -37,7 +65,18 @@ class BridgeConsumer:
         tls: tuple[Path, Path, Path] | None = None,  # (CA, certificate, key): MQTT over TLS
         fhir_base_url: str | None = None,  # the health community's FHIR server; None: embedded store
         alert_rules: Path | None = None,  # the region's rules file: alert flags become Flag + Task
+        worker: str | None = None,  # one of several workers (MQTT v5 shared subscription, PostgreSQL)
+        share_group: str = "bridge",
+        session_expiry_s: int = WORKER_SESSION_EXPIRY_S,
+        ahead_retry_delays_s: tuple[float, ...] = AHEAD_RETRY_DELAYS_S,
     ) -> None:
+        """Without `worker` the bridge is the single consumer (MQTT 3.1.1, `kiosk/+/up`, client id
+        `client_id`), as before. With `worker` it is one of several: client id
+        `kiosk-bridge-<worker>`, MQTT v5 with a persistent session of `session_expiry_s`, member
+        of `$share/<share_group>/kiosk/+/up`; batches that come before their predecessor are
+        retried after `ahead_retry_delays_s`."""
+        if worker is not None and (not worker or not share_group or any(c in share_group for c in "/+#")):
+            raise ValueError("a worker needs a name and a share group without '/', '+' or '#'")
         self._db_path = db_path
         self._host = host
         self._port = port
@@ -47,12 +86,25 @@ class BridgeConsumer:
         self.alert_rules = load_rule_texts(alert_rules) if alert_rules else None
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-        )
+        self.worker = worker
+        self._filter = UP_TOPIC_FILTER if worker is None else shared_filter(share_group)
+        self._session_expiry_s = session_expiry_s
+        self._retry_delays = ahead_retry_delays_s if worker is not None else ()
+        self._retries: set[threading.Timer] = set()  # pending retries, cancelled on stop
+        self._stopping = False
+        if worker is None:
+            self._client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=False,
+                protocol=mqtt.MQTTv311,
+            )
+        else:  # MQTT v5: clean_start and the session expiry are given at connect
+            self._client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=worker_client_id(worker),
+                protocol=mqtt.MQTTv5,
+            )
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -68,10 +120,24 @@ class BridgeConsumer:
     def start(self) -> None:
         if self.poster is not None:
             self.poster.start()
-        self._client.connect_async(self._host, self._port, keepalive=30)
+        if self.worker is None:
+            self._client.connect_async(self._host, self._port, keepalive=30)
+        else:
+            # clean_start=False on every connect, first included: a worker restarted under the
+            # same name takes over the session (and messages queued for it) it left.
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._session_expiry_s
+            self._client.connect_async(
+                self._host, self._port, keepalive=30, clean_start=False, properties=properties
+            )
         self._client.loop_start()
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for timer in self._retries:
+                timer.cancel()  # not stored, not acked: the gateway resends it
+            self._retries.clear()
         self._client.disconnect()
         self._client.loop_stop()
         if self.poster is not None:
@@ -97,14 +163,18 @@ class BridgeConsumer:
         if getattr(reason, "is_failure", False):
             log.error("bridge: broker refused connection: %s", reason)
             return
-        client.subscribe(UP_TOPIC_FILTER, qos=1)
+        client.subscribe(self._filter, qos=1)
         log.info("bridge: connected to %s:%d", self._host, self._port)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: object, mid: int, reasons: object, props: object
     ) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)] if isinstance(reasons, list) else []
+        if failed:  # e.g. a broker without shared subscriptions: say so rather than sit idle
+            log.error("bridge: broker refused the subscription to %s: %s", self._filter, failed[0])
+            return
         self.connected.set()  # ready only once the broker has confirmed the subscription
-        log.info("bridge: subscribed to %s", UP_TOPIC_FILTER)
+        log.info("bridge: subscribed to %s", self._filter)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
@@ -130,29 +200,65 @@ class BridgeConsumer:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.counters["messages"] += 1
+        self._handle(message.topic, bytes(message.payload), attempt=0)
+
+    def _retry(self, timer_box: list[threading.Timer], topic: str, payload: bytes, attempt: int) -> None:
+        with self._lock:
+            self._retries.discard(timer_box[0])
+            if self._stopping:
+                return
+        self._handle(topic, payload, attempt=attempt)
+
+    def _handle(self, topic: str, payload: bytes, *, attempt: int) -> None:
+        """Decide one batch and publish the ack. A batch ahead of the stored chain (its predecessor
+        is probably being stored by another worker) is tried again later on a timer thread, not
+        refused, while retries remain; the network thread goes on with other messages meanwhile.
+        Its MQTT PUBACK has gone already: should this worker die before the retry, the gateway
+        resends the batch after its ack time-out."""
+        defer = attempt < len(self._retry_delays)
         try:
             with self._lock:
+                if self._stopping:
+                    return
                 self._reconnect_if_broken()
                 outcome = receive_batch(
                     self._conn,
-                    message.topic,
-                    bytes(message.payload),
+                    topic,
+                    payload,
                     now_ms=time.time_ns() // 1_000_000,
                     post_to_remote=self.poster is not None,
                     alert_rules=self.alert_rules,
+                    defer_ahead=defer,
                 )
+                if outcome.deferred:
+                    self.counters["out_of_order_retries"] += 1
+                    box: list[threading.Timer] = []
+                    timer = threading.Timer(
+                        self._retry_delays[attempt], self._retry, (box, topic, payload, attempt + 1)
+                    )
+                    timer.daemon = True
+                    box.append(timer)
+                    self._retries.add(timer)
+                    timer.start()
+                    return
+                self._count(outcome, attempt)
         except self._conn.Error:
             # Storage trouble (disk full, locked, server gone): nothing was committed, so nothing is acked;
             # the gateway keeps the batch and sends it again.
             self.counters["storage_errors"] += 1
-            log.exception("bridge: could not store batch from %s; not acked", message.topic)
+            log.exception("bridge: could not store batch from %s; not acked", topic)
             return
         except Exception:
             # A bug must not stop paho's network thread (and with it every gateway's sync):
             # the transaction was rolled back, nothing is acked, the gateway will resend.
             self.counters["internal_errors"] += 1
-            log.exception("bridge: failed to process batch from %s; not acked", message.topic)
+            log.exception("bridge: failed to process batch from %s; not acked", topic)
             return
+        if outcome.ack is not None and outcome.gateway_id is not None:
+            self._client.publish(ack_topic(outcome.gateway_id), encode_ack(outcome.ack), qos=1)
+
+    def _count(self, outcome: Outcome, attempt: int) -> None:
+        """Under the lock: retries run on timer threads alongside the network thread."""
         if outcome.refusal:
             self.counters["refused"] += 1
         elif outcome.probe:
@@ -163,5 +269,5 @@ class BridgeConsumer:
             self.counters["batches_stored"] += 1
             self.counters["readings_stored"] += outcome.stored
             self.counters["sequence_gaps_opened"] += outcome.gaps_opened
-        if outcome.ack is not None and outcome.gateway_id is not None:
-            client.publish(ack_topic(outcome.gateway_id), encode_ack(outcome.ack), qos=1)
+            if attempt:
+                self.counters["stored_after_retry"] += 1

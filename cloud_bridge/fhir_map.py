@@ -21,6 +21,7 @@ value, never as a number.
 from __future__ import annotations
 
 import base64
+import functools
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -253,6 +254,7 @@ _MODELS: dict[str, Any] = {
 }
 
 
+@functools.lru_cache(maxsize=65536)  # devices, gateways and residents recur in every batch
 def resource_id(system: str, value: str) -> str:
     """Deterministic id from an identifier, so every replay of a reading names the same resources."""
     return str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))
@@ -617,24 +619,20 @@ _MAX_SHAPES = 4096  # a few dozen in practice (kinds x flags x with/without resi
 
 def _shape(node: Any) -> Hashable | None:
     """Structure and leaf types of a JSON-like value; None if a leaf is not plain enough to trust."""
-    if isinstance(node, dict):
-        items = []
-        for key, value in node.items():
-            inner = _shape(value)
-            if inner is None:
-                return None
-            items.append((key, inner))
-        return ("{", *items)
-    if isinstance(node, list):
-        inner_items = [_shape(value) for value in node]
-        return None if any(i is None for i in inner_items) else ("[", *inner_items)
-    if isinstance(node, str):
+    kind = type(node)
+    if kind is dict:
+        items = tuple((key, _shape(value)) for key, value in node.items())
+        return None if any(inner is None for _, inner in items) else ("{", *items)
+    if kind is list:
+        inner_items = tuple(_shape(value) for value in node)
+        return None if None in inner_items else ("[", *inner_items)
+    if kind is str:
         return "s" if node and node.isprintable() and node.strip() == node else None
-    if isinstance(node, bool):
+    if kind is bool:
         return "b"
-    if isinstance(node, int):
+    if kind is int:
         return "i"
-    if isinstance(node, Decimal):
+    if kind is Decimal:
         return "d" if node.is_finite() else None
     return None
 

@@ -171,7 +171,9 @@ def apply_transaction(
                 created = conn.execute(
                     "INSERT INTO fhir_resources"
                     " (resource_type, id, identifier_key, subject, body, last_updated)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (resource_type, identifier_key) DO NOTHING",
+                    # Any unique key: a concurrent writer's copy may collide on the id before the
+                    # identifier (PostgreSQL checks one arbiter index only when one is named).
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (resource_type, resource["id"], key, subject, to_json(resource), now_iso),
                 ).rowcount
             except conn.IntegrityError as exc:
@@ -180,9 +182,10 @@ def apply_transaction(
                 results.append((resource_type, resource["id"], True))
                 continue
             stored_id = _id_by_identifier(conn, resource_type, key)  # created meanwhile by another
-            if stored_id is None:
-                raise FhirStoreError(f"{local_ref}: its identifier vanished during the transaction")
-        moved[local_ref] = f"{resource_type}/{stored_id}"
+            if stored_id is None:  # the id is taken, by a resource with another identifier
+                raise FhirStoreError(f"{local_ref} exists under another identifier")
+        if stored_id != entry.resource["id"]:  # deterministic ids: usually the same resource
+            moved[local_ref] = f"{resource_type}/{stored_id}"
         results.append((resource_type, stored_id, False))
     return results
 

@@ -43,6 +43,7 @@ class Outcome:
     refusal: str | None = None
     gaps_opened: int = 0
     probe: bool = False
+    deferred: bool = False  # ahead of the chain; the caller asked to try again rather than refuse
 
 
 def _iso(now_ms: int) -> str:
@@ -59,10 +60,17 @@ def receive_batch(
     now_ms: int,
     post_to_remote: bool = False,
     alert_rules: Mapping[str, RuleText] | None = None,
+    defer_ahead: bool = False,
 ) -> Outcome:
     """With `post_to_remote`, each reading's transaction Bundle is queued for the health
     community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
-    either way in the same commit as the reading, before the ack."""
+    either way in the same commit as the reading, before the ack.
+
+    With `defer_ahead` (several workers), a batch that is ahead of the stored chain (its number is
+    past the head's successor, so a batch between is missing, likely in another worker's hands)
+    is neither stored nor refused: the outcome is `deferred`, with no ack and nothing recorded, and
+    the caller tries again later. Anything else out of chain (a fork, a stale number) is refused
+    as always."""
     probe_gateway = decode_time_probe(message)
     if probe_gateway is not None:
         return answer_time_probe(conn, topic, probe_gateway, now_ms)
@@ -104,6 +112,11 @@ def receive_batch(
             log.info("bridge: replay of %s %s ignored", gateway_id, batch.describe())
             return Outcome(gateway_id, _head_ack(record, batch.hash, now_ms), replay=True)
         chain_error = _chain_error(record, batch)
+        if chain_error is not None and defer_ahead and _ahead_of_chain(record, batch):
+            log.info(
+                "bridge: %s %s came before its predecessor; will try again", gateway_id, batch.describe()
+            )
+            return Outcome(gateway_id, None, deferred=True)
         if chain_error is not None:
             return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
         if mapped is None:
@@ -176,6 +189,11 @@ def _chain_error(record: store.GatewayRecord, batch: Batch) -> str | None:
     if batch.number is not None and batch.number <= record.last_batch_no:
         return f"batch number {batch.number} is not after the stored {record.last_batch_no}"
     return None
+
+
+def _ahead_of_chain(record: store.GatewayRecord, batch: Batch) -> bool:
+    """A v2 batch numbered past the head's successor: one before it has not been stored yet."""
+    return batch.number is not None and batch.number > record.last_batch_no + 1
 
 
 def _head_ack(record: store.GatewayRecord, answered: bytes, now_ms: int) -> Ack:
