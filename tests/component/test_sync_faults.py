@@ -14,7 +14,6 @@ import os
 import random
 import sqlite3
 import time
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -22,36 +21,17 @@ from cryptography.hazmat.primitives import serialization
 
 from cloud_bridge import store
 from cloud_bridge.consumer import BridgeConsumer
-from contract.wire import DeviceRef, Measurement
 from gateway.config import MqttConfig, SyncConfig
 from gateway.keys import GatewayKeys, create_keys
-from gateway.store import NewReading, Outbox
+from gateway.store import Outbox
 from gateway.sync import MqttSync
 from simulators.fault_proxy import FaultProxy
+from tests.component.outbox_readings import bp_new_reading as reading
 from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
 GATEWAY = "gw-faults-01"
 READINGS = 400
-
-
-def reading(n: int) -> NewReading:
-    return NewReading(
-        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
-        boot_id=1,
-        link_seq=n,
-        kind="bp",
-        values=(
-            Measurement("systolic", Decimal(100 + n % 80), "mm[Hg]"),
-            Measurement("diastolic", Decimal(70), "mm[Hg]"),
-        ),
-        measured_at_ms=1795564800000 + n * 1000,
-        time_quality="ntp",
-        received_mono_ms=n,
-        resident=None,
-        operator=None,
-        flags=(),
-    )
 
 
 def bridge_seqs(db: Path) -> list[int]:

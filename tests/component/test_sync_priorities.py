@@ -21,12 +21,13 @@ from cryptography.hazmat.primitives import serialization
 
 from cloud_bridge import store
 from cloud_bridge.consumer import BridgeConsumer
-from contract.wire import DeviceRef, Measurement, Waveform, decode_reading
+from contract.wire import DeviceRef, Waveform, decode_reading
 from gateway.config import MqttConfig, SyncConfig
 from gateway.keys import GatewayKeys, create_keys
 from gateway.store import NewReading, Outbox
 from gateway.sync import MqttSync
 from simulators.fault_proxy import FaultProxy
+from tests.component.outbox_readings import bp_new_reading
 from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
@@ -34,22 +35,10 @@ GATEWAY = "gw-vehicle-07"
 
 
 def vitals(n: int, *, flags: tuple[str, ...] = ()) -> NewReading:
-    return NewReading(
-        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
-        boot_id=1,
-        link_seq=n,
-        kind="bp",
-        values=(
-            Measurement("systolic", Decimal(182 if flags else 100 + n % 40), "mm[Hg]"),
-            Measurement("diastolic", Decimal(115 if flags else 70), "mm[Hg]"),
-        ),
-        measured_at_ms=1795564800000 + n * 1000,
-        time_quality="ntp",
-        received_mono_ms=n,
-        resident=None,
-        operator=None,
-        flags=flags,
-    )
+    """A plain BP reading, or with `flags` a hypertensive crisis."""
+    if flags:
+        return bp_new_reading(n, systolic=182, diastolic=115, flags=flags)
+    return bp_new_reading(n, systolic=100 + n % 40)
 
 
 def ecg_strip(n: int, *, flags: tuple[str, ...] = ()) -> NewReading:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -28,13 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_bridge import store
 from cloud_bridge.receive import Outcome, receive_batch
-from contract.wire import GENESIS_HASH, DeviceRef, Measurement, encode_batch, up_topic
+from contract.wire import GENESIS_HASH, encode_batch, up_topic
 from gateway.config import MqttConfig, SyncConfig
 from gateway.keys import GatewayKeys, create_keys
-from gateway.store import NewReading, Outbox
+from gateway.store import Outbox
 from gateway.sync import MqttSync
 from simulators.chain import free_port
 from tests.component.bridge_readings import bp_reading
+from tests.component.outbox_readings import bp_new_reading as reading
 from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
@@ -44,25 +44,6 @@ WORKERS = ("w1", "w2", "w3")
 READINGS = int(os.environ.get("KIOSK_WORKERS_READINGS", "10000"))
 BRIDGE = Path(sys.executable).with_name("kiosk-bridge")
 ZERO_HASH = bytes(32)
-
-
-def reading(n: int) -> NewReading:
-    return NewReading(
-        device=DeviceRef("bp-0001", "KX-BP100", "0.1.0"),
-        boot_id=1,
-        link_seq=n,
-        kind="bp",
-        values=(
-            Measurement("systolic", Decimal(100 + n % 80), "mm[Hg]"),
-            Measurement("diastolic", Decimal(70), "mm[Hg]"),
-        ),
-        measured_at_ms=1795564800000 + n * 1000,
-        time_quality="ntp",
-        received_mono_ms=n,
-        resident=None,
-        operator=None,
-        flags=(),
-    )
 
 
 class Worker:
