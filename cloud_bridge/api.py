@@ -37,6 +37,7 @@ from cloud_bridge.fhir_store import (
 )
 from cloud_bridge.fhir_store import update as fhir_update
 from cloud_bridge.figures import chronic_figures, quarter_bounds
+from cloud_bridge.store import connect as bridge_store_connect
 from cloud_bridge.store import fleet
 
 __all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
@@ -111,7 +112,9 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
     """The API over the store at `db_path`: a SQLite file (created, in WAL mode, if missing) or a
     `postgresql://` URL (schema created if missing)."""
     # WAL is a property of the file: set once here, so readers never block the bridge's writer.
-    open_store(db_path).close()
+    # The whole bridge schema, not only the FHIR store's: the fleet and figures read the registry
+    # even before the consumer has run once.
+    bridge_store_connect(db_path).close()
     metadata = capability_statement()
     app = FastAPI(title="Kiosk cloud bridge")
 
