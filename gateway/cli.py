@@ -391,6 +391,16 @@ async def _with_operators(path: Path, policy: KioskUiConfig, job: Callable[[Oper
         await operators.close()
 
 
+def _operators_job(config: Path | None, data_dir: Path | None, job: Callable[[Operators], Awaitable[T]]) -> T:
+    """Run `job` on the operators file; a refusal (unknown id, bad PIN...) is exit status 1."""
+    path, policy = _operators_file(config, data_dir)
+    try:
+        return asyncio.run(_with_operators(path, policy, job))
+    except OperatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 def _local_time(ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
@@ -405,13 +415,8 @@ def operator_add(
     data_dir: Path | None = DATA_DIR_OPTION,
 ) -> None:
     """Add an operator; the PIN (6-12 digits) is asked for, or read from stdin, never an argument."""
-    path, policy = _operators_file(config, data_dir)
     pin = _read_pin(pin_stdin)
-    try:
-        added = asyncio.run(_with_operators(path, policy, lambda ops: ops.add(operator_id, name, role, pin)))
-    except OperatorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    added = _operators_job(config, data_dir, lambda ops: ops.add(operator_id, name, role, pin))
     typer.echo(f"operator {added.id} ({added.role}) added")
 
 
@@ -423,13 +428,8 @@ def operator_reset_pin(
     data_dir: Path | None = DATA_DIR_OPTION,
 ) -> None:
     """Give an operator a new PIN: lifts a lock-out and ends their open sessions."""
-    path, policy = _operators_file(config, data_dir)
     pin = _read_pin(pin_stdin)
-    try:
-        asyncio.run(_with_operators(path, policy, lambda ops: ops.set_pin(operator_id, pin)))
-    except OperatorError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    _operators_job(config, data_dir, lambda ops: ops.set_pin(operator_id, pin))
     typer.echo(f"operator {operator_id}: new PIN set")
 
 

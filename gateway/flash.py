@@ -190,6 +190,18 @@ def _installed():
     with open("firmware.json") as f:
         m = json.load(f)
     return m, [e["path"] for e in m["files"]] + ["firmware.json", "firmware.sig"]
+def _set_aside(incoming, d):
+    # Move what is installed (the manifest's files, and any of `incoming` lying about) into d;
+    # returns the installed manifest.
+    m, cur = _installed()
+    for n in incoming:
+        if n not in cur and _ex(n):
+            cur.append(n)
+    _clear(d)
+    for n in cur:
+        if _ex(n):
+            os.rename(n, d + "/" + n)
+    return m
 def _say(x):
     print("KIOSK-FLASH " + json.dumps(x))
 """
@@ -213,14 +225,7 @@ for n in FILES:
 if bad:
     _say({"switched": False, "bad": bad})
 else:
-    m, cur = _installed()
-    for n in FILES:
-        if n not in cur and _ex(n):
-            cur.append(n)
-    _clear("prev")
-    for n in cur:
-        if _ex(n):
-            os.rename(n, "prev/" + n)
+    m = _set_aside(FILES, "prev")
     for n in FILES:
         os.rename("new/" + n, n)
     os.rmdir("new")
@@ -246,14 +251,7 @@ old = os.listdir("prev") if _ex("prev") else []
 if not old:
     _say({"rolled_back": False})
 else:
-    m, cur = _installed()
-    for n in old:
-        if n not in cur and _ex(n):
-            cur.append(n)
-    _clear("swap")
-    for n in cur:
-        if _ex(n):
-            os.rename(n, "swap/" + n)
+    m = _set_aside(old, "swap")
     for n in old:
         os.rename("prev/" + n, n)
     for n in os.listdir("swap"):
