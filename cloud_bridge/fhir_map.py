@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -242,6 +243,9 @@ class TransactionEntry:
     resource_type: str
     resource: dict[str, Any]
     if_none_exist: str
+    # `system|value` of the identifier `if_none_exist` searches for, when the mapper knows it (the
+    # store then need not parse the search back); None for entries read from a posted Bundle.
+    key: str | None = None
 
 
 _MODELS: dict[str, Any] = {
@@ -261,9 +265,14 @@ def resource_id(system: str, value: str) -> str:
 
 
 def _escape(part: str) -> str:
+    if _NEEDS_ESCAPE.search(part) is None:  # nearly always
+        return part
     for char in ("\\", "|", ",", "$"):
         part = part.replace(char, "\\" + char)
     return part
+
+
+_NEEDS_ESCAPE = re.compile(r"[\\|,$]")
 
 
 def format_token(system: str, value: str) -> str:
@@ -290,7 +299,13 @@ def parse_token(token: str) -> tuple[str, str]:
 
 
 def _if_none_exist(param: str, system: str, value: str) -> str:
-    return f"{param}={quote(format_token(system, value), safe=':/|')}"
+    token = format_token(system, value)
+    if _URL_SAFE.fullmatch(token) is None:  # `quote` would change it
+        token = quote(token, safe=":/|")
+    return f"{param}={token}"
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~:/|-]*")  # what `quote(..., safe=":/|")` leaves as it is
 
 
 def _instant(ms: int) -> str:
@@ -530,6 +545,8 @@ _KIND_MAPPERS: dict[str, Callable[[_Context], list[dict[str, Any]]]] = {
     "weight": _map_weight,
     "glucose": _map_glucose,
 }
+# Kinds whose mapping `_reading_shape` describes fully (see there); others are validated every time.
+_KINDS_BY_SHAPE = frozenset(("bp", "heart_rate", "ecg", "spo2", "temperature", "weight", "glucose"))
 
 
 def _flag_note(flag: str, alerts: Sequence[AlertText]) -> str:
@@ -582,59 +599,126 @@ def _alert_entries(
 
 
 def _entry(resource: dict[str, Any], system: str, value: str, param: str = "identifier") -> TransactionEntry:
-    return TransactionEntry(resource["resourceType"], resource, _if_none_exist(param, system, value))
+    return TransactionEntry(
+        resource["resourceType"], resource, _if_none_exist(param, system, value), f"{system}|{value}"
+    )
 
 
-def _validate(reading: Reading, entries: list[TransactionEntry]) -> None:
-    """Validate each resource with fhir.resources, once per shape.
+# Residents, peripherals and gateways recur across readings and batches: their entries are built
+# and validated once, then shared (entries are never changed in place; the store copies).
+@functools.lru_cache(maxsize=16384)
+def _patient_entry(system: str, value: str) -> TransactionEntry:
+    patient = {
+        "resourceType": "Patient",
+        "id": resource_id(system, value),
+        "identifier": [{"system": system, "value": value}],
+    }
+    return _checked(_entry(patient, system, value), ("Patient", system), value)
 
-    Resources of one kind differ only in leaf values, and every leaf comes from a typed, checked
-    field (a Decimal, an instant formatted here, a code from a table, an id made by
-    `resource_id`). So a resource whose structure, leaf types and leaf "plainness" match one
-    already validated is valid too; anything unusual (an empty or padded string, a control
-    character) is validated every time. Validating every resource costs over 1 ms a reading,
-    most of the bridge's time. The tests validate every resource they map, without the cache
-    (`VALIDATE_EVERY_RESOURCE`).
-    """
+
+@functools.lru_cache(maxsize=4096)
+def _device_entry(device_id: str, model: str, firmware: str) -> TransactionEntry:
+    peripheral: dict[str, Any] = {
+        "resourceType": "Device",
+        "id": resource_id(DEVICE_SYSTEM, device_id),
+        "identifier": [{"system": DEVICE_SYSTEM, "value": device_id}],
+    }
+    if model:  # FHIR has no empty strings; an unknown model is simply absent
+        peripheral["modelNumber"] = model
+    if firmware:
+        peripheral["version"] = [{"type": {"text": "firmware"}, "value": firmware}]
+    return _checked(
+        _entry(peripheral, DEVICE_SYSTEM, device_id),
+        ("Device", bool(model), bool(firmware)),
+        device_id,
+        model,
+        firmware,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _gateway_entry(gateway_id: str) -> TransactionEntry:
+    gateway = {
+        "resourceType": "Device",
+        "id": resource_id(GATEWAY_SYSTEM, gateway_id),
+        "identifier": [{"system": GATEWAY_SYSTEM, "value": gateway_id}],
+        "type": {"text": "Health kiosk gateway"},
+    }
+    return _checked(_entry(gateway, GATEWAY_SYSTEM, gateway_id), ("gateway",), gateway_id)
+
+
+class _InvalidResource(Exception):
+    """A resource fhir.resources refuses; map_reading names the reading it came from."""
+
+
+def _checked(entry: TransactionEntry, shape: Hashable, *texts: str) -> TransactionEntry:
+    """Validate `entry` unless one of the same `shape` was, and `texts` (its strings from the
+    reading; an empty one is left out of the resource) are plain. See `_reading_shape`."""
+    if VALIDATE_EVERY_RESOURCE or shape not in _VALID_SHAPES or not all(_plain(t) for t in texts if t):
+        _validate([entry])
+        if all(_plain(t) for t in texts if t) and len(_VALID_SHAPES) < _MAX_SHAPES:
+            _VALID_SHAPES.add(shape)
+    return entry
+
+
+def _plain(text: str) -> bool:
+    return bool(text) and text.isprintable() and text.strip() == text
+
+
+def _validate(entries: list[TransactionEntry]) -> None:
+    """Validate each resource with fhir.resources; raise `_InvalidResource` naming what is wrong."""
     for entry in entries:
-        shape = None if VALIDATE_EVERY_RESOURCE else _shape(entry.resource)
-        if shape is not None and shape in _VALID_SHAPES:
-            continue
         try:
             _MODELS[entry.resource_type].model_validate(entry.resource)
         except ValidationError as exc:
             # Locations and messages only: the input values may hold a resident identifier.
             detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise FhirMappingError(
-                f"reading {reading.gateway_id}/{reading.seq}: invalid {entry.resource_type}: {detail}"
-            ) from None
-        if shape is not None and len(_VALID_SHAPES) < _MAX_SHAPES:
-            _VALID_SHAPES.add(shape)
+            raise _InvalidResource(f"invalid {entry.resource_type}: {detail}") from None
+
+
+def _reading_shape(reading: Reading, alerts: Sequence[AlertText], signed: bool) -> Hashable | None:
+    """What decides the structure of a reading's own resources, or None to validate them anyway.
+
+    The running bridge validates a reading's resources with fhir.resources only for the first
+    reading of each shape: validating every resource costs over 1 ms a reading, most of the
+    bridge's time. Readings of one shape map to resources that differ only in leaf values, and
+    every leaf comes from a typed, checked field (a finite Decimal, an instant formatted here, a
+    code from a table, an id made by `resource_id`) or from a string of the reading that is
+    checked here to be plain (not empty, not padded, printable). A kind this function does not
+    know is validated every time. tests/unit/test_fhir_validation_cache.py checks, on generated
+    readings, that one shape here means one JSON shape out; the other tests validate every
+    resource they map (`VALIDATE_EVERY_RESOURCE`).
+    """
+    if reading.kind not in _KINDS_BY_SHAPE:
+        return None
+    texts = [reading.gateway_id, *reading.flags]
+    for alert in alerts:
+        texts += (alert.rule_id, alert.message_zh, alert.message_en)
+        texts += [text for text in (alert.referral_zh, alert.referral_en) if text]
+    if not all(_plain(text) for text in texts):
+        return None
+    values = []
+    for m in reading.values:
+        if m.value is not None and not m.value.is_finite():
+            return None
+        values.append((m.name, m.unit, m.absent_reason))
+    wave = reading.waveform
+    wave_shape = None
+    if wave is not None:
+        if not wave.resolution_uv.is_finite() or not all(wave.samples):
+            return None
+        wave_shape = (wave.leads, wave.sample_rate_hz)
+    alert_shapes = tuple((a.rule_id, a.severity, bool(a.referral_zh), bool(a.referral_en)) for a in alerts)
+    resident = None if reading.resident is None else reading.resident.system
+    return (
+        reading.kind, tuple(values), reading.flags, reading.time_quality, resident, wave_shape,
+        alert_shapes, signed,
+    )  # fmt: skip
 
 
 VALIDATE_EVERY_RESOURCE = False
 _VALID_SHAPES: set[Hashable] = set()
 _MAX_SHAPES = 4096  # a few dozen in practice (kinds x flags x with/without resident)
-
-
-def _shape(node: Any) -> Hashable | None:
-    """Structure and leaf types of a JSON-like value; None if a leaf is not plain enough to trust."""
-    kind = type(node)
-    if kind is dict:
-        items = tuple((key, _shape(value)) for key, value in node.items())
-        return None if any(inner is None for _, inner in items) else ("{", *items)
-    if kind is list:
-        inner_items = tuple(_shape(value) for value in node)
-        return None if None in inner_items else ("[", *inner_items)
-    if kind is str:
-        return "s" if node and node.isprintable() and node.strip() == node else None
-    if kind is bool:
-        return "b"
-    if kind is int:
-        return "i"
-    if kind is Decimal:
-        return "d" if node.is_finite() else None
-    return None
 
 
 def map_reading(
@@ -666,35 +750,19 @@ def map_reading(
     except OverflowError:
         raise FhirMappingError(f"{where}: time out of range") from None
 
-    entries: list[TransactionEntry] = []
+    shared: list[TransactionEntry] = []
     subject = None
-    if reading.resident is not None:
-        system, value = RESIDENT_ID_SYSTEMS[reading.resident.system], reading.resident.value
-        patient = {
-            "resourceType": "Patient",
-            "id": resource_id(system, value),
-            "identifier": [{"system": system, "value": value}],
-        }
-        entries.append(_entry(patient, system, value))
-        subject = {"reference": f"Patient/{patient['id']}"}
-
-    peripheral: dict[str, Any] = {
-        "resourceType": "Device",
-        "id": resource_id(DEVICE_SYSTEM, reading.device.id),
-        "identifier": [{"system": DEVICE_SYSTEM, "value": reading.device.id}],
-    }
-    if reading.device.model:  # FHIR has no empty strings; an unknown model is simply absent
-        peripheral["modelNumber"] = reading.device.model
-    if reading.device.firmware:
-        peripheral["version"] = [{"type": {"text": "firmware"}, "value": reading.device.firmware}]
-    gateway = {
-        "resourceType": "Device",
-        "id": resource_id(GATEWAY_SYSTEM, reading.gateway_id),
-        "identifier": [{"system": GATEWAY_SYSTEM, "value": reading.gateway_id}],
-        "type": {"text": "Health kiosk gateway"},
-    }
-    entries.append(_entry(peripheral, DEVICE_SYSTEM, reading.device.id))
-    entries.append(_entry(gateway, GATEWAY_SYSTEM, reading.gateway_id))
+    try:
+        if reading.resident is not None:
+            patient = _patient_entry(RESIDENT_ID_SYSTEMS[reading.resident.system], reading.resident.value)
+            shared.append(patient)
+            subject = {"reference": f"Patient/{patient.resource['id']}"}
+        peripheral = _device_entry(reading.device.id, reading.device.model, reading.device.firmware)
+        gateway = _gateway_entry(reading.gateway_id)
+    except _InvalidResource as exc:
+        raise FhirMappingError(f"{where}: {exc}") from None
+    shared += (peripheral, gateway)
+    entries: list[TransactionEntry] = []  # this reading's own resources
 
     notes = [UNSYNCED_NOTE] if reading.time_quality == "unsynced" else []
     notes += [_flag_note(f, alerts) for f in reading.flags]
@@ -702,7 +770,7 @@ def map_reading(
         reading=reading,
         effective=effective,
         subject=subject,
-        device={"reference": f"Device/{peripheral['id']}"},
+        device={"reference": f"Device/{peripheral.resource['id']}"},
         notes=tuple(notes),
     )
     ctx.check_flags()
@@ -715,7 +783,7 @@ def map_reading(
     if subject is not None and observations:
         for alert in alerts:
             entries.extend(_alert_entries(alert, reading_key, subject, observations[0], effective))
-    gateway_ref = {"reference": f"Device/{gateway['id']}"}
+    gateway_ref = {"reference": f"Device/{gateway.resource['id']}"}
     signature: dict[str, Any] = {
         "type": [
             {"system": SIGNATURE_TYPE, "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
@@ -750,5 +818,14 @@ def map_reading(
     # Provenance has no identifier element: it is found again by the reading it came from.
     entries.append(_entry(provenance, READING_SYSTEM, reading_key, param="entity:identifier"))
 
-    _validate(reading, entries)
-    return entries
+    shape = (
+        None if VALIDATE_EVERY_RESOURCE else _reading_shape(reading, alerts, gateway_signature is not None)
+    )
+    if shape is None or shape not in _VALID_SHAPES:
+        try:
+            _validate(entries)  # the shared ones were validated when built
+        except _InvalidResource as exc:
+            raise FhirMappingError(f"{where}: {exc}") from None
+        if shape is not None and len(_VALID_SHAPES) < _MAX_SHAPES:
+            _VALID_SHAPES.add(shape)
+    return shared + entries

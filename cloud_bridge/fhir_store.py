@@ -6,18 +6,14 @@ so nothing here commits except `open_store`, which sets up the schema. Resources
 by their identifier as well as their id: applying the same transaction twice creates nothing the
 second time, which is the local half of "nothing is posted twice to the health record".
 
-Bodies are JSON with decimals written digit for digit (36.60 stays 36.60): `json.dumps` would
-refuse a Decimal and a float would round it.
+Bodies are JSON with decimals written digit for digit (36.60 stays 36.60; `cloud_bridge.fhir_json`).
 """
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,11 +22,13 @@ from pydantic import ValidationError
 
 from cloud_bridge import db as dbapi
 from cloud_bridge.db import Database
+from cloud_bridge.fhir_json import from_json, to_json
 from cloud_bridge.fhir_map import TransactionEntry, parse_token
 
 __all__ = [
     "FhirStoreError",
     "apply_transaction",
+    "apply_transactions",
     "ensure_schema",
     "from_json",
     "identifier_key",
@@ -76,37 +74,10 @@ def open_store(target: str) -> Database:
     return conn
 
 
-def to_json(value: Any) -> str:
-    """Compact JSON in which a Decimal is written as its exact digits.
-
-    The C encoder does the work; a Decimal goes through it as a marked string (NUL-delimited:
-    FHIR strings cannot hold control characters, so no real value looks like one) and the mark
-    is then replaced by the bare digits.
-    """
-    text = json.dumps(
-        value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_mark_decimal
-    )
-    return _DECIMAL_MARK.sub(r"\1", text) if "\\u0000" in text else text
-
-
-_DECIMAL_MARK = re.compile(r'"\\u0000([-+0-9.Ee]+)\\u0000"')
-
-
-def _mark_decimal(value: Any) -> str:
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"not a JSON number: {value}")
-        return f"\x00{value}\x00"
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def from_json(text: str) -> Any:
-    """Parse JSON keeping fractional numbers as Decimal, so a round trip changes no digit."""
-    return json.loads(text, parse_float=Decimal)
-
-
 def identifier_key(entry: TransactionEntry) -> str:
     """`system|value` named by the entry's `ifNoneExist`, checked against its first identifier."""
+    if entry.key is not None:  # set by the mapper, which built both from the same pair
+        return entry.key
     try:
         pairs = parse_qsl(entry.if_none_exist, keep_blank_values=True, strict_parsing=True)
         if len(pairs) != 1:
@@ -137,64 +108,112 @@ def _rewrite_references(node: Any, moved: dict[str, str]) -> Any:
     return node
 
 
-def apply_transaction(
-    conn: Database, entries: Iterable[TransactionEntry], *, now_iso: str
-) -> list[tuple[str, str, bool]]:
+Result = tuple[str, str, bool]  # resource type, id, created
+
+
+def apply_transaction(conn: Database, entries: Iterable[TransactionEntry], *, now_iso: str) -> list[Result]:
     """Conditionally create each entry in order -> (resource type, id, created) per entry.
 
     An entry whose identifier is already stored changes nothing; later entries that referred to
-    it are pointed at the stored resource (which, with deterministic ids, is the same id). The
-    insert itself is conditional too (`ON CONFLICT … DO NOTHING`): on PostgreSQL another
-    transaction may create the same resource between the look-up and the insert, and then its
-    copy is the one kept.
+    it are pointed at the stored resource (which, with deterministic ids, is the same id).
+    """
+    return apply_transactions(conn, [list(entries)], now_iso=now_iso)[0]
+
+
+def apply_transactions(
+    conn: Database, transactions: Sequence[Sequence[TransactionEntry]], *, now_iso: str
+) -> list[list[Result]]:
+    """`apply_transaction` for many transactions at once (a batch's readings), in a few statements.
+
+    What is stored already is looked up with one query per resource type, and everything new is
+    inserted with one `executemany`. The insert is conditional (`ON CONFLICT … DO NOTHING`, on
+    any unique key): on PostgreSQL another transaction may create the same resource between the
+    look-up and the insert, and then its copy is the one kept. When fewer rows went in than were
+    sent, each is checked: one whose id is held under another identifier is refused.
     """
     try:
         if datetime.fromisoformat(now_iso).tzinfo is None:
             raise ValueError("no time zone")
     except ValueError as exc:
         raise FhirStoreError(f"now_iso is not an instant: {exc}") from None
-    moved: dict[str, str] = {}
-    results: list[tuple[str, str, bool]] = []
-    for entry in entries:
-        resource_type = entry.resource_type
-        if entry.resource.get("resourceType") != resource_type or not entry.resource.get("id"):
-            raise FhirStoreError(f"{resource_type}: entry needs a matching resourceType and an id")
-        key = identifier_key(entry)
-        local_ref = f"{resource_type}/{entry.resource['id']}"
-        stored_id = _id_by_identifier(conn, resource_type, key)
-        if stored_id is None:
+    keyed: list[list[tuple[TransactionEntry, str]]] = []
+    for entries in transactions:
+        checked = []
+        for entry in entries:
+            if entry.resource.get("resourceType") != entry.resource_type or not entry.resource.get("id"):
+                raise FhirStoreError(f"{entry.resource_type}: entry needs a matching resourceType and an id")
+            checked.append((entry, identifier_key(entry)))
+        keyed.append(checked)
+    known = _ids_by_identifier(
+        conn, {(entry.resource_type, key) for entries in keyed for entry, key in entries}
+    )
+
+    rows: list[tuple[str, str, str, str | None, str, str]] = []
+    results: list[list[Result]] = []
+    for entries in keyed:
+        moved: dict[str, str] = {}
+        done: list[Result] = []
+        for entry, key in entries:
+            resource_type, own_id = entry.resource_type, entry.resource["id"]
+            stored_id = known.get((resource_type, key))
+            if stored_id is not None:
+                if stored_id != own_id:  # deterministic ids: usually the same resource
+                    moved[f"{resource_type}/{own_id}"] = f"{resource_type}/{stored_id}"
+                done.append((resource_type, stored_id, False))
+                continue
             # A copy (entries stay untouched): deep only when a reference must change.
             resource = _rewrite_references(entry.resource, moved) if moved else dict(entry.resource)
             resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": now_iso}
             subject = resource.get("subject", {}).get("reference")
-            try:
-                created = conn.execute(
-                    "INSERT INTO fhir_resources"
-                    " (resource_type, id, identifier_key, subject, body, last_updated)"
-                    # Any unique key: a concurrent writer's copy may collide on the id before the
-                    # identifier (PostgreSQL checks one arbiter index only when one is named).
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (resource_type, resource["id"], key, subject, to_json(resource), now_iso),
-                ).rowcount
-            except conn.IntegrityError as exc:
-                raise FhirStoreError(f"{local_ref} exists under another identifier") from exc
-            if created == 1:
-                results.append((resource_type, resource["id"], True))
-                continue
-            stored_id = _id_by_identifier(conn, resource_type, key)  # created meanwhile by another
-            if stored_id is None:  # the id is taken, by a resource with another identifier
-                raise FhirStoreError(f"{local_ref} exists under another identifier")
-        if stored_id != entry.resource["id"]:  # deterministic ids: usually the same resource
-            moved[local_ref] = f"{resource_type}/{stored_id}"
-        results.append((resource_type, stored_id, False))
+            rows.append((resource_type, own_id, key, subject, to_json(resource), now_iso))
+            known[(resource_type, key)] = own_id
+            done.append((resource_type, own_id, True))
+        results.append(done)
+    if rows:
+        try:
+            created = conn.executemany(
+                "INSERT INTO fhir_resources (resource_type, id, identifier_key, subject, body, last_updated)"
+                # Any unique key: a concurrent writer's copy may collide on the id before the
+                # identifier (PostgreSQL checks one arbiter index only when one is named).
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            ).rowcount
+        except conn.IntegrityError as exc:
+            raise FhirStoreError(f"a resource could not be stored: {exc}") from exc
+        if created != len(rows):
+            _explain_missing(conn, rows)
     return results
 
 
-def _id_by_identifier(conn: Database, resource_type: str, key: str) -> str | None:
-    row = conn.execute(
-        "SELECT id FROM fhir_resources WHERE resource_type = ? AND identifier_key = ?", (resource_type, key)
-    ).fetchone()
-    return None if row is None else row[0]
+def _ids_by_identifier(conn: Database, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Stored ids of the (resource type, identifier key) pairs, in one query per type and chunk."""
+    by_type: dict[str, list[str]] = {}
+    for resource_type, key in wanted:
+        by_type.setdefault(resource_type, []).append(key)
+    found: dict[tuple[str, str], str] = {}
+    for resource_type, keys in by_type.items():
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key, id in conn.execute(
+                "SELECT identifier_key, id FROM fhir_resources"
+                f" WHERE resource_type = ? AND identifier_key IN ({marks})",
+                (resource_type, *chunk),
+            ):
+                found[(resource_type, key)] = id
+    return found
+
+
+_IN_CHUNK = 500  # parameters per IN list, well inside both engines' limits
+
+
+def _explain_missing(conn: Database, rows: list[tuple[str, str, str, str | None, str, str]]) -> None:
+    """Some rows were not inserted: fine if their identifier is stored (a concurrent writer made
+    it first), refused if their id is taken by a resource with another identifier."""
+    stored = _ids_by_identifier(conn, {(row[0], row[2]) for row in rows})
+    for resource_type, id, key, *_ in rows:
+        if (resource_type, key) not in stored:
+            raise FhirStoreError(f"{resource_type}/{id} exists under another identifier")
 
 
 def read(conn: Database, resource_type: str, id: str, *, lock: bool = False) -> dict[str, Any] | None:

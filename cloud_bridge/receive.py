@@ -121,17 +121,24 @@ def receive_batch(
             return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
         if mapped is None:
             mapped = _map_batch(batch, signature, now_ms, alert_rules)
-        for reading, (entries, fhir_error) in zip(batch.readings, mapped, strict=True):
-            if store.insert_reading(
-                conn, reading, batch_hash=batch.hash, now_ms=now_ms, fhir_error=fhir_error
-            ):
-                stored += 1
-                if fhir_error is None and post_to_remote:
-                    fhir_post.enqueue(
-                        conn, gateway_id, reading.seq, fhir_store.to_transaction_bundle(entries)
-                    )
-                elif fhir_error is None:
-                    fhir_store.apply_transaction(conn, entries, now_iso=_iso(now_ms))
+        new = store.insert_readings(
+            conn,
+            batch.readings,
+            fhir_errors=[fhir_error for _, fhir_error in mapped],
+            batch_hash=batch.hash,
+            now_ms=now_ms,
+        )
+        fresh = [
+            (reading, entries)
+            for reading, (entries, fhir_error), is_new in zip(batch.readings, mapped, new, strict=True)
+            if is_new and fhir_error is None
+        ]
+        stored = sum(new)
+        if post_to_remote:
+            for reading, entries in fresh:
+                fhir_post.enqueue(conn, gateway_id, reading.seq, fhir_store.to_transaction_bundle(entries))
+        else:
+            fhir_store.apply_transactions(conn, [entries for _, entries in fresh], now_iso=_iso(now_ms))
         change = store.record_batch(
             conn,
             gateway_id=gateway_id,

@@ -10,6 +10,7 @@ same chain until it commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,42 +181,67 @@ def batch_known(conn: Database, batch_hash: bytes) -> tuple[str, int] | None:
     return (row[0], row[1]) if row else None
 
 
-def insert_reading(
+def insert_readings(
     conn: Database,
-    reading: Reading,
+    readings: Sequence[Reading],
     *,
+    fhir_errors: Sequence[str | None],
     batch_hash: bytes,
     now_ms: int,
-    fhir_error: str | None,
-) -> bool:
-    cursor = conn.execute(
+) -> list[bool]:
+    """Store one gateway's readings (a batch) -> for each, whether it is new.
+
+    Runs inside the transaction that holds the gateway's row, so no other writer stores this
+    gateway's readings meanwhile and the look-up of the sequences already held is exact.
+    """
+    if not readings:
+        return []
+    gateway_id = readings[0].gateway_id
+    if any(reading.gateway_id != gateway_id for reading in readings):
+        raise ValueError("insert_readings takes one gateway's readings")
+    seqs = [reading.seq for reading in readings]
+    held = {
+        seq
+        for (seq,) in conn.execute(
+            "SELECT seq FROM readings WHERE gateway_id = ? AND seq BETWEEN ? AND ?",
+            (gateway_id, min(seqs), max(seqs)),
+        )
+    }
+    new = [reading.seq not in held for reading in readings]
+    rows = [
+        (gateway_id, reading.seq, reading.kind, encode_reading(reading), batch_hash, now_ms,
+         "dead_letter" if error else "stored", error)
+        for reading, error, is_new in zip(readings, fhir_errors, new, strict=True)
+        if is_new
+    ]  # fmt: skip
+    if not rows:
+        return new
+    inserted = conn.executemany(
         """INSERT INTO readings
                (gateway_id, seq, kind, body, batch_hash, received_at_ms, fhir_status, fhir_error)
            VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id, seq) DO NOTHING""",
-        (
-            reading.gateway_id,
-            reading.seq,
-            reading.kind,
-            encode_reading(reading),
-            batch_hash,
-            now_ms,
-            "dead_letter" if fhir_error else "stored",
-            fhir_error,
-        ),
-    )
-    if cursor.rowcount != 1:
-        return False
-    conn.execute(
+        rows,
+    ).rowcount
+    if inserted != len(rows):  # the gateway's row lock was not held: nothing of this is kept
+        raise RuntimeError(
+            f"{gateway_id}: {len(rows) - inserted} reading(s) stored by another writer meanwhile"
+        )
+    devices: dict[str, tuple[Reading, int, int]] = {}  # device id -> (latest reading, count, newest time)
+    for reading, is_new in zip(readings, new, strict=True):
+        if is_new:
+            _, count, newest = devices.get(reading.device.id, (reading, 0, reading.measured_at_ms))
+            devices[reading.device.id] = (reading, count + 1, max(newest, reading.measured_at_ms))
+    conn.executemany(
         """INSERT INTO devices_seen (gateway_id, device_id, model, firmware, last_measured_ms, readings)
-           VALUES (?, ?, ?, ?, ?, 1)
+           VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT (gateway_id, device_id) DO UPDATE SET model = excluded.model,
-               firmware = excluded.firmware, readings = devices_seen.readings + 1,
+               firmware = excluded.firmware, readings = devices_seen.readings + excluded.readings,
                last_measured_ms = CASE WHEN excluded.last_measured_ms > devices_seen.last_measured_ms
                    THEN excluded.last_measured_ms ELSE devices_seen.last_measured_ms END""",
-        (reading.gateway_id, reading.device.id, reading.device.model, reading.device.firmware,
-         reading.measured_at_ms),
+        [(gateway_id, device_id, latest.device.model, latest.device.firmware, newest, count)
+         for device_id, (latest, count, newest) in devices.items()],
     )  # fmt: skip
-    return True
+    return new
 
 
 def record_batch(

@@ -7,9 +7,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cloud_bridge import fhir_map
+from cloud_bridge.alert_rules import AlertText
 from cloud_bridge.fhir_map import map_reading
+from contract.wire import DeviceRef, Measurement, Reading, ResidentRef, Waveform
 from tests.component.bridge_readings import bp_reading
 
 BATCH_HASH = bytes(32)
@@ -19,6 +23,8 @@ BATCH_HASH = bytes(32)
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(fhir_map, "VALIDATE_EVERY_RESOURCE", False)
     monkeypatch.setattr(fhir_map, "_VALID_SHAPES", set())
+    for built_once in (fhir_map._patient_entry, fhir_map._device_entry, fhir_map._gateway_entry):
+        built_once.cache_clear()
     seen: list[str] = []
     for name, model in list(fhir_map._MODELS.items()):
 
@@ -47,15 +53,137 @@ def test_a_new_shape_is_validated(counted: list[str]) -> None:
     assert len(counted) > before
 
 
-def test_shapes_with_unusual_leaves_are_not_trusted() -> None:
-    assert fhir_map._shape({"a": ["x", 1, Decimal("1.5"), True]}) == ("{", ("a", ("[", "s", "i", "d", "b")))
-    for odd in ("", " padded", "line\nbreak", "nul\x00", Decimal("NaN"), 1.5, None):
-        assert fhir_map._shape({"a": odd}) is None, odd
+def test_readings_with_unusual_strings_have_no_shape() -> None:
+    plain = bp_reading("gw-1", 1, 120, 80)
+    assert fhir_map._reading_shape(plain, (), True) is not None
+    for flag in ("", " padded", "line\nbreak", "nul\x00"):
+        odd = dataclasses.replace(plain, flags=(flag,))
+        assert fhir_map._reading_shape(odd, (), True) is None, repr(flag)
+    odd_alert = AlertText("bp_crisis", "urgent", "高血压危象", "Crisis\n", "", "")
+    assert fhir_map._reading_shape(plain, (odd_alert,), True) is None
+    unknown_kind = dataclasses.replace(plain, kind="questionnaire")
+    assert fhir_map._reading_shape(unknown_kind, (), True) is None
+
+
+# --- the oracle: one reading shape means one resource shape -------------------------------------
+
+
+def json_shape(node: Any) -> Any:
+    """Keys, structure and leaf types of a JSON-like value, strings plain or not (test's own)."""
+    if isinstance(node, dict):
+        return ("{", tuple((key, json_shape(value)) for key, value in node.items()))
+    if isinstance(node, list):
+        return ("[", tuple(json_shape(value) for value in node))
+    if isinstance(node, str):
+        return "s" if node and node.isprintable() and node.strip() == node else ("odd", node)
+    if isinstance(node, bool):
+        return "b"
+    if isinstance(node, int):
+        return "i" if node >= 0 else "-i"
+    if isinstance(node, Decimal):
+        return "d"  # FHIR decimal: any sign
+    return ("?", type(node).__name__)
+
+
+ALERTS = (
+    AlertText("bp_crisis", "urgent", "高血压危象", "Hypertensive crisis", "今日转诊", "Refer today"),
+    AlertText("hypoglycaemia", "urgent", "低血糖", "Hypoglycaemia", "", ""),
+)
+KIND_VALUES = {
+    "bp": [
+        ("systolic", "mm[Hg]"),
+        ("diastolic", "mm[Hg]"),
+        ("mean_arterial", "mm[Hg]"),
+        ("pulse_rate", "/min"),
+    ],
+    "spo2": [("spo2", "%"), ("pulse_rate", "/min")],
+    "temperature": [("body_temperature", "Cel")],
+    "weight": [("body_weight", "kg")],
+    "glucose": [("glucose", "mmol/L")],
+    "heart_rate": [("pulse_rate", "/min")],
+}
+
+
+@st.composite
+def readings(draw: st.DrawFn) -> tuple[Reading, tuple[AlertText, ...], bool]:
+    kind = draw(st.sampled_from([*sorted(KIND_VALUES), "ecg"]))
+    waveform = None
+    if kind == "ecg":
+        leads = tuple(
+            draw(st.lists(st.sampled_from(sorted(fhir_map.ECG_LEADS)), min_size=1, max_size=2, unique=True))
+        )
+        length = draw(st.integers(1, 20))
+        samples = tuple(
+            tuple(draw(st.lists(st.integers(-(2**23), 2**23), min_size=length, max_size=length)))
+            for _ in leads
+        )
+        resolution = draw(st.sampled_from((Decimal("2.4"), Decimal("1"))))
+        waveform = Waveform(draw(st.sampled_from((250, 500))), resolution, leads, 0, samples)
+    values = []
+    for index, (name, unit) in enumerate(KIND_VALUES.get(kind, ())):
+        if index > 0 and draw(st.booleans()):
+            continue  # optional parts left out (the first value of each kind is required)
+        if draw(st.integers(0, 5)) == 0:
+            values.append(Measurement(name, None, unit, draw(st.sampled_from(("nan", "nres", "+inf")))))
+        else:
+            number = draw(
+                st.decimals(min_value=-50, max_value=400, allow_nan=False, places=draw(st.integers(0, 2)))
+            )
+            values.append(Measurement(name, number, unit))
+    flags = tuple(draw(st.lists(st.sampled_from(
+        ("irregular_pulse", "body_movement", "pulse_above_range", "fasting", "above_range", "below_range",
+         "alert:bp_crisis", "implausible:systolic", "device-own-flag")
+    ), max_size=2, unique=True)))  # fmt: skip
+    gateway = draw(st.sampled_from(("gw-1", "村卫生室-02")))
+    reading = Reading(
+        gateway_id=gateway,
+        seq=draw(st.integers(1, 10**9)),
+        device=DeviceRef("dev-1", "KX-1", "1.0"),
+        kind=kind,
+        values=tuple(values),
+        measured_at_ms=draw(st.integers(1_600_000_000_000, 1_900_000_000_000)),
+        time_quality=draw(st.sampled_from(("ntp", "unsynced", "bridge"))),
+        received_mono_ms=1,
+        resident=draw(st.sampled_from((None, ResidentRef("health-record", "330781-2026-000001")))),
+        operator=None,
+        flags=flags,
+        waveform=waveform,
+    )
+    alerts = tuple(draw(st.lists(st.sampled_from(ALERTS), max_size=2, unique=True)))
+    return reading, alerts, draw(st.booleans())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(readings(), min_size=2, max_size=6))
+def test_one_reading_shape_maps_to_one_resource_shape(examples: list[tuple[Reading, Any, bool]]) -> None:
+    """What lets the running bridge skip validating a reading whose shape it has validated: any
+    two readings `_reading_shape` calls alike give resources of the same JSON shape."""
+    seen: dict[Any, Any] = {}
+    for reading, alerts, signed in examples:
+        try:
+            entries = map_reading(
+                reading, batch_hash=BATCH_HASH, gateway_signature=bytes(64) if signed else None, alerts=alerts
+            )
+        except fhir_map.FhirMappingError:
+            continue  # refused readings are never stored, shape or not
+        shape = fhir_map._reading_shape(reading, alerts, signed)
+        if shape is None:
+            continue
+        own = [json_shape(e.resource) for e in entries if e.resource_type not in ("Patient", "Device")]
+        assert seen.setdefault(shape, own) == own
 
 
 def test_a_resource_with_an_unusual_leaf_is_validated_every_time(counted: list[str]) -> None:
     reading = bp_reading("gw-1", 1, 120, 80)
-    odd = dataclasses.replace(reading.device, model=" KX-BP100")  # padded: not plain
     for seq in (1, 2, 3):
+        odd = dataclasses.replace(reading.device, model=f" KX-BP10{seq}")  # padded: not plain
         map_reading(dataclasses.replace(reading, seq=seq, device=odd), batch_hash=BATCH_HASH)
-    assert counted.count("Device") == 1 + 3  # the gateway Device once; the odd one each time
+    assert counted.count("Device") == 1 + 3  # the gateway Device once; each odd one
+
+
+def test_a_recurring_device_or_resident_is_built_and_validated_once(counted: list[str]) -> None:
+    first = map_reading(bp_reading("gw-1", 1, 120, 80), batch_hash=BATCH_HASH)
+    before = {name: counted.count(name) for name in ("Patient", "Device")}
+    second = map_reading(bp_reading("gw-1", 2, 141, 93), batch_hash=BATCH_HASH)
+    assert {name: counted.count(name) for name in ("Patient", "Device")} == before
+    assert [e.resource for e in first[:3]] == [e.resource for e in second[:3]]
