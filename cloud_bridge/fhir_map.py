@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import re
 import uuid
 from collections.abc import Callable, Hashable, Sequence
@@ -246,6 +247,8 @@ class TransactionEntry:
     # `system|value` of the identifier `if_none_exist` searches for, when the mapper knows it (the
     # store then need not parse the search back); None for entries read from a posted Bundle.
     key: str | None = None
+    # A resource many readings name (a resident, a peripheral, a gateway), not one reading's own.
+    shared: bool = False
 
 
 _MODELS: dict[str, Any] = {
@@ -260,8 +263,19 @@ _MODELS: dict[str, Any] = {
 
 @functools.lru_cache(maxsize=65536)  # devices, gateways and residents recur in every batch
 def resource_id(system: str, value: str) -> str:
-    """Deterministic id from an identifier, so every replay of a reading names the same resources."""
-    return str(uuid.uuid5(ID_NAMESPACE, f"{system}|{value}"))
+    """Deterministic id from an identifier, so every replay of a reading names the same resources.
+
+    It is `uuid.uuid5(ID_NAMESPACE, "system|value")`, computed without the UUID object (a third
+    of the cost, which counts at several ids per reading); the unit tests hold it to uuid5.
+    """
+    digest = bytearray(hashlib.sha1(_ID_NAMESPACE_BYTES + f"{system}|{value}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ID_NAMESPACE_BYTES = ID_NAMESPACE.bytes
 
 
 def _escape(part: str) -> str:
@@ -314,9 +328,28 @@ def _instant(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Parts every Observation of a concept repeats are built once and shared between resources: no
+# code changes an entry's resource in place (the store copies it, a Bundle rewrites it).
+@functools.cache
 def _concept(code: Code) -> dict[str, Any]:
     codings = [(code.loinc, code.display), *code.also]
     return {"coding": [{"system": LOINC, "code": loinc, "display": display} for loinc, display in codings]}
+
+
+@functools.cache
+def _category(category: str) -> list[dict[str, Any]]:
+    coding = {"system": OBSERVATION_CATEGORY, "code": category, "display": CATEGORY_DISPLAYS[category]}
+    return [{"coding": [coding]}]
+
+
+@functools.cache
+def _profile_meta(profile: str) -> dict[str, Any]:
+    return {"profile": [profile]}
+
+
+@functools.lru_cache(maxsize=64)
+def _time_quality(quality: str) -> dict[str, Any]:
+    return {"extension": [{"url": TIME_QUALITY_EXTENSION, "valueCode": quality}]}
 
 
 def _interpretation(flag: Flag) -> dict[str, Any]:
@@ -332,7 +365,7 @@ class _Context:
     effective: str
     subject: dict[str, str] | None
     device: dict[str, str]
-    notes: tuple[str, ...]
+    notes: list[dict[str, str]] | None  # Observation.note of every Observation of the reading
 
     def fail(self, message: str) -> FhirMappingError:
         return FhirMappingError(f"reading {self.reading.gateway_id}/{self.reading.seq}: {message}")
@@ -362,13 +395,6 @@ class _Context:
         code, _ = ABSENT[measurement.absent_reason]
         return {"dataAbsentReason": {"coding": [{"system": DATA_ABSENT_REASON, "code": code}]}}
 
-    def absent_notes(self) -> list[str]:
-        return [
-            f"{m.name}: no value, {ABSENT[m.absent_reason][1]}."
-            for m in self.reading.values
-            if m.absent_reason is not None
-        ]
-
     def observation(self, key: str, measurement: Measurement | None = None, **fields: Any) -> dict[str, Any]:
         """An Observation of CODES[key]; with `measurement`, its valueQuantity and interpretation."""
         code = CODES[key]
@@ -378,31 +404,18 @@ class _Context:
             "id": resource_id(READING_SYSTEM, reading_key),
             "identifier": [{"system": READING_SYSTEM, "value": reading_key}],
             "status": "final",
-            "category": [
-                {
-                    "coding": [
-                        {
-                            "system": OBSERVATION_CATEGORY,
-                            "code": code.category,
-                            "display": CATEGORY_DISPLAYS[code.category],
-                        }
-                    ]
-                }
-            ],
+            "category": _category(code.category),
             "code": _concept(code),
             "effectiveDateTime": self.effective,
-            "_effectiveDateTime": {
-                "extension": [{"url": TIME_QUALITY_EXTENSION, "valueCode": self.reading.time_quality}]
-            },
-            "device": dict(self.device),
+            "_effectiveDateTime": _time_quality(self.reading.time_quality),
+            "device": self.device,
         }
         if code.profile is not None:
-            resource["meta"] = {"profile": [code.profile]}
+            resource["meta"] = _profile_meta(code.profile)
         if self.subject is not None:
-            resource["subject"] = dict(self.subject)
-        notes = [*self.notes, *self.absent_notes()]
-        if notes:
-            resource["note"] = [{"text": text} for text in notes]
+            resource["subject"] = self.subject
+        if self.notes:
+            resource["note"] = self.notes
         if measurement is not None:
             resource.update(self.value_fields(measurement, key))
             marking = self.marking(measurement.name)
@@ -598,9 +611,11 @@ def _alert_entries(
     return [_entry(flag, ALERT_FLAG_SYSTEM, key), _entry(task, REFERRAL_SYSTEM, key)]
 
 
-def _entry(resource: dict[str, Any], system: str, value: str, param: str = "identifier") -> TransactionEntry:
+def _entry(
+    resource: dict[str, Any], system: str, value: str, param: str = "identifier", *, shared: bool = False
+) -> TransactionEntry:
     return TransactionEntry(
-        resource["resourceType"], resource, _if_none_exist(param, system, value), f"{system}|{value}"
+        resource["resourceType"], resource, _if_none_exist(param, system, value), f"{system}|{value}", shared
     )
 
 
@@ -613,7 +628,7 @@ def _patient_entry(system: str, value: str) -> TransactionEntry:
         "id": resource_id(system, value),
         "identifier": [{"system": system, "value": value}],
     }
-    return _checked(_entry(patient, system, value), ("Patient", system), value)
+    return _checked(_entry(patient, system, value, shared=True), ("Patient", system), value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -628,7 +643,7 @@ def _device_entry(device_id: str, model: str, firmware: str) -> TransactionEntry
     if firmware:
         peripheral["version"] = [{"type": {"text": "firmware"}, "value": firmware}]
     return _checked(
-        _entry(peripheral, DEVICE_SYSTEM, device_id),
+        _entry(peripheral, DEVICE_SYSTEM, device_id, shared=True),
         ("Device", bool(model), bool(firmware)),
         device_id,
         model,
@@ -644,7 +659,7 @@ def _gateway_entry(gateway_id: str) -> TransactionEntry:
         "identifier": [{"system": GATEWAY_SYSTEM, "value": gateway_id}],
         "type": {"text": "Health kiosk gateway"},
     }
-    return _checked(_entry(gateway, GATEWAY_SYSTEM, gateway_id), ("gateway",), gateway_id)
+    return _checked(_entry(gateway, GATEWAY_SYSTEM, gateway_id, shared=True), ("gateway",), gateway_id)
 
 
 class _InvalidResource(Exception):
@@ -738,6 +753,12 @@ def map_reading(
     the bridge recorded the reading (Provenance.recorded); it defaults to the measurement time so
     that, without it, the output depends on the reading alone.
     """
+    if reading.kind == "questionnaire":  # answers, not measurements: cloud_bridge/fhir_questionnaire.py
+        from cloud_bridge.fhir_questionnaire import map_questionnaire
+
+        return map_questionnaire(
+            reading, batch_hash=batch_hash, gateway_signature=gateway_signature, recorded_at_ms=recorded_at_ms
+        )
     where = f"reading {reading.gateway_id}/{reading.seq}"
     mapper = _KIND_MAPPERS.get(reading.kind)
     if mapper is None:
@@ -766,12 +787,13 @@ def map_reading(
 
     notes = [UNSYNCED_NOTE] if reading.time_quality == "unsynced" else []
     notes += [_flag_note(f, alerts) for f in reading.flags]
+    notes += [f"{m.name}: no value, {ABSENT[m.absent_reason][1]}." for m in reading.values if m.absent_reason]
     ctx = _Context(
         reading=reading,
         effective=effective,
         subject=subject,
         device={"reference": f"Device/{peripheral.resource['id']}"},
-        notes=tuple(notes),
+        notes=[{"text": text} for text in notes] or None,
     )
     ctx.check_flags()
     observations = mapper(ctx)

@@ -88,7 +88,7 @@ def identifier_key(entry: TransactionEntry) -> str:
     key = f"{system}|{value}"
     identifiers = entry.resource.get("identifier")
     if identifiers:
-        first = identifiers[0]
+        first = identifiers if isinstance(identifiers, dict) else identifiers[0]  # 0..1 in some types
         if f"{first.get('system')}|{first.get('value')}" != key:
             raise FhirStoreError(f"{entry.resource_type}: ifNoneExist does not name its first identifier")
     return key
@@ -121,7 +121,11 @@ def apply_transaction(conn: Database, entries: Iterable[TransactionEntry], *, no
 
 
 def apply_transactions(
-    conn: Database, transactions: Sequence[Sequence[TransactionEntry]], *, now_iso: str
+    conn: Database,
+    transactions: Sequence[Sequence[TransactionEntry]],
+    *,
+    now_iso: str,
+    first_time: bool = False,
 ) -> list[list[Result]]:
     """`apply_transaction` for many transactions at once (a batch's readings), in a few statements.
 
@@ -130,7 +134,32 @@ def apply_transactions(
     any unique key): on PostgreSQL another transaction may create the same resource between the
     look-up and the insert, and then its copy is the one kept. When fewer rows went in than were
     sent, each is checked: one whose id is held under another identifier is refused.
+
+    `first_time` says the caller applies these readings for the first time (it has just stored
+    them, new): only their shared entries (residents, devices, gateways) are looked up, not each
+    reading's own. Should one of those be stored after all, the insert is undone (to a
+    savepoint; the caller holds a transaction) and everything is applied again with look-ups.
     """
+    if first_time:
+        conn.execute("SAVEPOINT fhir_first_time")
+        try:
+            results = _apply(conn, transactions, now_iso, look_up_own=False)
+        except _NotFirstTime:
+            conn.execute("ROLLBACK TO SAVEPOINT fhir_first_time")
+            conn.execute("RELEASE SAVEPOINT fhir_first_time")
+            return _apply(conn, transactions, now_iso, look_up_own=True)
+        conn.execute("RELEASE SAVEPOINT fhir_first_time")
+        return results
+    return _apply(conn, transactions, now_iso, look_up_own=True)
+
+
+class _NotFirstTime(Exception):
+    """A reading's own resource was stored already, though the caller applies it for the first time."""
+
+
+def _apply(
+    conn: Database, transactions: Sequence[Sequence[TransactionEntry]], now_iso: str, *, look_up_own: bool
+) -> list[list[Result]]:
     try:
         if datetime.fromisoformat(now_iso).tzinfo is None:
             raise ValueError("no time zone")
@@ -145,7 +174,13 @@ def apply_transactions(
             checked.append((entry, identifier_key(entry)))
         keyed.append(checked)
     known = _ids_by_identifier(
-        conn, {(entry.resource_type, key) for entries in keyed for entry, key in entries}
+        conn,
+        {
+            (entry.resource_type, key)
+            for entries in keyed
+            for entry, key in entries
+            if look_up_own or entry.shared
+        },
     )
 
     rows: list[tuple[str, str, str, str | None, str, str]] = []
@@ -181,6 +216,8 @@ def apply_transactions(
         except conn.IntegrityError as exc:
             raise FhirStoreError(f"a resource could not be stored: {exc}") from exc
         if created != len(rows):
+            if not look_up_own:
+                raise _NotFirstTime
             _explain_missing(conn, rows)
     return results
 

@@ -7,6 +7,7 @@ batch chain, gaps, probes, v1.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import zstandard
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_bridge import store
+from cloud_bridge import fhir_store, store
 from cloud_bridge.db import Database
+from cloud_bridge.fhir_map import TransactionEntry, map_reading
 from cloud_bridge.receive import receive_batch
 from contract.wire import GENESIS_HASH, Reading, batch_hash, encode_batch, encode_time_probe, up_topic
 from tests.component.bridge_readings import bp_reading
@@ -151,3 +153,30 @@ def test_a_time_probe_from_a_stranger_or_on_another_topic_is_refused(conn: Datab
     assert spoofed.refusal is not None and "came on" in spoofed.refusal
     store.revoke_gateway(conn, GATEWAY)
     assert receive(conn, encode_time_probe(GATEWAY)).refusal == "gateway is revoked"
+
+
+def test_a_reading_whose_observation_the_record_holds_already_points_at_the_stored_one(
+    conn: Database,
+) -> None:
+    """Readings are stored first time without looking their own resources up; when one is there
+    after all (here: posted under its identifier with another id), the batch is applied again
+    with look-ups, and the reading's Provenance names the Observation the record holds."""
+    mapped = map_reading(reading(2), batch_hash=bytes(32))
+    [bp_entry] = [e for e in mapped if e.resource_type == "Observation" and "component" in e.resource]
+    elsewhere = str(uuid.uuid4())
+    posted = {**bp_entry.resource, "id": elsewhere}
+    with conn.transaction():
+        fhir_store.apply_transaction(
+            conn,
+            [TransactionEntry("Observation", posted, bp_entry.if_none_exist)],
+            now_iso="2026-11-25T00:00:00Z",
+        )
+    chain = Chain()
+    outcome = receive(conn, chain.next([1, 2, 3]))
+    assert outcome.stored == 3 and outcome.refusal is None
+    identifier = bp_entry.key
+    [kept] = fhir_store.search(conn, "Observation", identifier=identifier)
+    assert kept["id"] == elsewhere
+    [prov] = [p for p in fhir_store.all_of_type(conn, "Provenance") if f"{GATEWAY}/2" in str(p["entity"])]
+    assert {"reference": f"Observation/{elsewhere}"} in prov["target"]
+    assert len(fhir_store.all_of_type(conn, "Provenance")) == 3

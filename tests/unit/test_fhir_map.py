@@ -10,7 +10,10 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cloud_bridge import fhir_map
 from cloud_bridge.fhir_map import FhirMappingError, format_token, map_reading, parse_token
 from contract.wire import DeviceRef, Measurement, Reading, ResidentRef
 
@@ -409,6 +412,15 @@ def test_ids_are_deterministic() -> None:
     assert other[3].resource["id"] == uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ + 1}/85354-9") != BP_ID
     # uuid5 of the namespace and "system|value", pinned from the uuid module itself.
     assert PATIENT_ID == "d64df83a-76ba-5bdb-8a2b-c38e3c801b95"
+
+
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=60)  # encodable
+
+
+@given(TEXT, TEXT)
+def test_resource_id_is_uuid5_of_system_and_value(system: str, value: str) -> None:
+    expected = str(uuid.uuid5(fhir_map.ID_NAMESPACE, f"{system}|{value}"))
+    assert fhir_map.resource_id.__wrapped__(system, value) == expected
 
 
 def test_search_tokens_escape_reserved_characters() -> None:
