@@ -27,6 +27,7 @@ gateway mark readings synced.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import itertools
 import sys
@@ -62,6 +63,8 @@ __all__ = [
     "decode_time_probe",
     "encode_ack",
     "encode_batch",
+    "encode_batch_of_encoded",
+    "encode_reading_parts",
     "encode_time_probe",
     "expand_ranges",
     "gateway_id_from_topic",
@@ -314,6 +317,76 @@ def encode_reading(reading: Reading) -> bytes:
     return cbor2.dumps(reading.to_cbor_map(), canonical=True)
 
 
+def encode_reading_parts(
+    *,
+    gateway_id: str,
+    seq: int,
+    device: DeviceRef,
+    kind: str,
+    values_cbor: bytes,
+    measured_at_ms: int,
+    time_quality: str,
+    received_mono_ms: int,
+    resident: ResidentRef | None,
+    operator: str | None,
+    flags_cbor: bytes,
+    waveform_cbor: bytes | None,
+) -> bytes:
+    """`encode_reading`, byte for byte, from fields of which three are CBOR already: the
+    measurements (`[m.to_cbor() …]`), the flags (a list) and the waveform (`to_cbor()`), as the
+    gateway's outbox keeps them. Forming a batch then decodes nothing: building `Reading`s from
+    stored rows only to encode them again was most of a batch's cost.
+
+    The map is written in canonical key order (shorter keys first, then bytewise), with each
+    value canonical on its own; tests/unit/test_wire_contract.py holds it to `encode_reading`.
+    """
+    parts = [
+        _MAP_OF_12 if waveform_cbor is not None else _MAP_OF_11,
+        _KEY["k"], _cbor_of(kind),
+        _KEY["t"], _cbor_int(measured_at_ms),
+        _KEY["fl"], flags_cbor,
+        _KEY["gw"], _cbor_of(gateway_id),
+        _KEY["op"], _cbor_of(operator),
+        _KEY["rx"], _cbor_int(received_mono_ms),
+        _KEY["tq"], _cbor_of(time_quality),
+    ]  # fmt: skip
+    if waveform_cbor is not None:
+        parts += (_KEY["wf"], waveform_cbor)
+    parts += (
+        _KEY["dev"], _cbor_of((device.id, device.model, device.firmware)),
+        _KEY["res"], cbor2.dumps(None if resident is None else [resident.system, resident.value]),
+        _KEY["seq"], _cbor_int(seq),
+        _KEY["val"], values_cbor,
+    )  # fmt: skip
+    return b"".join(parts)
+
+
+_KEY = {
+    key: cbor2.dumps(key)
+    for key in ("k", "t", "fl", "gw", "op", "rx", "tq", "wf", "dev", "res", "seq", "val")
+}
+_MAP_OF_11, _MAP_OF_12 = b"\xab", b"\xac"  # CBOR map headers (major type 5, 11 and 12 pairs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cbor_of(value: str | tuple[str, ...] | None) -> bytes:
+    """CBOR of a value that recurs from reading to reading (a kind, a gateway, an operator, a
+    device as a list), encoded once."""
+    return cbor2.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _cbor_int(value: int) -> bytes:
+    """CBOR of an integer (major type 0, shortest form), without cbor2's per-call dispatch."""
+    if value < 0:
+        return cbor2.dumps(value)
+    if value < 24:
+        return bytes((value,))
+    for marker, size in ((0x18, 1), (0x19, 2), (0x1A, 4), (0x1B, 8)):
+        if value < 1 << (8 * size):
+            return bytes((marker,)) + value.to_bytes(size, "big")
+    return cbor2.dumps(value)  # a bignum
+
+
 def decode_reading(data: bytes) -> Reading:
     try:
         raw = cbor2.loads(data)
@@ -418,8 +491,34 @@ def encode_batch(
     gateway_id = readings[0].gateway_id
     if any(r.gateway_id != gateway_id for r in readings):
         raise ContractError("batch mixes gateways")
-    ranges = seq_ranges(r.seq for r in readings)
-    body = cbor2.dumps([r.to_cbor_map() for r in readings], canonical=True)
+    return encode_batch_of_encoded(
+        gateway_id,
+        [(r.seq, encode_reading(r)) for r in readings],
+        prev_hash=prev_hash,
+        signing_key=signing_key,
+        number=number,
+        waiting=waiting,
+    )
+
+
+def encode_batch_of_encoded(
+    gateway_id: str,
+    encoded: Sequence[tuple[int, bytes]],
+    *,
+    prev_hash: bytes,
+    signing_key: Ed25519PrivateKey,
+    number: int,
+    waiting: int = 0,
+) -> tuple[bytes, bytes]:
+    """`encode_batch` of readings already encoded (`encode_reading` or `encode_reading_parts`),
+    given as (seq, bytes) in increasing seq: the same message, byte for byte."""
+    if not encoded:
+        raise ContractError("empty batch")
+    if number < 1 or waiting < 0:
+        raise ContractError(f"batch number must be >= 1 and waiting >= 0 (got {number}, {waiting})")
+    ranges = seq_ranges(seq for seq, _ in encoded)
+    # A CBOR array is its header followed by its items.
+    body = _array_header(len(encoded)) + b"".join(data for _, data in encoded)
     payload = cbor2.dumps(
         {
             "v": CONTRACT_VERSION,
@@ -427,7 +526,7 @@ def encode_batch(
             "no": number,
             "prev": prev_hash,
             "seqs": [list(r) for r in ranges],
-            "n": len(readings),
+            "n": len(encoded),
             "q": waiting,
             "z": zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body),
         },
@@ -435,6 +534,16 @@ def encode_batch(
     )
     message = cbor2.dumps({"p": payload, "s": signing_key.sign(payload)}, canonical=True)
     return message, batch_hash(payload)
+
+
+def _array_header(length: int) -> bytes:
+    """The head of a CBOR array of `length` items (major type 4, shortest length form)."""
+    if length < 24:
+        return bytes([0x80 | length])
+    for marker, size in ((0x98, 1), (0x99, 2), (0x9A, 4)):
+        if length < 1 << (8 * size):
+            return bytes([marker]) + length.to_bytes(size, "big")
+    raise ContractError(f"batch of {length} readings is too large")
 
 
 def peek_batch_gateway(message: bytes) -> tuple[str, bytes, bytes]:

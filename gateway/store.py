@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
@@ -25,7 +26,16 @@ from pathlib import Path
 import aiosqlite
 import cbor2
 
-from contract.wire import GENESIS_HASH, DeviceRef, Measurement, Reading, ResidentRef, Waveform, encode_batch
+from contract.wire import (
+    GENESIS_HASH,
+    DeviceRef,
+    Measurement,
+    Reading,
+    ResidentRef,
+    Waveform,
+    encode_batch_of_encoded,
+    encode_reading_parts,
+)
 from gateway.ecg import EcgChunk
 from gateway.errors import StorageFullError
 from gateway.keys import GatewayKeys
@@ -270,6 +280,12 @@ class StorageGuard:
         return f"storage ok ({free_mb:.0f} MB free)"
 
 
+@functools.lru_cache(maxsize=256)
+def _flags_cbor(flags: tuple[str, ...]) -> bytes:
+    """A reading's flags as stored (a CBOR list); most readings share a few sets, often none."""
+    return cbor2.dumps(list(flags))
+
+
 class Outbox:
     def __init__(
         self, db: aiosqlite.Connection, gateway_id: str, keys: GatewayKeys, guard: StorageGuard | None = None
@@ -398,7 +414,7 @@ class Outbox:
             new.received_mono_ms,
             sealed,
             new.operator,
-            cbor2.dumps(list(new.flags)),
+            _flags_cbor(new.flags),
             cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
             _now_ms(),
             sync_priority(new.kind, new.flags, new.waveform is not None),
@@ -576,6 +592,39 @@ class Outbox:
             waveform=Waveform.from_cbor(cbor2.loads(wave)) if wave else None,
         )
 
+    def _encoded_from_row(self, row: aiosqlite.Row | tuple) -> tuple[int, bytes]:
+        """(seq, the reading as the batch carries it), from the stored row without building a
+        `Reading`: measurements, flags and waveform are stored as CBOR already."""
+        (
+            seq,
+            device_id,
+            model,
+            firmware,
+            kind,
+            values,
+            measured_at,
+            quality,
+            rx,
+            sealed,
+            operator,
+            flags,
+            wave,
+        ) = row
+        return seq, encode_reading_parts(
+            gateway_id=self._gateway_id,
+            seq=seq,
+            device=DeviceRef(device_id, model, firmware),
+            kind=kind,
+            values_cbor=values,
+            measured_at_ms=measured_at,
+            time_quality=quality,
+            received_mono_ms=rx,
+            resident=self._keys.unseal_resident(sealed) if sealed else None,
+            operator=operator,
+            flags_cbor=flags,
+            waveform_cbor=wave,
+        )
+
     async def form_batches(self, max_readings: int) -> int:
         """Seal every stored reading into batches now, most urgent first; returns how many batches.
         (The sync engine forms one at a time, as the link takes them: `form_batch`.)"""
@@ -619,7 +668,7 @@ class Outbox:
                     break
                 taken.append(row[:-1])
                 size += row[-1]
-            readings = sorted((self._reading_from_row(row) for row in taken), key=lambda r: r.seq)
+            encoded = sorted(self._encoded_from_row(row) for row in taken)  # by seq
             async with self._db.execute("SELECT COUNT(*) FROM readings WHERE state = 'stored'") as cursor:
                 (stored,) = await cursor.fetchone()  # type: ignore[misc]
             async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
@@ -628,16 +677,17 @@ class Outbox:
             async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'") as cursor:
                 row = await cursor.fetchone()
             number = (int(row[0]) if row else 0) + 1  # the table's next AUTOINCREMENT id, set explicitly
-            message, digest = encode_batch(
-                readings,
+            message, digest = encode_batch_of_encoded(
+                self._gateway_id,
+                encoded,
                 prev_hash=prev_hash,
                 signing_key=self._keys.signing,
                 number=number,
-                waiting=stored - len(readings),
+                waiting=stored - len(encoded),
             )
             if accept is not None and not accept(message):
                 return None  # nothing written: the transaction commits no change
-            first, last = readings[0].seq, readings[-1].seq
+            first, last = encoded[0][0], encoded[-1][0]
             await self._db.execute(
                 """INSERT INTO batches (id, first_seq, last_seq, hash, message_sealed, created_at_ms)
                    VALUES (?, ?, ?, ?, ?, ?)""",
@@ -645,12 +695,12 @@ class Outbox:
             )
             await self._db.executemany(
                 "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq = ?",
-                [(number, reading.seq) for reading in readings],
+                [(number, seq) for seq, _ in encoded],
             )
             await self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_hash', ?)", (digest,)
             )
-        return PendingBatch(number, first, last, digest, message, len(readings))
+        return PendingBatch(number, first, last, digest, message, len(encoded))
 
     async def pending_batches(self, limit: int) -> list[PendingBatch]:
         """Formed batches the bridge has not acked, in chain order (the order they must arrive)."""

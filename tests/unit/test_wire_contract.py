@@ -15,7 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.wire import (
+    ABSENT_REASONS,
     GENESIS_HASH,
+    KINDS,
+    RESIDENT_ID_SYSTEMS,
+    TIME_QUALITIES,
     Ack,
     ContractError,
     DeviceRef,
@@ -23,12 +27,15 @@ from contract.wire import (
     Reading,
     ResidentRef,
     SignatureError,
+    Waveform,
     ack_topic,
     decode_ack,
     decode_batch,
     encode_ack,
     encode_batch,
+    encode_batch_of_encoded,
     encode_reading,
+    encode_reading_parts,
     expand_ranges,
     gateway_id_from_topic,
     seq_ranges,
@@ -249,3 +256,91 @@ def test_a_measurement_is_a_finite_number_or_a_known_absent_reason(
 ) -> None:
     with pytest.raises(ContractError):
         Measurement("pulse_rate", value, "/min", reason)
+
+
+# --- readings encoded from their parts (the gateway's outbox) ------------------------------------
+
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+
+
+RESIDENTS = st.builds(ResidentRef, st.sampled_from(sorted(RESIDENT_ID_SYSTEMS)), TEXT.filter(bool))
+
+
+@st.composite
+def any_reading(draw: st.DrawFn) -> Reading:
+    values = tuple(
+        draw(
+            st.lists(
+                st.one_of(
+                    st.builds(
+                        Measurement,
+                        TEXT,
+                        st.decimals(allow_nan=False, allow_infinity=False, places=draw(st.integers(0, 3))),
+                        TEXT,
+                    ),
+                    st.builds(lambda name, unit, why: Measurement(name, None, unit, why), TEXT, TEXT,
+                              st.sampled_from(ABSENT_REASONS)),
+                ),
+                max_size=4,
+            )
+        )
+    )  # fmt: skip
+    wave = None
+    if draw(st.booleans()):
+        leads = tuple(draw(st.lists(TEXT, min_size=1, max_size=2)))
+        length = draw(st.integers(1, 30))
+        series = st.lists(st.integers(-(2**23), 2**23), min_size=length, max_size=length).map(tuple)
+        wave = Waveform(draw(st.integers(1, 2000)), Decimal("2.4"), leads, draw(st.integers(0, 2**40)),
+                        tuple(draw(series) for _ in leads))  # fmt: skip
+    return Reading(
+        gateway_id=draw(TEXT),
+        seq=draw(st.integers(1, 2**62)),
+        device=DeviceRef(draw(TEXT), draw(TEXT), draw(TEXT)),
+        kind=draw(st.sampled_from(KINDS)),
+        values=values,
+        measured_at_ms=draw(st.integers(0, 2**50)),
+        time_quality=draw(st.sampled_from(TIME_QUALITIES)),
+        received_mono_ms=draw(st.integers(0, 2**40)),
+        resident=draw(st.one_of(st.none(), RESIDENTS)),
+        operator=draw(st.one_of(st.none(), TEXT)),
+        flags=tuple(draw(st.lists(TEXT, max_size=3))),
+        waveform=wave,
+    )
+
+
+@given(any_reading())
+def test_a_reading_encoded_from_its_stored_parts_is_byte_for_byte_encode_reading(reading: Reading) -> None:
+    parts = encode_reading_parts(
+        gateway_id=reading.gateway_id,
+        seq=reading.seq,
+        device=reading.device,
+        kind=reading.kind,
+        values_cbor=cbor2.dumps([m.to_cbor() for m in reading.values]),  # as the outbox stores them
+        measured_at_ms=reading.measured_at_ms,
+        time_quality=reading.time_quality,
+        received_mono_ms=reading.received_mono_ms,
+        resident=reading.resident,
+        operator=reading.operator,
+        flags_cbor=cbor2.dumps(list(reading.flags)),
+        waveform_cbor=cbor2.dumps(reading.waveform.to_cbor()) if reading.waveform else None,
+    )
+    assert parts == encode_reading(reading)
+
+
+@given(st.lists(any_reading(), min_size=1, max_size=30))
+def test_a_batch_of_encoded_readings_is_byte_for_byte_encode_batch(readings: list[Reading]) -> None:
+    readings = [dataclasses.replace(r, gateway_id="gw-1", seq=i) for i, r in enumerate(readings, start=1)]
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    expected = encode_batch(readings, prev_hash=bytes(32), signing_key=key, number=3, waiting=2)
+    encoded = [(r.seq, encode_reading(r)) for r in readings]
+    again = encode_batch_of_encoded(
+        "gw-1", encoded, prev_hash=bytes(32), signing_key=key, number=3, waiting=2
+    )
+    assert again == expected
+
+
+def test_a_batch_of_many_readings_has_a_long_array_header() -> None:
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    readings = [dataclasses.replace(READING_1, seq=seq) for seq in range(1, 301)]
+    message, _ = encode_batch(readings, prev_hash=bytes(32), signing_key=key, number=1)
+    assert decode_batch(message, key.public_key()).readings == tuple(readings)
