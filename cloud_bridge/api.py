@@ -1,27 +1,40 @@
-"""Read-only FHIR API over the bridge's embedded store, plus health and metrics for operators.
+"""The bridge's HTTP API: FHIR reads over its embedded store, referrals, figures, the fleet and
+gateway enrolment, plus health and Prometheus metrics for operators.
 
 Each request opens its own connection to the store (SQLite file or PostgreSQL; no connection
-shared across threads), read-only except where a referral is worked or another bridge posts a
-transaction: the read side can never write the store the bridge's consumer is writing. Unsupported
-search parameters are refused (400) rather than ignored, so a result never looks filtered when
-it is not.
+shared across threads), read-only except where a referral is worked, a gateway is enrolled or
+another bridge posts a transaction: the read side can never write the store the bridge's consumer
+is writing. Unsupported search parameters are refused (400) rather than ignored, so a result
+never looks filtered when it is not.
+
+Every route but `/healthz`, `/metrics`, `/fhir/metadata` and the OpenAPI pages needs a bearer
+token (`cloud_bridge/auth.py`) whose role has the route's permission: 401 without a usable token,
+403 naming the roles that may.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from cryptography.exceptions import UnsupportedAlgorithm
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cloud_bridge import auth, pki
 from cloud_bridge import db as dbapi
+from cloud_bridge import store as bridge_store
+from cloud_bridge.auth import Principal
 from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, parse_token, resource_id
 from cloud_bridge.fhir_store import (
@@ -37,27 +50,96 @@ from cloud_bridge.fhir_store import (
 )
 from cloud_bridge.fhir_store import update as fhir_update
 from cloud_bridge.figures import chronic_figures, quarter_bounds
-from cloud_bridge.store import connect as bridge_store_connect
-from cloud_bridge.store import fleet
+from cloud_bridge.metrics import BridgeMetrics
 
-__all__ = ["FHIR_JSON", "SEARCH_PARAMS", "create_app"]
+__all__ = ["FHIR_JSON", "SEARCH_PARAMS", "EnrolledGateway", "GatewayEnrolment", "create_app"]
+
+log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.3.0"  # the R4B models every resource is validated against
 CAPABILITY_DATE = "2026-11-25"  # change with the capabilities below
-RESOURCE_TYPES = ("Patient", "Device", "Observation", "Provenance", "Flag", "Task")
+RESOURCE_TYPES = (
+    "Patient", "Device", "Observation", "Provenance", "Flag", "Task",
+    "Questionnaire", "QuestionnaireResponse",
+)  # fmt: skip
 _PRIORITY_ORDER = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
 # Search parameters per resource type -> FHIR parameter type. A reference parameter also takes
 # the `:identifier` modifier (`subject:identifier=system|value`).
 SEARCH_PARAMS: dict[str, dict[str, str]] = {
     "Observation": {"subject": "reference"},
     "Patient": {"identifier": "token"},
+    "QuestionnaireResponse": {"subject": "reference"},
 }
 _STORE_ARGUMENT = {
     "identifier": "identifier",
     "subject": "subject",
     "subject:identifier": "subject_identifier",
 }
+
+
+# What each permission lets a token do, in the words of a 403.
+_DOING = {
+    "referrals:read": "listing referrals",
+    "referrals:work": "claiming and closing referrals",
+    "figures:read": "reading the chronic-disease figures",
+    "fleet:read": "reading the fleet",
+    "fleet:enrol": "enrolling gateways",
+    "fhir:read": "reading FHIR resources",
+    "fhir:write": "posting FHIR transactions",
+}
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="BridgeToken",
+    description="A bridge token (`kiosk-bridge token add NAME --role ROLE` prints it once).",
+)
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No token, or an unknown or revoked one"},
+    403: {"description": "The token's role may not do this (the answer names the roles that may)"},
+}
+
+
+class _Refused(Exception):
+    """A request refused before it reached its route: 401 (who are you?) or 403 (not you)."""
+
+    def __init__(self, status_code: int, reason: str, detail: str, needs: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.reason = reason  # missing / unknown / revoked / forbidden
+        self.detail = detail
+        self.needs = needs
+
+
+class GatewayEnrolment(BaseModel):
+    """A new gateway, as `kiosk-gateway provision` sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gateway_id: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="As in the gateway's configuration"
+    )
+    site: str = Field(default="", max_length=200, description="Village clinic or vehicle it serves")
+    kind: Literal["kiosk", "vehicle"] = "kiosk"
+    public_key_pem: str = Field(max_length=4000, description="The gateway's Ed25519 signing key (PEM)")
+    tls_request_pem: str | None = Field(
+        default=None,
+        max_length=16000,
+        description="Its MQTT TLS certificate request (PEM, common name = gateway_id); signed when the "
+        "bridge runs with --ca-dir",
+    )
+
+
+class EnrolledGateway(BaseModel):
+    gateway_id: str
+    site: str
+    kind: str
+    status: str
+    enrolled_at_ms: int
+    enrolled_by: str
+    tls_certificate_pem: str | None = Field(
+        description="Signed by the community's CA; null without a request or when the bridge has no CA"
+    )
+    ca_certificate_pem: str | None
 
 
 def _fhir(body: dict[str, Any], status_code: int = 200) -> Response:
@@ -71,6 +153,12 @@ def _outcome(status_code: int, code: str, diagnostics: str) -> Response:
             "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
         },
         status_code,
+    )
+
+
+def _refusal(status_code: int, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": "conflict" if status_code == 409 else "invalid", "detail": detail}, status_code
     )
 
 
@@ -108,18 +196,79 @@ def capability_statement() -> dict[str, Any]:
     return statement
 
 
-def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
+def create_app(
+    db_path: str,
+    *,
+    metrics: Callable[[], Mapping[str, Any]] | None = None,
+    ca_dir: Path | None = None,
+) -> FastAPI:
     """The API over the store at `db_path`: a SQLite file (created, in WAL mode, if missing) or a
-    `postgresql://` URL (schema created if missing)."""
+    `postgresql://` URL (schema created if missing). `metrics` gives the consumer's counters for
+    `/metrics`; with `ca_dir` (the community's CA, `kiosk-bridge ca init`) an enrolment's TLS
+    request is signed. Raises `pki.PkiError` when `ca_dir` holds no usable CA."""
     # WAL is a property of the file: set once here, so readers never block the bridge's writer.
     # The whole bridge schema, not only the FHIR store's: the fleet and figures read the registry
-    # even before the consumer has run once.
-    bridge_store_connect(db_path).close()
+    # and the tokens even before the consumer has run once.
+    bridge_store.connect(db_path).close()
+    ca_certificate = pki.ca_certificate_pem(ca_dir).decode() if ca_dir is not None else None
     metadata = capability_statement()
-    app = FastAPI(title="Kiosk cloud bridge")
+    stats = BridgeMetrics(metrics)
+    app = FastAPI(
+        title="Kiosk cloud bridge",
+        description="Bearer tokens with roles: see README, Tokens and roles. /healthz, /metrics and "
+        "/fhir/metadata are open.",
+    )
 
     def connect() -> Database:
         return dbapi.connect(db_path, read_only=True)
+
+    @app.exception_handler(_Refused)
+    async def refused(request: Request, exc: _Refused) -> Response:
+        stats.refusals[exc.reason] += 1
+        log.warning("api: refused %s %s (%s): %s", request.method, request.url.path, exc.reason, exc.detail)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if request.url.path.startswith("/fhir"):
+            answer = _outcome(exc.status_code, "login" if exc.status_code == 401 else "forbidden", exc.detail)
+            answer.headers.update(headers or {})
+            return answer
+        body: dict[str, Any] = {
+            "error": "unauthorized" if exc.status_code == 401 else "forbidden",
+            "detail": exc.detail,
+        }
+        if exc.needs:
+            body["roles_allowed"] = list(exc.needs)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    def require(permission: str | None) -> Callable[..., Principal]:
+        """A dependency: the token's holder, if its role has `permission` (None: any valid token)."""
+        allowed = tuple(r for r in auth.ROLES if permission is None or r in auth.roles_for(permission))
+
+        def holder(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+        ) -> Principal:
+            if credentials is None or not credentials.credentials:
+                raise _Refused(
+                    401,
+                    "missing",
+                    "no bearer token: send 'Authorization: Bearer <token>' "
+                    "(the bridge operator makes one with kiosk-bridge token add NAME --role ROLE)",
+                )
+            with closing(connect()) as conn:
+                found = auth.authenticate(conn, credentials.credentials)
+            if isinstance(found, auth.Refusal):
+                words = "this token was revoked" if found.reason == "revoked" else "unknown token"
+                raise _Refused(401, found.reason, words)
+            if permission is not None and found.role not in allowed:
+                raise _Refused(
+                    403,
+                    "forbidden",
+                    f"{found.name} has role {found.role}; {_DOING[permission]} needs role "
+                    + " or ".join(allowed),
+                    allowed,
+                )
+            return found
+
+        return holder
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -133,7 +282,19 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
     def _now_iso() -> str:
         return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    @app.get("/referrals")
+    # Dependencies as values, not annotations: this module's annotations are strings, which
+    # FastAPI resolves in the module's globals, where these closures are not.
+    anyone = Depends(require(None))
+    work = Depends(require("referrals:work"))
+    enrol = Depends(require("fleet:enrol"))
+
+    @app.get("/auth/whoami", responses=_AUTH_RESPONSES)
+    def whoami(principal: Principal = anyone) -> JSONResponse:
+        """The token's holder, role and what that role may do (to check a token)."""
+        may = sorted(p for p, roles in auth.PERMISSIONS.items() if principal.role in roles)
+        return JSONResponse({"name": principal.name, "role": principal.role, "permissions": may})
+
+    @app.get("/referrals", dependencies=[Depends(require("referrals:read"))], responses=_AUTH_RESPONSES)
     def list_referrals(status: str | None = None) -> Response:
         """Referral Tasks raised by alerts: open ones (requested, accepted) by default, most urgent
         first, then oldest first."""
@@ -146,15 +307,31 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         return Response(to_json({"total": len(tasks), "referrals": tasks}), media_type="application/json")
 
     async def _change_task(
-        id: str, request: Request, *, allowed: tuple[str, ...], change: Callable[..., None]
+        id: str,
+        request: Request,
+        principal: Principal,
+        *,
+        allowed: tuple[str, ...],
+        change: Callable[..., None],
     ) -> Response:
+        """The Task is worked in the name of the token's holder: a `by` in the body, if any, must
+        be that name (nobody claims or closes a referral in someone else's name)."""
         try:
-            body = await request.json()
-            by = str(body["by"]).strip()
-            if not by:
-                raise ValueError("by is empty")
-        except (ValueError, KeyError, TypeError) as exc:
-            return _outcome(400, "invalid", f"body must be JSON with 'by' (who): {exc}")
+            raw = await request.body()
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+        except (ValueError, RecursionError) as exc:
+            return _outcome(400, "invalid", f"body must be empty or a JSON object: {exc}")
+        given = body.get("by")
+        if given is not None and str(given).strip() != principal.name:
+            return _outcome(
+                403,
+                "forbidden",
+                f"this token is {principal.name!r}'s: a referral is worked in the token holder's own "
+                "name (leave 'by' out)",
+            )
+        by = principal.name
         now = _now_iso()
         with closing(open_store(db_path)) as conn, conn.transaction():
             task = read(conn, "Task", id, lock=True)  # two claims at once: the second sees the first
@@ -166,10 +343,11 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
                 )
             change(conn, task, by, body, now)
             updated = fhir_update(conn, task, now_iso=now)
+        log.info("api: %s %s Task/%s", by, task["status"], id)
         return _fhir(updated)
 
-    @app.post("/referrals/{id}/claim")
-    async def claim_referral(id: str, request: Request) -> Response:
+    @app.post("/referrals/{id}/claim", responses=_AUTH_RESPONSES)
+    async def claim_referral(id: str, request: Request, principal: Principal = work) -> Response:
         """A member of the specialist team takes the referral on."""
 
         def claim(conn: Database, task: dict[str, Any], by: str, body: Any, now: str) -> None:
@@ -177,10 +355,10 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
             task["owner"] = {"display": by}
             task["lastModified"] = now
 
-        return await _change_task(id, request, allowed=("requested",), change=claim)
+        return await _change_task(id, request, principal, allowed=("requested",), change=claim)
 
-    @app.post("/referrals/{id}/close")
-    async def close_referral(id: str, request: Request) -> Response:
+    @app.post("/referrals/{id}/close", responses=_AUTH_RESPONSES)
+    async def close_referral(id: str, request: Request, principal: Principal = work) -> Response:
         """Done (seen, advised, or referred on): the Task is completed with a note and the alert's
         Flag on the resident ends."""
 
@@ -197,9 +375,9 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
                 flag["period"] = {**flag.get("period", {}), "end": now}
                 fhir_update(conn, flag, now_iso=now)
 
-        return await _change_task(id, request, allowed=("requested", "accepted"), change=close)
+        return await _change_task(id, request, principal, allowed=("requested", "accepted"), change=close)
 
-    @app.get("/figures/chronic")
+    @app.get("/figures/chronic", dependencies=[Depends(require("figures:read"))], responses=_AUTH_RESPONSES)
     def get_chronic_figures(quarter: str) -> Response:
         """Per site: residents under hypertension / diabetes management as the kiosks saw them,
         followed this quarter, and the share in control (see cloud_bridge/figures.py)."""
@@ -210,17 +388,74 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
         with closing(connect()) as conn:
             return JSONResponse(chronic_figures(conn, quarter))
 
-    @app.get("/fleet/gateways")
+    @app.get("/fleet/gateways", dependencies=[Depends(require("fleet:read"))], responses=_AUTH_RESPONSES)
     def get_fleet() -> JSONResponse:
         """The county's gateways: registry, last heard, synced up to, refusals, peripherals."""
         with closing(connect()) as conn:
-            return JSONResponse(fleet(conn, now_ms=time.time_ns() // 1_000_000))
+            return JSONResponse(bridge_store.fleet(conn, now_ms=time.time_ns() // 1_000_000))
 
-    @app.get("/metrics")
-    def get_metrics() -> JSONResponse:
-        return JSONResponse(metrics() if metrics is not None else {})
+    @app.post(
+        "/fleet/gateways",
+        status_code=201,
+        response_model=EnrolledGateway,
+        responses={
+            **_AUTH_RESPONSES,
+            400: {"description": "A key or request the bridge will not use (the answer says why)"},
+            409: {"description": "The gateway id is already enrolled"},
+        },
+    )
+    def enrol_gateway(enrolment: GatewayEnrolment, principal: Principal = enrol) -> Any:
+        """Enrol a new gateway: its signing key is registered (its batches are accepted from now
+        on) and, when the bridge has the community's CA, its TLS request is signed."""
+        try:
+            bridge_store.load_public_key(enrolment.public_key_pem)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            return _refusal(400, f"public_key_pem: {exc}")
+        certificate = None
+        if enrolment.tls_request_pem is not None and ca_dir is not None:
+            try:
+                certificate = pki.sign_request_pem(
+                    ca_dir, enrolment.tls_request_pem.encode(), expected_identity=enrolment.gateway_id
+                ).decode()
+            except (pki.PkiError, ValueError, UnsupportedAlgorithm) as exc:
+                return _refusal(400, f"tls_request_pem: {exc}")
+        now_ms = time.time_ns() // 1_000_000
+        with closing(dbapi.connect(db_path)) as conn:
+            try:
+                with conn.transaction():
+                    bridge_store.enrol_gateway(
+                        conn,
+                        enrolment.gateway_id,
+                        enrolment.public_key_pem,
+                        site=enrolment.site,
+                        kind=enrolment.kind,
+                        now_ms=now_ms,
+                    )
+            except conn.IntegrityError:
+                return _refusal(409, f"gateway {enrolment.gateway_id} is already enrolled")
+        log.info("api: %s enrolled gateway %s (%s)", principal.name, enrolment.gateway_id, enrolment.site)
+        return EnrolledGateway(
+            gateway_id=enrolment.gateway_id,
+            site=enrolment.site,
+            kind=enrolment.kind,
+            status="active",
+            enrolled_at_ms=now_ms,
+            enrolled_by=principal.name,
+            tls_certificate_pem=certificate,
+            ca_certificate_pem=ca_certificate if certificate is not None else None,
+        )
 
-    @app.post("/fhir")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    def get_metrics(request: Request) -> Response:
+        """The bridge's counters in the Prometheus text format (OpenMetrics if asked for)."""
+        body, content_type = stats.exposition(request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
+
+    @app.post("/fhir", dependencies=[Depends(require("fhir:write"))], responses=_AUTH_RESPONSES)
     async def transaction(request: Request) -> Response:
         """A transaction Bundle of conditional creates (what another bridge posts when this one
         serves as the health community's FHIR server); all or nothing."""
@@ -251,7 +486,9 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
     def get_metadata() -> Response:
         return _fhir(metadata)
 
-    @app.get("/fhir/{resource_type}/{id}")
+    fhir_read = [Depends(require("fhir:read"))]
+
+    @app.get("/fhir/{resource_type}/{id}", dependencies=fhir_read, responses=_AUTH_RESPONSES)
     def read_resource(resource_type: str, id: str) -> Response:
         if resource_type not in RESOURCE_TYPES:
             return _outcome(404, "not-supported", f"resource type {resource_type} is not served here")
@@ -261,7 +498,7 @@ def create_app(db_path: str, *, metrics: Callable[[], dict[str, Any]] | None = N
             return _outcome(404, "not-found", f"{resource_type}/{id} is not known")
         return _fhir(resource)
 
-    @app.get("/fhir/{resource_type}")
+    @app.get("/fhir/{resource_type}", dependencies=fhir_read, responses=_AUTH_RESPONSES)
     def search_type(resource_type: str, request: Request) -> Response:
         if resource_type not in RESOURCE_TYPES:
             return _outcome(404, "not-supported", f"resource type {resource_type} is not served here")

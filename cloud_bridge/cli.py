@@ -1,4 +1,4 @@
-"""`kiosk-bridge`: enrol gateways and run the bridge (MQTT consumer + FHIR API)."""
+"""`kiosk-bridge`: enrol gateways, make API tokens and run the bridge (MQTT consumer + HTTP API)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from cloud_bridge import broker_acl, fhir_post, pki, store
+from cloud_bridge import auth, broker_acl, fhir_post, pki, store
 from cloud_bridge.db import is_postgres_url
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
@@ -99,6 +99,19 @@ def run(
     fhir_base_url: str | None = typer.Option(
         None, help="The health community's FHIR server to post into (default: the embedded store)."
     ),
+    fhir_token: str | None = typer.Option(
+        None,
+        envvar="KIOSK_BRIDGE_FHIR_TOKEN",
+        show_default=False,
+        help="Bearer token for --fhir-base-url (another bridge: a token with role 'bridge'). Prefer the "
+        "environment variable: an option shows in ps.",
+    ),
+    ca_dir: Path | None = typer.Option(
+        None,
+        "--ca-dir",
+        help="The community's CA (kiosk-bridge ca init): gateways enrolled over the API "
+        "(kiosk-gateway provision) get their TLS certificate signed.",
+    ),
     alert_rules: Path | None = typer.Option(
         None,
         help="The region's alert rules (device_profiles/alert_rules/cn.toml): alerts become Flag + Task.",
@@ -141,12 +154,19 @@ def run(
         typer.echo("error: MQTT over TLS needs --mqtt-ca, --mqtt-cert and --mqtt-key together", err=True)
         raise typer.Exit(2)
     tls = (mqtt_ca, mqtt_cert, mqtt_key) if mqtt_ca and mqtt_cert and mqtt_key else None
+    if ca_dir is not None:
+        try:
+            pki.ca_certificate_pem(ca_dir)
+        except pki.PkiError as exc:
+            typer.echo(f"error: --ca-dir: {exc}", err=True)
+            raise typer.Exit(2) from exc
     consumer = BridgeConsumer(
         db,
         host=mqtt_host,
         port=mqtt_port,
         tls=tls,
         fhir_base_url=fhir_base_url,
+        fhir_token=fhir_token,
         alert_rules=alert_rules,
         worker=worker,
         share_group=share_group,
@@ -155,7 +175,10 @@ def run(
     consumer.start()
     try:
         uvicorn.run(
-            create_app(db, metrics=consumer.metrics), host=http_host, port=http_port, log_level="warning"
+            create_app(db, metrics=consumer.metrics, ca_dir=ca_dir),
+            host=http_host,
+            port=http_port,
+            log_level="warning",
         )
     finally:
         consumer.stop()
@@ -256,6 +279,72 @@ def ca_sign(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"certificate for {gateway_id}: {out}")
+
+
+tokens = typer.Typer(
+    help="Bearer tokens for the bridge's HTTP API, one per person or service, each with a role.",
+    no_args_is_help=True,
+)
+app.add_typer(tokens, name="token")
+
+
+Role = enum.StrEnum("Role", [(role, role) for role in auth.ROLES])  # type: ignore[misc]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _local_time(ms: int | None) -> str:
+    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
+
+
+@tokens.command("add")
+def token_add(
+    name: str = typer.Argument(
+        ..., help="Who holds it (a person or a service): shown as who worked a referral."
+    ),
+    role: Role = typer.Option(..., help="What it may do: see README, Tokens and roles."),
+    db: str = DB_OPTION,
+) -> None:
+    """Make a token and print it, once: the bridge keeps only its SHA-256."""
+    conn = store.connect(db)
+    try:
+        token = auth.add_token(conn, name, role.value, now_ms=_now_ms())
+    except auth.TokenError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        conn.close()
+    typer.echo(f"token for {name.strip()} (role {role.value}), shown this once:", err=True)
+    typer.echo(token)
+
+
+@tokens.command("list")
+def token_list(db: str = DB_OPTION) -> None:
+    """Every token: name, role, made, revoked (no secret)."""
+    conn = store.connect(db)
+    try:
+        rows = auth.list_tokens(conn)
+    finally:
+        conn.close()
+    for row in rows:
+        state = f"revoked {_local_time(row.revoked_at_ms)}" if row.revoked_at_ms is not None else "live"
+        typer.echo(f"{row.name}  role={row.role}  made {_local_time(row.created_at_ms)}  {state}")
+
+
+@tokens.command("revoke")
+def token_revoke(name: str, db: str = DB_OPTION) -> None:
+    """Refuse NAME's token from the next request on (the name can then get a new one)."""
+    conn = store.connect(db)
+    try:
+        revoked = auth.revoke_token(conn, name, now_ms=_now_ms())
+    finally:
+        conn.close()
+    if not revoked:
+        typer.echo(f"no live token for {name}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked the token of {name}")
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ class BridgeConsumer:
         client_id: str = "kiosk-bridge",
         tls: tuple[Path, Path, Path] | None = None,  # (CA, certificate, key): MQTT over TLS
         fhir_base_url: str | None = None,  # the health community's FHIR server; None: embedded store
+        fhir_token: str | None = None,  # its bearer token (another bridge: a token with role "bridge")
         alert_rules: Path | None = None,  # the region's rules file: alert flags become Flag + Task
         worker: str | None = None,  # one of several workers (MQTT v5 shared subscription, PostgreSQL)
         share_group: str = "bridge",
@@ -82,7 +83,9 @@ class BridgeConsumer:
         self._port = port
         self._conn = store.connect(db_path, shared_across_threads=True)
         self._lock = threading.Lock()
-        self.poster = FhirPoster(self._conn, self._lock, fhir_base_url) if fhir_base_url else None
+        self.poster = (
+            FhirPoster(self._conn, self._lock, fhir_base_url, token=fhir_token) if fhir_base_url else None
+        )
         self.alert_rules = load_rule_texts(alert_rules) if alert_rules else None
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()

@@ -7,6 +7,9 @@ the gateway is acked. `FhirPoster` then posts the queue, oldest first:
 - 2xx: posted;
 - a network error, a time-out, 408, 429 or 5xx: tried again later, with exponential backoff and
   jitter (to `max_backoff_s`), for as long as it takes: the server being away loses nothing;
+- 401 or 403: the server refuses this bridge's token (missing, revoked, a role that may not
+  post), not the bundle: tried again the same way, with the answer in the log and in
+  `last_error`, until the token is fixed (`--fhir-token`);
 - any other 4xx: the server will not take it as it is; it becomes a dead letter with the
   server's answer (status and body), so a person can read why, fix it, and replay it
   (`kiosk-bridge fhir-posts replay`).
@@ -43,7 +46,7 @@ CREATE TABLE IF NOT EXISTS fhir_posts (
 );
 CREATE INDEX IF NOT EXISTS fhir_posts_due ON fhir_posts (state, next_attempt_ms)
 """
-_RETRIED = {408, 429}
+_RETRIED = {401, 403, 408, 429}
 _ANSWER_LIMIT = 4000  # characters of the server's answer kept with a dead letter
 
 
@@ -113,11 +116,17 @@ class FhirPoster:
         min_backoff_s: float = 1.0,
         max_backoff_s: float = 300.0,
         idle_s: float = 0.5,
+        token: str | None = None,
     ) -> None:
+        """`token`: sent as `Authorization: Bearer` (a bridge as the server: a token with role
+        "bridge", `kiosk-bridge token add`)."""
         self._conn = conn
         self._lock = lock
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(timeout=timeout_s, headers={"Content-Type": "application/fhir+json"})
+        headers = {"Content-Type": "application/fhir+json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(timeout=timeout_s, headers=headers)
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
         self.idle_s = idle_s
@@ -181,7 +190,12 @@ class FhirPoster:
             self._set(gateway_id, seq, "dead", attempts + 1, 0, status, answer)
             return
         backoff = min(self.max_backoff_s, self.min_backoff_s * 2**attempts) * (0.5 + random.random() / 2)
-        self.last_error = f"{gateway_id} seq {seq}: {status or answer}"
+        if status in (401, 403):  # our token, not the bundle: say what the server said
+            self.last_error = (
+                f"{gateway_id} seq {seq}: the server refused our token ({status}): {answer[:300]}"
+            )
+        else:
+            self.last_error = f"{gateway_id} seq {seq}: {status or answer}"
         log.warning("fhir poster: %s; retry in %.1f s", self.last_error, backoff)
         due = time.time_ns() // 1_000_000 + int(backoff * 1000)
         self._set(gateway_id, seq, "pending", attempts + 1, due, status, answer)

@@ -159,6 +159,20 @@ def sign_request(
 ) -> Issued:
     """Sign a gateway's certificate request, if it is well formed and names `expected_identity`
     (the gateway being enrolled): a request for another identity is refused."""
+    cert_pem = sign_request_pem(ca_dir, csr_pem, expected_identity=expected_identity, days=days)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(cert_pem)
+    return Issued(out, None)
+
+
+def ca_certificate_pem(ca_dir: Path) -> bytes:
+    """The CA's certificate (PEM), once the CA is known to be usable (its key loads)."""
+    cert, _ = _load_ca(ca_dir)
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def sign_request_pem(ca_dir: Path, csr_pem: bytes, *, expected_identity: str, days: int = 825) -> bytes:
+    """`sign_request` without the file: the certificate's PEM (the bridge's enrolment API)."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
@@ -173,6 +187,4 @@ def sign_request(
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise PkiError("the request's key is not an EC key")
     cert = _build(ca_dir, _identity(identity), public_key, server_names=(), days=days)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Issued(out, None)
+    return cert.public_bytes(serialization.Encoding.PEM)

@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cloud_bridge import auth, fhir_post, fhir_store, gaps
 from cloud_bridge import db as dbapi
-from cloud_bridge import fhir_post, fhir_store, gaps
 from cloud_bridge.db import Database
 from contract.wire import GENESIS_HASH, Reading, encode_reading
 
@@ -108,6 +108,7 @@ def connect(target: Path | str, *, shared_across_threads: bool = False) -> Datab
         _add_missing_columns(conn)  # a PostgreSQL store was created with every column
     fhir_store.ensure_schema(conn)
     fhir_post.ensure_schema(conn)
+    auth.ensure_schema(conn)
     return conn
 
 

@@ -22,6 +22,7 @@ from gateway.errors import GatewayError, ProfileError
 from gateway.keys import PUBLIC_KEY_FILE, create_keys, create_tls_request
 from gateway.operators import OPERATORS_DB, OperatorError, Operators
 from gateway.profiles import PROTOCOLS, DeviceProfile, load_profile, load_profiles, short_uuid
+from gateway.provision import provision_command
 from gateway.tech_cli import firmware_app
 from gateway.transports.ble import BleakCentral, BleUnavailable
 
@@ -29,6 +30,7 @@ T = TypeVar("T")
 
 app = typer.Typer(help="Kiosk gateway: ingest, store and sync readings.", no_args_is_help=True)
 app.add_typer(firmware_app, name="firmware")
+app.command("provision")(provision_command)  # keys + TLS request + enrolment + gateway.toml
 
 
 @app.command()

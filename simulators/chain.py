@@ -76,6 +76,7 @@ class Chain:
     bridge_port: int = field(default_factory=free_port)
     gateway_api_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    bridge_token: str = ""  # an admin token for the bridge's HTTP API, made by provision()
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,8 @@ class Chain:
 
     # provisioning -------------------------------------------------------------------------
     def provision(self) -> None:
-        """What a technician does once: gateway keys, enrolment with the bridge, gateway config."""
+        """What a technician does once: gateway keys, enrolment with the bridge, gateway config;
+        and what the bridge operator does: a token for the bridge's HTTP API (`bridge_token`)."""
         self.bridge_db.parent.mkdir(parents=True, exist_ok=True)
         self._run_cli("gateway.cli", "init", "--data-dir", str(self.gateway_dir))
         self._run_cli(
@@ -104,6 +106,9 @@ class Chain:
             "--db",
             str(self.bridge_db),
         )
+        self.bridge_token = self._run_cli(
+            "cloud_bridge.cli", "token", "add", "demo", "--role", "admin", "--db", str(self.bridge_db)
+        ).strip()
         self.gateway_config.write_text(
             f"""gateway_id = "{self.gateway_id}"
 data_dir = "{self.gateway_dir}"
@@ -129,8 +134,11 @@ port = {self.gateway_api_port}
 """
         )
 
-    def _run_cli(self, module: str, *args: str) -> None:
-        subprocess.run([sys.executable, "-m", module, *args], check=True, cwd=REPO_ROOT, capture_output=True)
+    def _run_cli(self, module: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args], check=True, cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        return done.stdout
 
     # processes ------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -262,7 +270,12 @@ port = {self.gateway_api_port}
         self.gateway_post("/api/checkin", {"system": system, "value": value})
 
     def bridge_get(self, path: str, **params: str) -> Any:
-        response = httpx.get(f"http://127.0.0.1:{self.bridge_port}{path}", params=params, timeout=5)
+        response = httpx.get(
+            f"http://127.0.0.1:{self.bridge_port}{path}",
+            params=params,
+            headers={"Authorization": f"Bearer {self.bridge_token}"},
+            timeout=5,
+        )
         return response.raise_for_status().json()
 
     def wait_until_device_connected(self, timeout: float = 30) -> dict[str, Any]:

@@ -40,6 +40,10 @@ def run_demo(workdir: Path | None = None, *, keep_running: bool = False) -> int:
             f"[green]✓[/] provisioned gateway [bold]{chain.gateway_id}[/]"
             " and enrolled its key with the bridge"
         )
+        console.print(
+            "[green]✓[/] made an admin token for the bridge's HTTP API "
+            "(kiosk-bridge token add demo --role admin): every request but /healthz and /metrics needs it"
+        )
         chain.start_bridge()
         chain.start_gateway()
         chain.start_firmware()
@@ -93,6 +97,13 @@ def run_demo(workdir: Path | None = None, *, keep_running: bool = False) -> int:
             )
         )
         console.print(f"searchset Bundle with {bundle['total']} Observation(s), fetched from:\n  {url}")
+        console.print(
+            "with the demo's token, e.g.:\n"
+            f"  curl -s -H 'Authorization: Bearer {chain.bridge_token}' '{url}'\n"
+            f"  curl -s http://127.0.0.1:{chain.bridge_port}/metrics   (Prometheus text, no token)",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(
             f"[bold green]demo finished in {time.monotonic() - started:.1f}s[/] — logs in {workdir / 'logs'}"
         )

@@ -1,4 +1,5 @@
-"""The bridge's read-only FHIR API over a real SQLite file, through FastAPI's TestClient."""
+"""The bridge's read-only FHIR API over a real SQLite file, through FastAPI's TestClient (with a
+doctor's token: tests/component/test_bridge_auth.py covers who may call what)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cloud_bridge.api import create_app
 from cloud_bridge.fhir_map import TransactionEntry, map_reading
 from cloud_bridge.fhir_store import apply_transaction, open_store
 from contract.wire import DeviceRef, Measurement, Reading, ResidentRef
+from tests.component.bridge_auth import bearer
 
 NOW = "2026-03-14T08:31:00.000Z"
 HEALTH_RECORD = "urn:kiosk:sid:resident-health-record"
@@ -54,8 +56,9 @@ def entries(tmp_path: Path) -> list[TransactionEntry]:
 
 @pytest.fixture
 def client(tmp_path: Path, entries: list[TransactionEntry]) -> Iterator[TestClient]:
-    app = create_app(str(tmp_path / "bridge.sqlite3"), metrics=lambda: {"readings_stored": 2})
-    with TestClient(app) as test_client:
+    db = str(tmp_path / "bridge.sqlite3")
+    app = create_app(db, metrics=lambda: {"readings_stored": 2, "mqtt_connected": True})
+    with TestClient(app, headers=bearer(db, "doctor")) as test_client:
         yield test_client
 
 
@@ -194,18 +197,38 @@ def test_capability_statement(client: TestClient) -> None:
 
 
 def test_health_and_metrics(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/metrics").json() == {"readings_stored": 2}
+    anonymous = TestClient(client.app)  # no token: both are open, as probes and scrapers expect
+    assert anonymous.get("/healthz").json() == {"status": "ok"}
+    response = anonymous.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = prometheus_samples(response.text)
+    assert samples["kiosk_bridge_readings_stored_total"] == 2
+    assert samples["kiosk_bridge_mqtt_connected"] == 1
+    assert samples["kiosk_bridge_refused_total"] == 0  # every counter from the start
+    assert "# TYPE kiosk_bridge_readings_stored_total counter" in response.text
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text exposition, parsed by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 def test_a_new_file_becomes_an_empty_wal_store(tmp_path: Path) -> None:
     """WAL is set once by create_app, so the API's readers never block the bridge's writer."""
     path = tmp_path / "new.sqlite3"
-    with TestClient(create_app(str(path))) as client:
+    with TestClient(create_app(str(path)), headers=bearer(path, "admin")) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         body = fhir_body(client.get("/fhir/Patient", params={"identifier": f"{HEALTH_RECORD}|{RESIDENT}"}))
         assert body["total"] == 0
-        assert client.get("/metrics").json() == {}
+        assert prometheus_samples(client.get("/metrics").text)["kiosk_bridge_readings_stored_total"] == 0
     conn = open_store(str(path))
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()

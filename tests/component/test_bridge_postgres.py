@@ -28,6 +28,7 @@ from cloud_bridge.fhir_map import map_reading
 from cloud_bridge.receive import Outcome, receive_batch
 from contract.wire import GENESIS_HASH, Reading, encode_batch, up_topic
 from simulators.chain import wait_for
+from tests.component.bridge_auth import bearer
 from tests.component.bridge_readings import bp_reading
 from tests.component.test_bridge_mqtt import GATEWAY as STAND_IN_GATEWAY
 from tests.component.test_bridge_mqtt import GatewayStandIn
@@ -132,7 +133,7 @@ def test_every_refusal_is_stored_with_its_reason(conn: Database, key: Ed25519Pri
 def test_a_transaction_posted_twice_leaves_one_observation(bridge_db: Path | str) -> None:
     entries = map_reading(reading(1), batch_hash=bytes(32))
     bundle = fhir_store.to_json(fhir_store.to_transaction_bundle(entries))
-    with TestClient(create_app(str(bridge_db))) as client:
+    with TestClient(create_app(str(bridge_db)), headers=bearer(bridge_db, "admin")) as client:
         first = client.post("/fhir", content=bundle, headers={"Content-Type": "application/fhir+json"})
         again = client.post("/fhir", content=bundle, headers={"Content-Type": "application/fhir+json"})
         assert {e["response"]["status"] for e in first.json()["entry"]} == {"201 Created"}

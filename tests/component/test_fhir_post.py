@@ -29,6 +29,7 @@ from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import receive_batch
 from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
 from simulators.chain import free_port, port_open, wait_for
+from tests.component.bridge_auth import bearer
 from tests.component.bridge_readings import bp_reading
 
 GATEWAY = "gw-post-01"
@@ -49,6 +50,10 @@ class CommunityServer:
         self.db = db
         self.port = port
         self.url = f"http://127.0.0.1:{port}/fhir"
+        # What the posting bridge is given (--fhir-token): a service token with role "bridge".
+        self.headers = bearer(db, "bridge", "county bridge")
+        self.token = self.headers["Authorization"].removeprefix("Bearer ")
+        self.reader = bearer(db, "doctor", "county doctor")
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -109,8 +114,16 @@ def sender(bridge_db: Path | str) -> Iterator[Database]:
     conn.close()
 
 
-def poster(conn: Database, url: str) -> FhirPoster:
-    return FhirPoster(conn, threading.Lock(), url, timeout_s=2, min_backoff_s=0.05, max_backoff_s=0.2)
+def poster(conn: Database, server: CommunityServer, token: str | None = "the server's") -> FhirPoster:
+    return FhirPoster(
+        conn,
+        threading.Lock(),
+        server.url,
+        timeout_s=2,
+        min_backoff_s=0.05,
+        max_backoff_s=0.2,
+        token=server.token if token == "the server's" else token,
+    )
 
 
 def test_readings_are_queued_not_stored_locally_and_posted_once(
@@ -119,13 +132,14 @@ def test_readings_are_queued_not_stored_locally_and_posted_once(
     assert fhir_post.counts(sender) == {"pending": 3, "posted": 0, "dead": 0}
     assert sender.execute("SELECT COUNT(*) FROM fhir_resources").fetchone() == (0,)
     server.start()
-    posting = poster(sender, server.url)
+    posting = poster(sender, server)
     assert posting.post_due() == 3
     assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
     assert server.observations() == 3
     patients = httpx.get(
         f"{server.url}/Patient",
         params={"identifier": f"urn:kiosk:sid:resident-health-record|{RESIDENT.value}"},
+        headers=server.reader,
     ).json()
     assert patients["total"] == 1  # one resident: conditional create by identifier
 
@@ -133,8 +147,9 @@ def test_readings_are_queued_not_stored_locally_and_posted_once(
 def test_a_repost_creates_nothing(sender: Database, server: CommunityServer) -> None:
     server.start()
     (bundle,) = sender.execute("SELECT bundle FROM fhir_posts WHERE seq = 1").fetchone()
-    first = httpx.post(server.url, content=bundle, headers={"Content-Type": "application/fhir+json"}).json()
-    again = httpx.post(server.url, content=bundle, headers={"Content-Type": "application/fhir+json"}).json()
+    headers = {"Content-Type": "application/fhir+json", **server.headers}
+    first = httpx.post(server.url, content=bundle, headers=headers).json()
+    again = httpx.post(server.url, content=bundle, headers=headers).json()
     assert {e["response"]["status"] for e in first["entry"]} == {"201 Created"}
     assert {e["response"]["status"] for e in again["entry"]} == {"200 OK"}
     assert [e["response"]["location"] for e in again["entry"]] == [
@@ -146,7 +161,7 @@ def test_a_repost_creates_nothing(sender: Database, server: CommunityServer) -> 
 def test_a_server_that_is_away_gets_everything_once_it_is_back(
     sender: Database, server: CommunityServer
 ) -> None:
-    posting = poster(sender, server.url)
+    posting = poster(sender, server)
     posting.post_due()  # nobody listening
     assert fhir_post.counts(sender)["pending"] == 3
     assert posting.last_error is not None and "ConnectError" in str(
@@ -161,6 +176,32 @@ def test_a_server_that_is_away_gets_everything_once_it_is_back(
     assert server.observations() == 3
 
 
+@pytest.mark.parametrize("token", [None, "kb_not-a-token-of-this-server", "doctor"])
+def test_a_refused_token_keeps_every_reading_queued_until_the_token_is_right(
+    sender: Database, server: CommunityServer, token: str | None
+) -> None:
+    """No token, an unknown one, or one whose role may not post (a doctor's): the server's 401/403
+    is about the token, not the bundle, so nothing becomes a dead letter; the reason is in
+    last_error; with the right token everything is posted once."""
+    server.start()
+    if token == "doctor":
+        token = server.reader["Authorization"].removeprefix("Bearer ")
+    refused = poster(sender, server, token=token)
+    refused.post_due()
+    assert fhir_post.counts(sender) == {"pending": 3, "posted": 0, "dead": 0}
+    expected = 403 if token == server.reader["Authorization"].removeprefix("Bearer ") else 401
+    statuses = {row[0] for row in sender.execute("SELECT last_status FROM fhir_posts")}
+    assert statuses == {expected}
+    assert refused.last_error is not None
+    assert f"the server refused our token ({expected})" in refused.last_error
+    assert server.observations() == 0
+    sender.execute("UPDATE fhir_posts SET next_attempt_ms = 0")  # the operator fixed --fhir-token
+    fixed = poster(sender, server)
+    fixed.post_due()
+    assert fhir_post.counts(sender) == {"pending": 0, "posted": 3, "dead": 0}
+    assert server.observations() == 3
+
+
 def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
     sender: Database, server: CommunityServer, bridge_db: Path | str
 ) -> None:
@@ -170,7 +211,7 @@ def test_a_refused_bundle_is_a_dead_letter_with_the_answer_and_can_be_replayed(
     sender.execute(
         "UPDATE fhir_posts SET bundle = ? WHERE seq = 2", (good.replace('"transaction"', '"batch"'),)
     )
-    posting = poster(sender, server.url)
+    posting = poster(sender, server)
     posting.post_due()
     assert fhir_post.counts(sender) == {"pending": 0, "posted": 2, "dead": 1}
     (dead,) = fhir_post.dead_letters(sender)
@@ -200,7 +241,7 @@ def test_the_fleet_api_lists_gateways_with_their_peripherals_and_refusals(
     )
     refused = receive_batch(sender, up_topic(GATEWAY), forged, now_ms=time.time_ns() // 1_000_000)
     assert refused.refusal is not None
-    with TestClient(create_app(str(bridge_db))) as client:
+    with TestClient(create_app(str(bridge_db)), headers=bearer(bridge_db, "technician")) as client:
         fleet = client.get("/fleet/gateways").json()
     by_id = {g["gateway_id"]: g for g in fleet}
     busy, quiet = by_id[GATEWAY], by_id["gw-quiet-02"]

@@ -1,6 +1,7 @@
 """Alerts become referrals: the gateway's `alert:<rule>` flags turn, at the bridge, into a FHIR
 Flag on the resident and a referral Task for the specialist team, worded from the region's
-rules file; the team lists, claims and closes them over the bridge's API.
+rules file; the team lists, claims and closes them over the bridge's API, each doctor with a
+token of their own, in whose name the referral is worked.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
-from cloud_bridge import store
+from cloud_bridge import auth, store
 from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
 from cloud_bridge.api import create_app
 from cloud_bridge.db import Database
 from cloud_bridge.receive import receive_batch
 from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
+from tests.component.bridge_auth import bearer
 from tests.component.bridge_readings import bp_reading
 
 RULES = Path(__file__).resolve().parents[2] / "device_profiles" / "alert_rules" / "cn.toml"
@@ -61,7 +63,9 @@ def bridge(bridge_db: Path | str) -> Iterator[tuple[TestClient, Database]]:
         conn, up_topic(GATEWAY), message, now_ms=1795565000000, alert_rules=load_rule_texts(RULES)
     )
     assert outcome.stored == 4
-    with TestClient(create_app(str(db))) as client:
+    with TestClient(
+        create_app(str(db)), headers=bearer(db, "doctor", "Dr Chen, county cardiology")
+    ) as client:
         yield client, conn
     conn.close()
 
@@ -97,27 +101,49 @@ def test_the_specialist_team_claims_and_closes_a_referral(
 ) -> None:
     client, conn = bridge
     crisis = client.get("/referrals").json()["referrals"][0]
-    claimed = client.post(f"/referrals/{crisis['id']}/claim", json={"by": "Dr Chen, county cardiology"})
+    claimed = client.post(f"/referrals/{crisis['id']}/claim")  # no body: the token says who
     assert claimed.status_code == 200, claimed.text
     assert (claimed.json()["status"], claimed.json()["owner"]) == (
         "accepted",
         {"display": "Dr Chen, county cardiology"},
     )
-    again = client.post(f"/referrals/{crisis['id']}/claim", json={"by": "Dr Wu"})
+    dr_wu = {"Authorization": f"Bearer {auth.add_token(conn, 'Dr Wu', 'doctor', now_ms=0)}"}
+    again = client.post(f"/referrals/{crisis['id']}/claim", headers=dr_wu)
     assert again.status_code == 409  # already taken
     closed = client.post(
-        f"/referrals/{crisis['id']}/close", json={"by": "Dr Chen", "note": "Seen; amlodipine started."}
+        f"/referrals/{crisis['id']}/close",
+        json={"by": "Dr Chen, county cardiology", "note": "Seen; amlodipine started."},  # 'by' may be given
     )
     assert closed.status_code == 200
     assert closed.json()["status"] == "completed"
-    assert closed.json()["note"][0]["text"] == "Seen; amlodipine started."
+    assert closed.json()["note"][0] == {
+        "authorString": "Dr Chen, county cardiology",
+        "time": closed.json()["lastModified"],
+        "text": "Seen; amlodipine started.",
+    }
     assert closed.json()["meta"]["versionId"] == "3"
     assert client.get(f"/fhir/Flag/{_flag_id(conn, crisis)}").json()["status"] == "inactive"
     assert [r["id"] for r in client.get("/referrals").json()["referrals"]] != [crisis["id"]]
     assert client.get("/referrals", params={"status": "completed"}).json()["total"] == 1
-    assert client.post(f"/referrals/{crisis['id']}/close", json={"by": "x"}).status_code == 409
-    assert client.post("/referrals/not-a-task/claim", json={"by": "x"}).status_code == 404
-    assert client.post(f"/referrals/{crisis['id']}/claim", json={}).status_code == 400
+    assert client.post(f"/referrals/{crisis['id']}/close", json={}).status_code == 409
+    assert client.post("/referrals/not-a-task/claim").status_code == 404
+    assert client.post(f"/referrals/{crisis['id']}/claim", content=b"[1]").status_code == 400
+    assert client.post(f"/referrals/{crisis['id']}/claim", content=b"{nope").status_code == 400
+
+
+def test_a_referral_is_worked_only_in_the_token_holders_name(bridge: tuple[TestClient, Database]) -> None:
+    """Dr Chen's token cannot claim or close in Dr Wu's name: 403, and the Task is unchanged."""
+    client, _ = bridge
+    crisis = client.get("/referrals").json()["referrals"][0]
+    posing = client.post(f"/referrals/{crisis['id']}/claim", json={"by": "Dr Wu"})
+    assert posing.status_code == 403
+    assert posing.json()["issue"][0]["diagnostics"] == (
+        "this token is 'Dr Chen, county cardiology''s: a referral is worked in the token holder's own "
+        "name (leave 'by' out)"
+    )
+    closing_as_other = client.post(f"/referrals/{crisis['id']}/close", json={"by": "Dr Wu", "note": "x"})
+    assert closing_as_other.status_code == 403
+    assert client.get(f"/fhir/Task/{crisis['id']}").json() == crisis  # unchanged
 
 
 def test_a_rules_file_the_bridge_cannot_use_is_named(tmp_path: Path) -> None:
@@ -164,7 +190,7 @@ def test_chronic_disease_figures_per_site_for_a_quarter(tmp_path: Path) -> None:
     message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key, number=1)
     assert receive_batch(conn, up_topic(GATEWAY), message, now_ms=end + 5_000).stored == 6
     conn.close()
-    with TestClient(create_app(str(db))) as client:
+    with TestClient(create_app(str(db)), headers=bearer(db, "health_manager")) as client:
         (site,) = client.get("/figures/chronic", params={"quarter": "2026Q4"}).json()
         bad = client.get("/figures/chronic", params={"quarter": "Q4-2026"})
     assert site["site"] == "Lishui village"

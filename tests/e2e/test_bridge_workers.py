@@ -11,7 +11,6 @@ holds acked. `KIOSK_WORKERS_READINGS=100000` runs it at the issue's size (defaul
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -76,9 +75,18 @@ class Worker:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
-    def metrics(self) -> dict[str, object]:
+    def metrics(self) -> dict[str, float]:
+        """The worker's counters from /metrics (Prometheus text; open, no token), by name."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as answer:
-            return dict(json.load(answer))
+            text = answer.read().decode("utf-8")
+        return {
+            sample.name.removeprefix("kiosk_bridge_"): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if not sample.labels
+        }
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -268,13 +276,14 @@ async def test_three_workers_store_every_reading_once_through_a_worker_kill(
         refusals = db.execute("SELECT reason FROM refusals").fetchall()
     assert all(reason.startswith("out of chain order") for (reason,) in refusals), refusals[:5]
 
-    retried = sum(int(m.get("out_of_order_retries", 0)) for m in metrics.values())  # type: ignore[call-overload]
+    retried = sum(int(m.get("out_of_order_retries_total", 0)) for m in metrics.values())
     print(
         f"\n{READINGS} readings from {GATEWAYS} gateways through {len(WORKERS)} workers in {elapsed:.1f} s "
         f"({READINGS / elapsed:,.0f} readings/s); killed {victim.name} at {killed_at} stored; "
         f"{retried} out-of-order retries, {len(refusals)} chain-order refusals; per worker: "
         + "; ".join(
-            f"{name} {m.get('readings_stored', 0)} readings, {m.get('replays', 0)} replays"
+            f"{name} {m.get('readings_stored_total', 0):.0f} readings, "
+            f"{m.get('replays_total', 0):.0f} replays"
             for name, m in metrics.items()
         )
     )
