@@ -61,8 +61,15 @@ def test_readings_with_unusual_strings_have_no_shape() -> None:
         assert fhir_map._reading_shape(odd, (), True) is None, repr(flag)
     odd_alert = AlertText("bp_crisis", "urgent", "高血压危象", "Crisis\n", "", "")
     assert fhir_map._reading_shape(plain, (odd_alert,), True) is None
-    unknown_kind = dataclasses.replace(plain, kind="questionnaire")
-    assert fhir_map._reading_shape(unknown_kind, (), True) is None
+
+
+def test_a_kind_the_shape_does_not_describe_is_validated_every_time(
+    counted: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fhir_map, "_KINDS_BY_SHAPE", frozenset())  # as for a kind added later
+    for seq in (1, 2):
+        map_reading(bp_reading("gw-1", seq, 120, 80), batch_hash=BATCH_HASH)
+    assert counted.count("Observation") == 2  # the BP panel, both times (no pulse in these)
 
 
 # --- the oracle: one reading shape means one resource shape -------------------------------------
