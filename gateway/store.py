@@ -35,6 +35,7 @@ from contract.wire import (
     Waveform,
     encode_batch_of_encoded,
     encode_reading_parts,
+    measurements_cbor,
 )
 from gateway.ecg import EcgChunk
 from gateway.errors import StorageFullError
@@ -408,7 +409,7 @@ class Outbox:
             new.device.model,
             new.device.firmware,
             new.kind,
-            cbor2.dumps([m.to_cbor() for m in new.values]),
+            measurements_cbor(new.values),
             new.measured_at_ms,
             new.time_quality,
             new.received_mono_ms,

@@ -38,6 +38,7 @@ from contract.wire import (
     encode_reading_parts,
     expand_ranges,
     gateway_id_from_topic,
+    measurements_cbor,
     seq_ranges,
     up_topic,
 )
@@ -344,3 +345,15 @@ def test_a_batch_of_many_readings_has_a_long_array_header() -> None:
     readings = [dataclasses.replace(READING_1, seq=seq) for seq in range(1, 301)]
     message, _ = encode_batch(readings, prev_hash=bytes(32), signing_key=key, number=1)
     assert decode_batch(message, key.public_key()).readings == tuple(readings)
+
+
+@given(st.lists(any_reading(), min_size=1, max_size=5))
+def test_measurements_are_stored_as_cbor_of_their_wire_layout(readings: list[Reading]) -> None:
+    for reading in readings:
+        assert measurements_cbor(reading.values) == cbor2.dumps([m.to_cbor() for m in reading.values])
+
+
+def test_equal_values_of_other_precision_stay_apart() -> None:
+    whole, tenths = Measurement("t", Decimal("36"), "Cel"), Measurement("t", Decimal("36.0"), "Cel")
+    assert measurements_cbor((whole,)) != measurements_cbor((tenths,))
+    assert cbor2.loads(measurements_cbor((tenths,)))[0][1].as_tuple() == Decimal("36.0").as_tuple()
