@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -200,6 +199,8 @@ def _serial_port(spec: str) -> tuple[str, int]:
 
 def _enrol(bridge_url: str, token: str, body: dict[str, str], timeout_s: float) -> dict[str, object]:
     url = f"{bridge_url}/fleet/gateways"
+    import httpx  # here, not at the top: `kiosk-gateway run` loads this module and never posts
+
     try:
         response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
     except httpx.HTTPError as exc:
