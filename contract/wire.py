@@ -67,6 +67,7 @@ __all__ = [
     "encode_reading_parts",
     "encode_time_probe",
     "expand_ranges",
+    "flags_cbor",
     "gateway_id_from_topic",
     "measurements_cbor",
     "peek_batch_gateway",
@@ -315,7 +316,28 @@ class Reading:
 
 
 def encode_reading(reading: Reading) -> bytes:
-    return cbor2.dumps(reading.to_cbor_map(), canonical=True)
+    """The reading as canonical CBOR: `cbor2.dumps(reading.to_cbor_map(), canonical=True)`,
+    written part by part (`encode_reading_parts`), which is several times faster."""
+    return encode_reading_parts(
+        gateway_id=reading.gateway_id,
+        seq=reading.seq,
+        device=reading.device,
+        kind=reading.kind,
+        values_cbor=measurements_cbor(reading.values),
+        measured_at_ms=reading.measured_at_ms,
+        time_quality=reading.time_quality,
+        received_mono_ms=reading.received_mono_ms,
+        resident=reading.resident,
+        operator=reading.operator,
+        flags_cbor=flags_cbor(reading.flags),
+        waveform_cbor=None if reading.waveform is None else cbor2.dumps(reading.waveform.to_cbor()),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def flags_cbor(flags: tuple[str, ...]) -> bytes:
+    """A reading's flags as CBOR (a list); most readings share a few sets, often none."""
+    return cbor2.dumps(list(flags))
 
 
 def measurements_cbor(values: Sequence[Measurement]) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import functools
 import os
 import sqlite3
 import time
@@ -35,6 +34,7 @@ from contract.wire import (
     Waveform,
     encode_batch_of_encoded,
     encode_reading_parts,
+    flags_cbor,
     measurements_cbor,
 )
 from gateway.ecg import EcgChunk
@@ -281,12 +281,6 @@ class StorageGuard:
         return f"storage ok ({free_mb:.0f} MB free)"
 
 
-@functools.lru_cache(maxsize=256)
-def _flags_cbor(flags: tuple[str, ...]) -> bytes:
-    """A reading's flags as stored (a CBOR list); most readings share a few sets, often none."""
-    return cbor2.dumps(list(flags))
-
-
 class Outbox:
     def __init__(
         self, db: aiosqlite.Connection, gateway_id: str, keys: GatewayKeys, guard: StorageGuard | None = None
@@ -415,7 +409,7 @@ class Outbox:
             new.received_mono_ms,
             sealed,
             new.operator,
-            _flags_cbor(new.flags),
+            flags_cbor(new.flags),
             cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
             _now_ms(),
             sync_priority(new.kind, new.flags, new.waveform is not None),
