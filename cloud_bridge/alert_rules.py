@@ -3,8 +3,9 @@
 The gateway evaluates the rules (`device_profiles/alert_rules/<region>.toml`) on every reading,
 offline, where the village doctor sees the result at once, and sends each crossing as a reading
 flag `alert:<rule id>`. The bridge reads the same file only for what it turns those flags into:
-a FHIR Flag and a referral Task for the specialist team, with the rule's severity and its
-message and referral in Chinese and English, filled in with the reading's values. It does not
+a FHIR Flag and a referral Task, with the rule's severity and its message and referral in Chinese
+and English, filled in with the reading's values, and the care team the Task goes to (chosen by
+the rule, its severity and the gateway's site: `cloud_bridge/referral_routes.py`). It does not
 evaluate conditions again, so the two can never disagree about whether a reading crossed.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.referral_routes import CareTeam, ReferralRoutes, route
 from contract.wire import Reading
 
 ALERT_FLAG_PREFIX = "alert:"
@@ -47,6 +49,7 @@ class AlertText:
     message_en: str
     referral_zh: str
     referral_en: str
+    team: CareTeam | None = None  # who takes the referral; None: not routed (no routing file)
 
 
 def load_rule_texts(path: Path) -> dict[str, RuleText]:
@@ -79,8 +82,15 @@ class _Keep(dict[str, str]):
         return "{" + key + "}"
 
 
-def alert_texts(rules: Mapping[str, RuleText], reading: Reading) -> list[AlertText]:
-    """The alerts the gateway raised on `reading`, in words; an unknown rule id keeps its id."""
+def alert_texts(
+    rules: Mapping[str, RuleText],
+    reading: Reading,
+    *,
+    routes: ReferralRoutes | None = None,
+    site: str = "",
+) -> list[AlertText]:
+    """The alerts the gateway raised on `reading`, in words; an unknown rule id keeps its id.
+    With `routes`, each names the team its referral goes to from `site` (the gateway's)."""
     values: dict[str, Any] = {m.name: m.value for m in reading.values if m.value is not None}
     units = {m.name: m.unit for m in reading.values}
     out = []
@@ -91,7 +101,8 @@ def alert_texts(rules: Mapping[str, RuleText], reading: Reading) -> list[AlertTe
         rule = rules.get(rule_id)
         if rule is None:
             text = f"alert {rule_id} (rule not known to the bridge)"
-            out.append(AlertText(rule_id, "warn", text, text, "", ""))
+            team = route(routes, rule_id, "warn", site) if routes is not None else None
+            out.append(AlertText(rule_id, "warn", text, text, "", "", team))
             continue
         hit = next((name for name in rule.fields if name in values), None)
         fill = _Keep({name: str(value) for name, value in values.items()})
@@ -105,6 +116,7 @@ def alert_texts(rules: Mapping[str, RuleText], reading: Reading) -> list[AlertTe
                 rule.message["en"].format_map(fill),
                 rule.referral["zh"].format_map(fill),
                 rule.referral["en"].format_map(fill),
+                route(routes, rule_id, rule.severity, site) if routes is not None else None,
             )
         )
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from cloud_bridge import db as dbapi
 from cloud_bridge import store as bridge_store
 from cloud_bridge.auth import Principal
 from cloud_bridge.db import Database
-from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, parse_token, resource_id
+from cloud_bridge.fhir_map import ALERT_FLAG_SYSTEM, CARE_TEAM_SYSTEM, parse_token, resource_id
 from cloud_bridge.fhir_store import (
     FhirStoreError,
     all_of_type,
@@ -51,8 +52,17 @@ from cloud_bridge.fhir_store import (
 from cloud_bridge.fhir_store import update as fhir_update
 from cloud_bridge.figures import chronic_figures, quarter_bounds
 from cloud_bridge.metrics import BridgeMetrics
+from cloud_bridge.referral_routes import ReferralRoutes
 
-__all__ = ["FHIR_JSON", "SEARCH_PARAMS", "EnrolledGateway", "GatewayEnrolment", "create_app"]
+__all__ = [
+    "FHIR_JSON",
+    "ROUTED_TEAM_EXTENSION",
+    "SEARCH_PARAMS",
+    "EnrolledGateway",
+    "GatewayEnrolment",
+    "create_app",
+    "referral_team",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,8 @@ RESOURCE_TYPES = (
     "Questionnaire", "QuestionnaireResponse",
 )  # fmt: skip
 _PRIORITY_ORDER = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
+# A claimed referral's owner is whoever claimed it; the care team it was routed to moves here.
+ROUTED_TEAM_EXTENSION = "urn:kiosk:fhir:routed-team"
 # Search parameters per resource type -> FHIR parameter type. A reference parameter also takes
 # the `:identifier` modifier (`subject:identifier=system|value`).
 SEARCH_PARAMS: dict[str, dict[str, str]] = {
@@ -171,6 +183,23 @@ def _accepted_names(resource_type: str) -> set[str]:
     return names
 
 
+def referral_team(task: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The care team a referral Task was routed to (its logical reference), or None: the Task's
+    owner while nobody has claimed it, then the `ROUTED_TEAM_EXTENSION` the claim moved it to."""
+    owner = task.get("owner")
+    if isinstance(owner, dict) and owner.get("identifier", {}).get("system") == CARE_TEAM_SYSTEM:
+        return owner
+    for extension in task.get("extension", ()):
+        if extension.get("url") == ROUTED_TEAM_EXTENSION:
+            return extension.get("valueReference")
+    return None
+
+
+def _team_id(task: Mapping[str, Any]) -> str | None:
+    team = referral_team(task)
+    return None if team is None else team.get("identifier", {}).get("value")
+
+
 def capability_statement() -> dict[str, Any]:
     """What this server does: read every stored type, search the few parameters in SEARCH_PARAMS."""
     resources = []
@@ -201,11 +230,13 @@ def create_app(
     *,
     metrics: Callable[[], Mapping[str, Any]] | None = None,
     ca_dir: Path | None = None,
+    referral_routes: ReferralRoutes | None = None,
 ) -> FastAPI:
     """The API over the store at `db_path`: a SQLite file (created, in WAL mode, if missing) or a
     `postgresql://` URL (schema created if missing). `metrics` gives the consumer's counters for
     `/metrics`; with `ca_dir` (the community's CA, `kiosk-bridge ca init`) an enrolment's TLS
-    request is signed. Raises `pki.PkiError` when `ca_dir` holds no usable CA."""
+    request is signed; `referral_routes` (the consumer's) gives the care teams `/referrals/teams`
+    lists. Raises `pki.PkiError` when `ca_dir` holds no usable CA."""
     # WAL is a property of the file: set once here, so readers never block the bridge's writer.
     # The whole bridge schema, not only the FHIR store's: the fleet and figures read the registry
     # and the tokens even before the consumer has run once.
@@ -294,17 +325,42 @@ def create_app(
         may = sorted(p for p, roles in auth.PERMISSIONS.items() if principal.role in roles)
         return JSONResponse({"name": principal.name, "role": principal.role, "permissions": may})
 
-    @app.get("/referrals", dependencies=[Depends(require("referrals:read"))], responses=_AUTH_RESPONSES)
-    def list_referrals(status: str | None = None) -> Response:
+    read_referrals = [Depends(require("referrals:read"))]
+
+    @app.get("/referrals", dependencies=read_referrals, responses=_AUTH_RESPONSES)
+    def list_referrals(status: str | None = None, team: str | None = None) -> Response:
         """Referral Tasks raised by alerts: open ones (requested, accepted) by default, most urgent
-        first, then oldest first."""
+        first, then oldest first; with `team` (a care team's id, see /referrals/teams) only those
+        routed to that team. Each Task names its team: `owner` (identifier system
+        urn:kiosk:care-team, value the team's id; display its names) until someone claims it,
+        then the extension urn:kiosk:fhir:routed-team, as `owner` becomes the claimant."""
         wanted = {status} if status else {"requested", "accepted"}
         with closing(connect()) as conn:
-            tasks = [t for t in all_of_type(conn, "Task") if t["status"] in wanted]
+            tasks = [
+                t
+                for t in all_of_type(conn, "Task")
+                if t["status"] in wanted and (team is None or _team_id(t) == team)
+            ]
         tasks.sort(
             key=lambda t: (_PRIORITY_ORDER.get(t.get("priority", "routine"), 9), t.get("authoredOn", ""))
         )
         return Response(to_json({"total": len(tasks), "referrals": tasks}), media_type="application/json")
+
+    @app.get("/referrals/teams", dependencies=read_referrals, responses=_AUTH_RESPONSES)
+    def list_teams() -> JSONResponse:
+        """The care teams referrals are routed to (the bridge's routing file, in its order): id,
+        names in Chinese and English, and how many open referrals (requested or accepted) each
+        has now."""
+        teams = list(referral_routes.teams.values()) if referral_routes is not None else []
+        with closing(connect()) as conn:
+            open_by_team = Counter(
+                _team_id(t) for t in all_of_type(conn, "Task") if t["status"] in ("requested", "accepted")
+            )
+        listed = [
+            {"id": t.id, "name_zh": t.name_zh, "name_en": t.name_en, "open": open_by_team[t.id]}
+            for t in teams
+        ]
+        return JSONResponse({"total": len(listed), "teams": listed})
 
     async def _change_task(
         id: str,
@@ -352,6 +408,12 @@ def create_app(
 
         def claim(conn: Database, task: dict[str, Any], by: str, body: Any, now: str) -> None:
             task["status"] = "accepted"
+            team = referral_team(task)
+            if team is not None and team is task.get("owner"):  # the team stays on record
+                task["extension"] = [
+                    *task.get("extension", []),
+                    {"url": ROUTED_TEAM_EXTENSION, "valueReference": team},
+                ]
             task["owner"] = {"display": by}
             task["lastModified"] = now
 

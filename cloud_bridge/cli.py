@@ -10,7 +10,9 @@ from pathlib import Path
 import typer
 
 from cloud_bridge import auth, broker_acl, fhir_post, pki, store
+from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
 from cloud_bridge.db import is_postgres_url
+from cloud_bridge.referral_routes import DEFAULT_ROUTES, ReferralRoutesError, check_rules, load_routes
 
 app = typer.Typer(help="Cloud bridge: verify, store and map kiosk readings to FHIR R4.", no_args_is_help=True)
 
@@ -116,6 +118,12 @@ def run(
         None,
         help="The region's alert rules (device_profiles/alert_rules/cn.toml): alerts become Flag + Task.",
     ),
+    referral_routes: Path | None = typer.Option(
+        None,
+        show_default=False,
+        help="The region's referral routing (teams, and which team gets each rule's referral per site). "
+        "Default with --alert-rules: device_profiles/referral_routes/cn.toml of this checkout.",
+    ),
     worker: str | None = typer.Option(
         None,
         help="Run as one of several bridge workers under this unique name (MQTT client id "
@@ -160,6 +168,21 @@ def run(
         except pki.PkiError as exc:
             typer.echo(f"error: --ca-dir: {exc}", err=True)
             raise typer.Exit(2) from exc
+    if referral_routes is None and alert_rules is not None:
+        referral_routes = DEFAULT_ROUTES
+    routes = None
+    try:  # a file the bridge cannot use stops it here, named with its field, not at the first alert
+        rules = load_rule_texts(alert_rules) if alert_rules is not None else None
+        if referral_routes is not None:
+            routes = load_routes(referral_routes)
+            if rules is not None:
+                severities = {rule.id: rule.severity for rule in rules.values()}
+                check_rules(routes, severities, where=str(referral_routes))
+    except (AlertRulesError, ReferralRoutesError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        if referral_routes == DEFAULT_ROUTES and not DEFAULT_ROUTES.is_file():  # an installed bridge
+            typer.echo("with --alert-rules, give the routing file: --referral-routes FILE", err=True)
+        raise typer.Exit(2) from exc
     consumer = BridgeConsumer(
         db,
         host=mqtt_host,
@@ -168,6 +191,7 @@ def run(
         fhir_base_url=fhir_base_url,
         fhir_token=fhir_token,
         alert_rules=alert_rules,
+        referral_routes=referral_routes,
         worker=worker,
         share_group=share_group,
         session_expiry_s=session_expiry,
@@ -175,7 +199,7 @@ def run(
     consumer.start()
     try:
         uvicorn.run(
-            create_app(db, metrics=consumer.metrics, ca_dir=ca_dir),
+            create_app(db, metrics=consumer.metrics, ca_dir=ca_dir, referral_routes=routes),
             host=http_host,
             port=http_port,
             log_level="warning",
@@ -188,18 +212,38 @@ def run(
 def acl(
     db: str = DB_OPTION,
     out: Path = typer.Option(..., help="The Mosquitto acl_file to write."),
-    bridge_identity: str = typer.Option(broker_acl.BRIDGE_IDENTITY, help="The bridge certificate's name."),
+    bridge_user: list[str] = typer.Option(
+        [],
+        "--bridge-user",
+        "--bridge-identity",
+        show_default=False,
+        help="A bridge certificate's name (its CN, the broker's user name): it reads every gateway's "
+        "batches and writes every ack. Repeat it for one certificate per worker. Default: "
+        f"{broker_acl.BRIDGE_IDENTITY}.",
+    ),
 ) -> None:
     """Write the broker's access rules from the registry: each gateway its own topics only."""
+    identities = bridge_user or [broker_acl.BRIDGE_IDENTITY]
     conn = store.connect(db)
     try:
-        text = broker_acl.mosquitto_acl(conn, bridge_identity)
+        gateway_ids = broker_acl.active_gateway_ids(conn)
     finally:
         conn.close()
+    try:
+        text = broker_acl.render_acl(gateway_ids, identities)
+    except broker_acl.AclError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    left_out = [gateway_id for gateway_id in gateway_ids if not broker_acl.is_certificate_name(gateway_id)]
+    for gateway_id in left_out:
+        typer.echo(f"left out gateway {gateway_id!r}: not a certificate name, it cannot connect", err=True)
     partial = out.with_suffix(out.suffix + ".new")
     partial.write_text(text)
     partial.replace(out)  # the broker never reads half a file
-    typer.echo(f"{out}: rules for {text.count('user ') - 1} gateway(s); send the broker SIGHUP to apply")
+    typer.echo(
+        f"{out}: rules for {len(gateway_ids) - len(left_out)} gateway(s) and bridge "
+        f"{', '.join(dict.fromkeys(identities))}; send the broker SIGHUP to apply"
+    )
 
 
 posts = typer.Typer(help="Readings queued for the health community's FHIR server.", no_args_is_help=True)

@@ -31,6 +31,7 @@ from cloud_bridge import fhir_post, store
 from cloud_bridge.alert_rules import load_rule_texts
 from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import Outcome, receive_batch
+from cloud_bridge.referral_routes import check_rules, load_routes, unknown_sites
 from contract.wire import UP_TOPIC_FILTER, ack_topic, encode_ack
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class BridgeConsumer:
         fhir_base_url: str | None = None,  # the health community's FHIR server; None: embedded store
         fhir_token: str | None = None,  # its bearer token (another bridge: a token with role "bridge")
         alert_rules: Path | None = None,  # the region's rules file: alert flags become Flag + Task
+        referral_routes: Path | None = None,  # the region's routing file: which team gets each Task
         worker: str | None = None,  # one of several workers (MQTT v5 shared subscription, PostgreSQL)
         share_group: str = "bridge",
         session_expiry_s: int = WORKER_SESSION_EXPIRY_S,
@@ -87,6 +89,15 @@ class BridgeConsumer:
             FhirPoster(self._conn, self._lock, fhir_base_url, token=fhir_token) if fhir_base_url else None
         )
         self.alert_rules = load_rule_texts(alert_rules) if alert_rules else None
+        # Raises ReferralRoutesError (file and field named) for a file that cannot be used.
+        self.referral_routes = load_routes(referral_routes) if referral_routes else None
+        if self.referral_routes is not None and self.alert_rules is not None:
+            severities = {rule.id: rule.severity for rule in self.alert_rules.values()}
+            check_rules(self.referral_routes, severities, where=str(referral_routes))
+        if self.referral_routes is not None:  # a misspelt site would route nothing: say so
+            enrolled = [str(row["site"]) for row in store.list_gateways(self._conn)]
+            for site in unknown_sites(self.referral_routes, enrolled) if enrolled else ():
+                log.warning("bridge: %s routes site %r, which no enrolled gateway has", referral_routes, site)
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
         self.worker = worker
@@ -232,6 +243,7 @@ class BridgeConsumer:
                     post_to_remote=self.poster is not None,
                     alert_rules=self.alert_rules,
                     defer_ahead=defer,
+                    referral_routes=self.referral_routes,
                 )
                 if outcome.deferred:
                     self.counters["out_of_order_retries"] += 1

@@ -44,6 +44,7 @@ from cloud_bridge.alert_rules import AlertText
 from contract.wire import RESIDENT_ID_SYSTEMS, Measurement, Reading
 
 __all__ = [
+    "CARE_TEAM_SYSTEM",
     "CODES",
     "DEVICE_SYSTEM",
     "FLAGS",
@@ -97,8 +98,8 @@ ALERT_FLAG_SYSTEM = "urn:kiosk:alert-flag"  # value: gateway/seq/rule
 REFERRAL_SYSTEM = "urn:kiosk:referral"  # value: gateway/seq/rule
 ALERT_RULE_SYSTEM = "urn:kiosk:alert-rule"
 FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
-SPECIALIST_TEAM = "County specialist team (县级专科团队)"
-# Alert severity -> Task.priority: the specialist team sees "refer today" first.
+CARE_TEAM_SYSTEM = "urn:kiosk:care-team"  # Task.owner of a referral: value the team's id (referral_routes)
+# Alert severity -> Task.priority: the team sees "refer today" first.
 TASK_PRIORITY = {"urgent": "stat", "warn": "urgent", "info": "routine"}
 TIME_QUALITY_EXTENSION = "urn:kiosk:fhir:time-quality"
 SIGNATURE_FORMAT = "application/cbor+ed25519"
@@ -579,7 +580,7 @@ def _flag_note(flag: str, alerts: Sequence[AlertText]) -> str:
 def _alert_entries(
     alert: AlertText, reading_key: str, subject: dict[str, Any], observation: dict[str, Any], when: str
 ) -> list[TransactionEntry]:
-    """A Flag on the resident and a referral Task for the specialist team, for one alert."""
+    """A Flag on the resident and a referral Task for the alert's care team, for one alert."""
     key = f"{reading_key}/{alert.rule_id}"
     rule = {"system": ALERT_RULE_SYSTEM, "code": alert.rule_id}
     flag = {
@@ -603,9 +604,11 @@ def _alert_entries(
         "focus": {"reference": f"Observation/{observation['id']}"},
         "for": dict(subject),
         "authoredOn": when,
-        "owner": {"display": SPECIALIST_TEAM},
         "reasonCode": {"coding": [rule], "text": f"{alert.message_zh} / {alert.message_en}"},
     }
+    if alert.team is not None:  # a logical reference: the team's id and names, from referral_routes
+        team_id = {"system": CARE_TEAM_SYSTEM, "value": alert.team.id}
+        task["owner"] = {"identifier": team_id, "display": alert.team.display}
     if alert.referral_zh or alert.referral_en:
         task["description"] = f"{alert.referral_zh}\n{alert.referral_en}".strip()
     return [_entry(flag, ALERT_FLAG_SYSTEM, key), _entry(task, REFERRAL_SYSTEM, key)]
@@ -710,6 +713,8 @@ def _reading_shape(reading: Reading, alerts: Sequence[AlertText], signed: bool) 
     for alert in alerts:
         texts += (alert.rule_id, alert.message_zh, alert.message_en)
         texts += [text for text in (alert.referral_zh, alert.referral_en) if text]
+        if alert.team is not None:
+            texts += (alert.team.id, alert.team.display)
     if not all(_plain(text) for text in texts):
         return None
     values = []
@@ -723,7 +728,9 @@ def _reading_shape(reading: Reading, alerts: Sequence[AlertText], signed: bool) 
         if not wave.resolution_uv.is_finite() or not all(wave.samples):
             return None
         wave_shape = (wave.leads, wave.sample_rate_hz)
-    alert_shapes = tuple((a.rule_id, a.severity, bool(a.referral_zh), bool(a.referral_en)) for a in alerts)
+    alert_shapes = tuple(
+        (a.rule_id, a.severity, bool(a.referral_zh), bool(a.referral_en), a.team is not None) for a in alerts
+    )
     resident = None if reading.resident is None else reading.resident.system
     return (
         reading.kind, tuple(values), reading.flags, reading.time_quality, resident, wave_shape,
@@ -748,7 +755,7 @@ def map_reading(
 
     Patient (if the reading names a resident), the peripheral Device, the gateway Device, the
     Observations, for each alert the gateway raised (`alerts`, in words) a Flag on the resident
-    and a referral Task for the specialist team, then a Provenance that ties them to the signed
+    and a referral Task owned by the alert's care team, then a Provenance that ties them to the signed
     batch. `recorded_at_ms` is when
     the bridge recorded the reading (Provenance.recorded); it defaults to the measurement time so
     that, without it, the output depends on the reading alone.

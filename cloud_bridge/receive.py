@@ -20,6 +20,7 @@ from cloud_bridge import fhir_post, fhir_store, gaps, store
 from cloud_bridge.alert_rules import RuleText, alert_texts
 from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import FhirMappingError, TransactionEntry, map_reading
+from cloud_bridge.referral_routes import ReferralRoutes
 from contract.wire import (
     Ack,
     Batch,
@@ -78,6 +79,7 @@ def receive_batch(
     post_to_remote: bool = False,
     alert_rules: Mapping[str, RuleText] | None = None,
     defer_ahead: bool = False,
+    referral_routes: ReferralRoutes | None = None,
 ) -> Outcome:
     """With `post_to_remote`, each reading's transaction Bundle is queued for the health
     community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
@@ -87,9 +89,14 @@ def receive_batch(
     past the head's successor, so a batch between is missing, likely in another worker's hands)
     is neither stored nor refused: the outcome is `deferred`, with no ack and nothing recorded, and
     the caller tries again later. Anything else out of chain (a fork, a stale number) is refused
-    as always."""
+    as always.
+
+    With `referral_routes`, each alert's referral Task goes to the care team routed for its rule,
+    severity and the gateway's enrolled site (`cloud_bridge/referral_routes.py`)."""
     with _cyclic_gc_paused():
-        return _receive(conn, topic, message, now_ms, post_to_remote, alert_rules, defer_ahead)
+        return _receive(
+            conn, topic, message, now_ms, post_to_remote, alert_rules, defer_ahead, referral_routes
+        )
 
 
 def _receive(
@@ -100,6 +107,7 @@ def _receive(
     post_to_remote: bool,
     alert_rules: Mapping[str, RuleText] | None,
     defer_ahead: bool,
+    routes: ReferralRoutes | None = None,
 ) -> Outcome:
     probe_gateway = decode_time_probe(message)
     if probe_gateway is not None:
@@ -128,7 +136,7 @@ def _receive(
     # The mapping is the slow part: done before the write lock is taken, unless a look-up without
     # the lock already shows the batch will not be stored (a replay, out of chain).
     likely_new = store.batch_known(conn, batch.hash) is None and _chain_error(record, batch) is None
-    mapped = _map_batch(batch, signature, now_ms, alert_rules) if likely_new else None
+    mapped = _map_batch(batch, signature, now_ms, alert_rules, routes, record.site) if likely_new else None
     stored = 0
     with conn.transaction():
         # The decision is made again on the gateway's row, locked until the commit: another
@@ -150,7 +158,7 @@ def _receive(
         if chain_error is not None:
             return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
         if mapped is None:
-            mapped = _map_batch(batch, signature, now_ms, alert_rules)
+            mapped = _map_batch(batch, signature, now_ms, alert_rules, routes, record.site)
         new = store.insert_readings(
             conn,
             batch.readings,
@@ -260,7 +268,12 @@ def _report_gaps(gateway_id: str, change: store.GapChange, waiting: int | None) 
 
 
 def _map_batch(
-    batch: Batch, signature: bytes, now_ms: int, alert_rules: Mapping[str, RuleText] | None
+    batch: Batch,
+    signature: bytes,
+    now_ms: int,
+    alert_rules: Mapping[str, RuleText] | None,
+    routes: ReferralRoutes | None = None,
+    site: str = "",
 ) -> list[tuple[list[TransactionEntry], str | None]]:
     """Each reading's FHIR entries, or why it cannot be mapped (it is then kept as a dead letter)."""
     out: list[tuple[list[TransactionEntry], str | None]] = []
@@ -271,7 +284,7 @@ def _map_batch(
                 batch_hash=batch.hash,
                 gateway_signature=signature,
                 recorded_at_ms=now_ms,
-                alerts=alert_texts(alert_rules, reading) if alert_rules else (),
+                alerts=alert_texts(alert_rules, reading, routes=routes, site=site) if alert_rules else (),
             )
         except FhirMappingError as exc:
             log.error("bridge: %s seq %d kept as dead letter: %s", batch.gateway_id, reading.seq, exc)

@@ -20,12 +20,16 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
 from cloud_bridge import auth, pki, store
+from cloud_bridge.alert_rules import load_rule_texts
 from cloud_bridge.api import create_app
 from cloud_bridge.receive import receive_batch
+from cloud_bridge.referral_routes import DEFAULT_ROUTES, load_routes
 from contract.wire import GENESIS_HASH, encode_batch, up_topic
 from tests.component.bridge_readings import bp_reading
 
 GATEWAY = "gw-schema-01"
+RULES = Path(__file__).resolve().parents[2] / "device_profiles" / "alert_rules" / "cn.toml"
+ROUTES = load_routes(DEFAULT_ROUTES)
 
 
 def _admin_token(path: str) -> dict[str, str]:
@@ -49,7 +53,15 @@ def _populated_store() -> str:
         bp_reading(GATEWAY, 2, 185, 118, flags=("alert:hypertensive_crisis",)),
     ]
     message, _ = encode_batch(readings, prev_hash=GENESIS_HASH, signing_key=key, number=1)
-    assert receive_batch(conn, up_topic(GATEWAY), message, now_ms=1795564900000).stored == 2
+    outcome = receive_batch(
+        conn,
+        up_topic(GATEWAY),
+        message,
+        now_ms=1795564900000,
+        alert_rules=load_rule_texts(RULES),  # a referral Task routed to a team, for /referrals
+        referral_routes=ROUTES,
+    )
+    assert outcome.stored == 2
     conn.close()
     return path
 
@@ -59,7 +71,8 @@ ADMIN = _admin_token(POPULATED)
 CA_DIR = Path(tempfile.mkdtemp(prefix="bridge-schema-ca-"))
 pki.create_ca(CA_DIR)
 schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_app(POPULATED, metrics=lambda: {"readings_stored": 2}, ca_dir=CA_DIR)
+    "/openapi.json",
+    create_app(POPULATED, metrics=lambda: {"readings_stored": 2}, ca_dir=CA_DIR, referral_routes=ROUTES),
 )
 
 

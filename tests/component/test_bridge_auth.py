@@ -30,6 +30,7 @@ EMPTY_TRANSACTION = '{"resourceType": "Bundle", "type": "transaction"}'
 # needs a token.
 PERMISSION_TABLE = [
     ("GET", "/referrals", "/referrals", {"doctor", "health_manager", "admin"}, 200),
+    ("GET", "/referrals/teams", "/referrals/teams", {"doctor", "health_manager", "admin"}, 200),
     ("POST", "/referrals/no-such-task/claim", "/referrals/{id}/claim", {"doctor", "admin"}, 404),
     ("POST", "/referrals/no-such-task/close", "/referrals/{id}/close", {"doctor", "admin"}, 404),
     ("GET", "/figures/chronic?quarter=2026Q4", "/figures/chronic", {"health_manager", "admin"}, 200),
