@@ -78,7 +78,8 @@ __all__ = [
 CONTRACT_VERSION = 2
 BATCH_VERSIONS = (1, 2)  # what the bridge accepts: v1 from gateways not yet updated
 GENESIS_HASH = bytes(32)
-KINDS = ("bp", "glucose", "ecg", "spo2", "temperature", "weight", "heart_rate")
+KINDS = ("bp", "glucose", "ecg", "spo2", "temperature", "weight", "heart_rate", "questionnaire")
+# "questionnaire": a form's answers, as values and flags (contract/questionnaire.py)
 TIME_QUALITIES = ("rtc", "ntp", "bridge", "unsynced")
 # Identifier systems for residents (China county health communities): the resident health-record
 # number and the resident identity-card number.

@@ -35,6 +35,13 @@ MSG_STATUS = const(0x05)
 MSG_DEVICE_ERROR = const(0x06)
 MSG_ECG_CHUNK = const(0x07)
 MSG_TIME_SYNC = const(0x08)
+# Firmware update over the link (firmware/link_update.py): the gateway asks, the board answers each
+# request with one UPDATE_REPLY carrying the request's seq.
+MSG_UPDATE_OFFER = const(0x10)
+MSG_UPDATE_FILE = const(0x11)
+MSG_UPDATE_CHUNK = const(0x12)
+MSG_UPDATE_COMMIT = const(0x13)
+MSG_UPDATE_REPLY = const(0x14)
 
 # NAK reasons.
 NAK_BAD_CRC = const(1)
@@ -278,6 +285,9 @@ def _unpack_str(payload, offset):
 CAP_JOURNAL = const(0x0100)  # unacked readings are kept on flash across a reboot
 CAP_TIME_SYNC = const(0x0200)  # stamps readings with the clock from TIME_SYNC
 CAP_STATUS = const(0x0400)  # sends STATUS messages
+CAP_UPDATE = const(0x0800)  # takes firmware over the link; its boot code rolls back a failed update
+CAP_TRIAL = const(0x1000)  # this version is on trial: the ack of this hello confirms it
+CAP_ROLLED_BACK = const(0x2000)  # the last update never said hello: this is the version before it
 
 
 def capability_of_kind(kind):

@@ -14,6 +14,11 @@ space of a session is used up, the ring is drained and a new session starts with
 so a seq is never reused within a session. With a `LinkJournal` (flash), durable messages are
 on flash before they are on the wire and released when acked; after a reboot they are resent
 under their original session and seq, so the gateway stores each exactly once.
+
+Firmware updates (UPDATE_* requests from the gateway) are handed to `link_update.LinkUpdater`,
+imported when the first one arrives, and only on a board whose boot code ran `updater.boot()`:
+its hello then says so (CAP_UPDATE), and says whether this version is on trial or the last
+update was rolled back. The ack of that hello confirms the trial (`updater.confirm()`).
 """
 
 import struct
@@ -35,6 +40,23 @@ _RETRY_MAX_MS = const(4000)
 _LAST_SEQ = const(0xFFFF)
 _HELLO_RESERVE = const(32)  # last seqs of a session: only hellos may use them
 _REJECTED_HELLO_RETRY_MS = const(60000)
+
+
+def update_flags():
+    """Hello bits about firmware updates: CAP_UPDATE once the boot code ran `updater.boot()` in
+    this interpreter (boot.py on a board), plus CAP_TRIAL / CAP_ROLLED_BACK from the flash."""
+    import sys
+
+    updater = sys.modules.get("updater")
+    if updater is None or not updater.booted:
+        return 0
+    on_trial, rolled_back = updater.state()
+    flags = link.CAP_UPDATE
+    if on_trial:
+        flags |= link.CAP_TRIAL
+    if rolled_back:
+        flags |= link.CAP_ROLLED_BACK
+    return flags
 
 
 def _random_u32():
@@ -131,6 +153,8 @@ class LinkClient:
         self._hello_frame = b""
         self._hello_payload = None
         self._hello_builder = None
+        self._update_flags = 0  # CAP_UPDATE, CAP_TRIAL, CAP_ROLLED_BACK: added to the hello
+        self._updater = None  # link_update.LinkUpdater, made when the first update request comes
         self.acked = 0
         self.naks_received = 0
         self.retransmits = 0
@@ -198,9 +222,12 @@ class LinkClient:
         else:
             _, device_id, model, firmware = link.decode_hello(payload)
             capabilities = link.decode_hello_capabilities(payload)
+            self._update_flags = update_flags()
 
             def build_payload(session_id):
-                return link.encode_hello(session_id, device_id, model, firmware, capabilities)
+                return link.encode_hello(
+                    session_id, device_id, model, firmware, capabilities | self._update_flags
+                )
 
         self._hello_builder = build_payload
         self._hello_payload = build_payload(self._session.session_id)
@@ -326,12 +353,34 @@ class LinkClient:
                     self._send_hello(self._hello_payload)
             elif reason != link.NAK_BUSY:
                 self._resend_now(seq)
+        elif link.MSG_UPDATE_OFFER <= msg_type <= link.MSG_UPDATE_COMMIT:
+            self._update(msg_type, seq, payload)
+
+    def _update(self, msg_type, seq, payload):
+        if not self._update_flags & link.CAP_UPDATE:
+            return  # no boot code guards an update here: the gateway read that in our hello
+        if self._updater is None:
+            from link_update import LinkUpdater  # only a board being updated pays for the module
+
+            self._updater = LinkUpdater(self._uart)
+        self._updater.handle(msg_type, seq, payload)
+
+    def _hello_acked(self):
+        """The gateway heard us: a version on trial is confirmed, a rollback reported."""
+        outcome = link.CAP_TRIAL | link.CAP_ROLLED_BACK
+        if self._update_flags & outcome and self._hello_builder is not None:
+            import updater
+
+            updater.confirm()
+            self._update_flags &= ~outcome
+            self._hello_payload = self._hello_builder(self._session.session_id)
 
     def _ack(self, seq):
         seqs = self._seqs
         if seqs[self._size] == seq and seq:
             seqs[self._size] = 0
             self._acked()
+            self._hello_acked()
             self._resend_now(0)  # the gateway knows us now: resend what it turned away
             return
         for index in range(self._size):

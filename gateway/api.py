@@ -11,12 +11,18 @@ a short error id, and is logged with that id and where it happened, never with i
 the request's data (either could hold a resident's number).
 
 Resident numbers leave the gateway only masked (first and last 4 characters).
+
+Besides check-in and the readings: the chronic-disease follow-up questionnaire
+(`/api/questionnaires`, `/api/resident/followup`, `/api/resident/questionnaire`; gateway/followup.py),
+stored as a reading like any measurement, and a vehicle's day of outreach (`/api/queue...`;
+gateway/outreach.py), all local, so both work with the 4G link down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -28,17 +34,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.questionnaire import ANSWER_FLAG, Questionnaire, QuestionnaireError, check_answers
+from contract.questionnaire import KIND as QUESTIONNAIRE
 from contract.wire import Reading, ResidentRef
 from gateway.alerts import evaluate
+from gateway.errors import StorageFullError
+from gateway.followup import Followups, answers_view, definition_view, new_reading, reading_answers
 from gateway.keys import GatewayKeys
 from gateway.operators import OPERATORS_DB, Operator, Operators, SessionEnded, SignInRefused
+from gateway.outreach import (
+    MAX_CSV_BYTES,
+    QUEUE_DB,
+    OutreachQueue,
+    Person,
+    QueueEntry,
+    QueueError,
+    check_day,
+    check_person_text,
+    parse_queue_csv,
+)
 from gateway.profiles import display_unit
 from gateway.resident_ids import ResidentIdError, mask, parse_qr, parse_resident
 
@@ -55,6 +76,7 @@ EVENT_POLL_S = 0.5  # how often the live stream looks for new readings
 EVENT_STATUS_S = 2.0  # how often it sends the sync bar's state
 EVENT_SESSION_S = 5.0  # how often it checks that the session is still alive
 WAVEFORM_MAX_POINTS = 2500  # per lead, for the screen's strip (10 s at 250 Hz)
+SUBMISSION_MAX = 2**53 - 1  # the screen's form numbers: integers a browser holds exactly
 
 
 class KioskError(Exception):
@@ -89,6 +111,30 @@ class CheckInRequest(_Strict):
     value: str | None = Field(default=None, max_length=64)
     qr: str | None = Field(default=None, max_length=2048)
     previous: int | None = None
+
+
+class QuestionnaireRequest(_Strict):
+    """A completed form for the checked-in resident. `submission` is the screen's random number
+    for this form: sent twice (a lost answer, a double tap), it is stored once."""
+
+    questionnaire: str = Field(min_length=1, max_length=64)
+    answers: dict[str, Any]
+    submission: int | None = Field(default=None, ge=1, le=SUBMISSION_MAX)
+
+
+class QueueAddRequest(_Strict):
+    """One resident for the day's queue: a typed number (`system`, `value`) or a QR code's text."""
+
+    day: str | None = Field(default=None, max_length=10)
+    name: str = Field(default="", max_length=200)
+    village: str = Field(default="", max_length=200)
+    system: Literal["health-record", "id-card"] | None = None
+    value: str | None = Field(default=None, max_length=64)
+    qr: str | None = Field(default=None, max_length=2048)
+
+
+class QueueStateRequest(_Strict):
+    state: Literal["waiting", "skipped"]
 
 
 class _ContainErrors:
@@ -139,11 +185,19 @@ class _ContainErrors:
 
 
 def _reading_view(
-    reading: Reading, state: str, has_waveform: bool, service: GatewayService, current: ResidentRef | None
+    reading: Reading,
+    state: str,
+    has_waveform: bool,
+    service: GatewayService,
+    current: ResidentRef | None,
+    followups: Followups | None = None,
 ) -> dict[str, object]:
     """A reading as the screen shows it: values with units, the device's flags, and the alert
-    rules it crossed with their messages and referral in both languages."""
-    device_flags = tuple(flag for flag in reading.flags if not flag.startswith("alert:"))
+    rules it crossed with their messages and referral in both languages. A questionnaire's
+    answers come as `questionnaire` (each question and answer in both languages) instead."""
+    device_flags = tuple(
+        flag for flag in reading.flags if not flag.startswith("alert:") and not flag.startswith(ANSWER_FLAG)
+    )
     raised = {flag.removeprefix("alert:") for flag in reading.flags if flag.startswith("alert:")}
     alerts: list[dict[str, object]] = []
     for alert in evaluate(service.alert_rules, reading.kind, reading.values, device_flags):
@@ -160,7 +214,7 @@ def _reading_view(
     for rule_id in sorted(raised):  # raised under rules since changed: name it at least
         rule = service.alert_rules.rule(rule_id)
         alerts.append({"rule": rule_id, "severity": rule.severity if rule else "warn"})
-    return {
+    view = {
         "seq": reading.seq,
         "kind": reading.kind,
         "device": {"id": reading.device.id, "model": reading.device.model},
@@ -184,6 +238,48 @@ def _reading_view(
         "state": state,
         "waveform": has_waveform,
     }
+    if reading.kind == QUESTIONNAIRE:
+        read = reading_answers(followups, reading) if followups is not None else None
+        view["values"] = []
+        view["questionnaire"] = (
+            {
+                "id": read[0].id,
+                "version": read[0].version,
+                "title": {"zh-CN": read[0].title.zh, "en": read[0].title.en},
+                "answers": answers_view(*read),
+            }
+            if read is not None
+            else {"id": reading.device.model, "version": reading.device.firmware, "answers": None}
+        )
+    return view
+
+
+def _entry_view(entry: QueueEntry, current: ResidentRef | None) -> dict[str, object]:
+    """A queue entry for the screen: the name (the crew calls residents by it), the number masked."""
+    return {
+        "id": entry.id,
+        "position": entry.position,
+        "name": entry.person.name,
+        "village": entry.person.village,
+        "system": entry.person.resident.system,
+        "resident": mask(entry.person.resident.value),
+        "state": entry.state,
+        "changed_ms": entry.changed_ms,
+        "changed_by": entry.changed_by,
+        "current": entry.person.resident == current,
+    }
+
+
+def _progress(entries: list[QueueEntry]) -> dict[str, int]:
+    counts = {state: 0 for state in ("waiting", "checked", "skipped")}
+    for entry in entries:
+        counts[entry.state] += 1
+    return {"total": len(entries), **counts}
+
+
+def _today() -> str:
+    """The gateway's local date: the day a queue belongs to when the screen names none."""
+    return datetime.date.today().isoformat()
 
 
 def _checkin_view(detail: tuple[int, ResidentRef, str, int] | None) -> dict[str, object] | None:
@@ -250,29 +346,42 @@ async def signed_in(request: Request) -> Operator:
 Signed = Annotated[Operator, Depends(signed_in)]
 
 
-def create_app(service: GatewayService, operators: Operators | None = None) -> FastAPI:
-    """The API of one gateway. `operators` is opened here (in the data directory) unless given."""
+def create_app(
+    service: GatewayService, operators: Operators | None = None, queue: OutreachQueue | None = None
+) -> FastAPI:
+    """The API of one gateway. `operators` and the outreach `queue` are opened here (in the data
+    directory) unless given."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        opened = None
-        if operators is None:
-            keys = GatewayKeys.load(service.config.data_dir)
-            opened = await Operators.open(
-                service.config.data_dir / OPERATORS_DB,
-                service.config.ui,
-                seal=lambda r: keys.seal(f"{r.system}|{r.value}".encode(), b"audit-resident"),
-            )
-            app.state.operators = opened
+        opened: list[Operators | OutreachQueue] = []
         try:
+            if operators is None or queue is None:
+                keys = GatewayKeys.load(service.config.data_dir)
+            if operators is None:
+                app.state.operators = await Operators.open(
+                    service.config.data_dir / OPERATORS_DB,
+                    service.config.ui,
+                    seal=lambda r: keys.seal(f"{r.system}|{r.value}".encode(), b"audit-resident"),
+                )
+                opened.append(app.state.operators)
+            if queue is None:
+                app.state.queue = await OutreachQueue.open(service.config.data_dir / QUEUE_DB, keys)
+                opened.append(app.state.queue)
             yield
         finally:
-            if opened is not None:
-                await opened.close()
+            for part in opened:
+                await part.close()
 
     app = FastAPI(title="Kiosk gateway", version="0.2.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     if operators is not None:
         app.state.operators = operators
+    if queue is not None:
+        app.state.queue = queue
+    followups = Followups.load(service.config.profiles_dir)
+    if followups.problem:
+        log.error("follow-up questionnaires unavailable: %s", followups.problem)
+    app.state.followups = followups
     app.add_middleware(_ContainErrors)
 
     @app.exception_handler(KioskError)
@@ -291,6 +400,9 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
 
     def ops() -> Operators:
         return app.state.operators  # type: ignore[no-any-return]
+
+    def outreach() -> OutreachQueue:
+        return app.state.queue  # type: ignore[no-any-return]
 
     async def current_resident() -> tuple[tuple[int, ResidentRef, str, int] | None, ResidentRef | None]:
         detail = await service.outbox.current_checkin_detail()
@@ -349,6 +461,39 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
     async def status() -> dict[str, object]:
         return _public_status(await service.status())
 
+    # firmware update of a board over its kiosk link (gateway/link_update.py) -------------------
+    # Open like /api/status (a technician on the gateway, no operator session): only a bundle the
+    # release key on this gateway signed is ever sent. The body must be the bundle itself
+    # (application/zip or application/octet-stream), which a web page elsewhere cannot send
+    # without a CORS preflight that this API never answers.
+    from gateway import link_update
+
+    @app.post("/api/firmware/updates", status_code=202)
+    async def firmware_update(
+        request: Request,
+        device: Annotated[str, Query(min_length=1, max_length=256)],
+        stall_timeout_s: Annotated[float, Query(gt=0, le=3600)] = link_update.STALL_TIMEOUT_S,
+        confirm_timeout_s: Annotated[float, Query(gt=0, le=3600)] = link_update.CONFIRM_TIMEOUT_S,
+    ) -> dict[str, object]:
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        if kind not in ("application/zip", "application/octet-stream"):
+            raise KioskError(415, "not_a_bundle", "send the bundle's bytes as application/zip")
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > link_update.MAX_BUNDLE_BYTES:
+            raise KioskError(413, "bundle_too_large", "larger than any firmware bundle")
+        try:
+            started = link_update.start_update(
+                service.links, service.config.data_dir, device, await request.body(),
+                stall_timeout_s=stall_timeout_s, confirm_timeout_s=confirm_timeout_s,
+            )  # fmt: skip
+        except link_update.LinkUpdateError as exc:
+            raise KioskError(exc.status, exc.code, str(exc)) from None
+        return started.view()
+
+    @app.get("/api/firmware/updates")
+    async def firmware_updates() -> list[dict[str, object]]:
+        return link_update.update_views(service.links)
+
     # check-in -----------------------------------------------------------------------------------
     @app.post("/api/checkin")
     async def check_in(body: CheckInRequest, operator: Signed) -> dict[str, object]:
@@ -373,6 +518,10 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
         now_ms = time.time_ns() // 1_000_000
         await service.outbox.start_checkin(resident, operator.id, now_ms)
         await ops().audit(operator.id, "check_in", resident=resident)
+        # Checked in by card rather than from the day's queue: the queue shows them checked too.
+        for entry in await outreach().entries(_today()):
+            if entry.person.resident == resident and entry.state != "checked":
+                await outreach().set_state(entry.id, "checked", operator.id, now_ms)
         seen = await service.outbox.resident_readings(resident, limit=1)
         detail, _ = await current_resident()
         return {"checked_in": _checkin_view(detail), "seen_before": bool(seen), "operator": operator.id}
@@ -424,7 +573,7 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
         started_ms = detail[3]
         readings = []
         for reading, state, has_waveform in rows:
-            view = _reading_view(reading, state, has_waveform, service, resident)
+            view = _reading_view(reading, state, has_waveform, service, resident, followups)
             # As ingest assigns readings: a board stamps whole seconds, so a reading finished
             # in the second of the check-in belongs to this visit.
             view["this_visit"] = reading.measured_at_ms + 999 >= started_ms
@@ -445,7 +594,7 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
                 )
         views = []
         for reading, state in rows:
-            view = _reading_view(reading, state, reading.waveform is not None, service, current)
+            view = _reading_view(reading, state, reading.waveform is not None, service, current, followups)
             # The list's older shape, which scripts read: "name": "value unit", the device's id.
             view["values"] = {m.name: f"{m.value} {m.unit}" for m in reading.values}
             view["device"] = reading.device.id
@@ -474,6 +623,235 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
             "duration_s": wave.sample_count / wave.sample_rate_hz,
             "mv": [[round(v * scale, 4) for v in series[::step]] for series in wave.samples],
         }
+
+    # chronic-disease follow-up ------------------------------------------------------------------
+    def offered_questionnaire(questionnaire_id: str) -> Questionnaire:
+        if followups.problem:
+            raise KioskError(
+                503, "questionnaires_unavailable", f"the questionnaires cannot be read: {followups.problem}"
+            )
+        questionnaire = followups.offered.get(questionnaire_id)
+        if questionnaire is None:
+            raise KioskError(
+                404, "unknown_questionnaire", f"no questionnaire {questionnaire_id!r} on this kiosk"
+            )
+        return questionnaire
+
+    @app.get("/api/questionnaires")
+    async def questionnaire_list(_: Signed) -> dict[str, object]:
+        """The questionnaires this kiosk offers (the newest version of each)."""
+        return {
+            "questionnaires": [
+                {"id": q.id, "version": q.version, "title": {"zh-CN": q.title.zh, "en": q.title.en}}
+                for q in followups.offered.values()
+            ],
+            "problem": followups.problem,
+        }
+
+    @app.get("/api/questionnaires/{questionnaire_id}")
+    async def questionnaire_definition(questionnaire_id: str, _: Signed) -> dict[str, object]:
+        """One questionnaire's items, options, units and conditions, for the screen to draw."""
+        return definition_view(offered_questionnaire(questionnaire_id))
+
+    @app.get("/api/resident/followup")
+    async def followup_due(operator: Signed) -> dict[str, object]:
+        """For the checked-in resident: the conditions their readings on this kiosk put them under
+        management for (the form opens with these ticked) and their last follow-up here."""
+        _detail, resident = await current_resident()
+        if resident is None:
+            raise KioskError(404, "no_checkin", "no resident is checked in")
+        rows = await service.outbox.resident_readings(resident, limit=200)
+        await ops().audit(operator.id, "view_followup", resident=resident)
+        offered = [] if followups.problem else list(followups.offered.values())
+        due = []
+        for q in offered:
+            answered = [r for r, _state, _wave in rows if r.kind == QUESTIONNAIRE and r.device.model == q.id]
+            last = answered[0] if answered else None  # rows come newest first
+            due.append(
+                {
+                    "questionnaire": q.id,
+                    "conditions": followups.conditions(q, (r.flags for r, _state, _wave in rows)),
+                    "last": None if last is None else {"seq": last.seq, "at_ms": last.measured_at_ms},
+                }
+            )
+        return {"followups": due, "problem": followups.problem}
+
+    @app.post("/api/resident/questionnaire")
+    async def submit_questionnaire(body: QuestionnaireRequest, operator: Signed) -> dict[str, object]:
+        """Check the answers against the definition and store them for the checked-in resident as
+        one reading (signed and synced like a measurement)."""
+        _detail, resident = await current_resident()
+        if resident is None:
+            raise KioskError(404, "no_checkin", "no resident is checked in")
+        questionnaire = offered_questionnaire(body.questionnaire)
+        try:
+            answers = check_answers(questionnaire, body.answers)
+        except QuestionnaireError as exc:
+            raise KioskError(422, f"answer_{exc.code}", str(exc), item=exc.link_id, **exc.params) from None
+        submission = body.submission or secrets.randbelow(SUBMISSION_MAX) + 1
+        new = new_reading(
+            questionnaire,
+            answers,
+            resident=resident,
+            operator=operator.id,
+            time_quality=service.config.clock_quality,
+            submission=submission,
+        )
+        try:
+            seq = await service.outbox.add_reading(new)
+        except StorageFullError as exc:
+            raise KioskError(507, "storage_full", str(exc)) from None
+        if seq is not None:
+            service.sync.wake()
+        await ops().audit(
+            operator.id,
+            "questionnaire",
+            resident=resident,
+            detail=f"{questionnaire.id} {questionnaire.version}",
+        )
+        return {"seq": seq, "stored": seq is not None, "duplicate": seq is None, "submission": submission}
+
+    # vehicle outreach: the day's queue ----------------------------------------------------------
+    def queue_day(day: str | None) -> str:
+        try:
+            return check_day(day or _today())
+        except QueueError as exc:
+            raise KioskError(422, exc.code, str(exc)) from None
+
+    async def queue_view(day: str, operator: Operator) -> dict[str, object]:
+        entries = await outreach().entries(day)
+        await ops().audit_many(
+            operator.id, "view_queue", [entry.person.resident for entry in entries], detail=day
+        )
+        _, current = await current_resident()
+        return {
+            "day": day,
+            "entries": [_entry_view(entry, current) for entry in entries],
+            "progress": _progress(entries),
+        }
+
+    async def queue_entry(entry_id: int) -> QueueEntry:
+        entry = await outreach().entry(entry_id)
+        if entry is None:
+            raise KioskError(404, "unknown_entry", f"no queue entry {entry_id}")
+        return entry
+
+    @app.get("/api/queue")
+    async def queue_list(
+        operator: Signed, day: str | None = None, counts_only: bool = False
+    ) -> dict[str, object]:
+        """The day's outreach queue (today by default) with each resident's state and the
+        progress; `counts_only` gives the progress alone (shows no resident, logs nobody)."""
+        day = queue_day(day)
+        if counts_only:
+            return {"day": day, "progress": _progress(await outreach().entries(day))}
+        return await queue_view(day, operator)
+
+    @app.post("/api/queue")
+    async def queue_add(body: QueueAddRequest, operator: Signed) -> dict[str, object]:
+        """Add one resident to the end of the day's queue."""
+        day = queue_day(body.day)
+        if (body.qr is not None) == (body.value is not None or body.system is not None):
+            raise KioskError(422, "checkin_one_way", "give a number or a QR code's text")
+        try:
+            resident = (
+                parse_qr(body.qr)
+                if body.qr is not None
+                else parse_resident(body.system or "", body.value or "")
+            )
+            person = Person(
+                resident, check_person_text(body.name, "name"), check_person_text(body.village, "village")
+            )
+        except ResidentIdError as exc:
+            raise KioskError(422, exc.code, str(exc), **exc.params) from None
+        except QueueError as exc:
+            raise KioskError(422, exc.code, str(exc), **exc.params) from None
+        added, duplicates = await outreach().add(day, [person], operator.id, time.time_ns() // 1_000_000)
+        if duplicates:
+            raise KioskError(409, "queue_duplicate", "this resident is already in the day's queue")
+        await ops().audit(operator.id, "queue_add", resident=resident, detail=day)
+        _, current = await current_resident()
+        return {"entry": _entry_view(added[0], current)}
+
+    @app.post("/api/queue/import")
+    async def queue_import(request: Request, operator: Signed, day: str | None = None) -> dict[str, object]:
+        """The township's list as CSV (the request body: UTF-8 or GBK; name, ID-card or
+        health-record number, village): the residents it names are added to the day's queue, in
+        its order; the rows that cannot be taken are listed with their line and reason."""
+        day = queue_day(day)
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_CSV_BYTES:
+                raise KioskError(
+                    413, "csv_too_large", f"the file is larger than {MAX_CSV_BYTES // 1024} KB", limit_kb=1024
+                )
+        try:
+            parsed = parse_queue_csv(bytes(data))
+        except QueueError as exc:
+            raise KioskError(422, exc.code, str(exc), **exc.params) from None
+        people = [person for _line, person in parsed.people]
+        added, duplicates = await outreach().add(day, people, operator.id, time.time_ns() // 1_000_000)
+        refused: list[tuple[int, dict[str, object]]] = [
+            (
+                row.line,
+                {"line": row.line, "name": row.name, "error": row.code, "message": row.message, **row.params},
+            )
+            for row in parsed.rejected
+        ]
+        for index in duplicates:
+            line, person = parsed.people[index]
+            message = "this resident is already in the day's queue"
+            refused.append(
+                (line, {"line": line, "name": person.name, "error": "queue_duplicate", "message": message})
+            )
+        rejected = [row for _line, row in sorted(refused, key=lambda pair: pair[0])]
+        await ops().audit_many(
+            operator.id, "queue_add", [entry.person.resident for entry in added], detail=f"{day} csv"
+        )
+        return {"day": day, "added": len(added), "rejected": rejected}
+
+    @app.post("/api/queue/{entry_id}/checkin")
+    async def queue_check_in(entry_id: int, operator: Signed) -> dict[str, object]:
+        """Check the queued resident in (one tap: the number never goes back to the screen)."""
+        entry = await queue_entry(entry_id)
+        resident = entry.person.resident
+        now_ms = time.time_ns() // 1_000_000
+        await service.outbox.start_checkin(resident, operator.id, now_ms)
+        await outreach().set_state(entry_id, "checked", operator.id, now_ms)
+        await ops().audit(operator.id, "check_in", resident=resident, detail=f"outreach queue {entry.day}")
+        seen = await service.outbox.resident_readings(resident, limit=1)
+        detail, current = await current_resident()
+        updated = await queue_entry(entry_id)
+        return {
+            "checked_in": _checkin_view(detail),
+            "seen_before": bool(seen),
+            "operator": operator.id,
+            "entry": _entry_view(updated, current),
+        }
+
+    @app.post("/api/queue/{entry_id}/state")
+    async def queue_state(
+        entry_id: int, operator: Signed, body: Annotated[QueueStateRequest, Body()]
+    ) -> dict[str, object]:
+        """Skip a resident (not seen today), or put them back to waiting."""
+        entry = await queue_entry(entry_id)
+        updated = await outreach().set_state(entry_id, body.state, operator.id, time.time_ns() // 1_000_000)
+        if updated is None:
+            raise KioskError(404, "unknown_entry", f"no queue entry {entry_id}")
+        action = "queue_skip" if body.state == "skipped" else "queue_wait"
+        await ops().audit(operator.id, action, resident=entry.person.resident, detail=entry.day)
+        _, current = await current_resident()
+        return {"entry": _entry_view(updated, current)}
+
+    @app.delete("/api/queue/{entry_id}")
+    async def queue_remove(entry_id: int, operator: Signed) -> dict[str, object]:
+        """Take a resident off the queue (added by mistake)."""
+        entry = await outreach().remove(entry_id)
+        if entry is None:
+            raise KioskError(404, "unknown_entry", f"no queue entry {entry_id}")
+        await ops().audit(operator.id, "queue_remove", resident=entry.person.resident, detail=entry.day)
+        return {"removed": entry_id}
 
     # live events --------------------------------------------------------------------------------
     @app.get("/api/events")
@@ -508,7 +886,7 @@ def create_app(service: GatewayService, operators: Operators | None = None) -> F
                     yield _sse("checkin", {"checked_in": checkin})
                 for reading, state, has_waveform in await service.outbox.readings_after(last_seq):
                     last_seq = reading.seq
-                    view = _reading_view(reading, state, has_waveform, service, resident)
+                    view = _reading_view(reading, state, has_waveform, service, resident, followups)
                     yield _sse("reading", view, event_id=reading.seq)
                 for rejection_id, at_ms, _source, reason in await service.outbox.rejections_after(
                     last_rejection

@@ -272,12 +272,16 @@ def peripheral_rows(status: dict[str, object]) -> list[list[str]]:
                 counters.get("duplicates", 0),
             )
         battery = item.get("battery_percent")
+        firmware = str(device.get("firmware", "-"))
+        update = item.get("firmware_update")  # the last update over the link (gateway/link_update.py)
+        if isinstance(update, dict):
+            firmware += f" (update to {update['to_version']}: {str(update['state']).replace('_', ' ')})"
         rows.append(
             [
                 link_name,
                 str(device.get("id", "-")),
                 str(device.get("model", "-")),
-                str(device.get("firmware", "-")),
+                firmware,
                 state,
                 str(frames),
                 str(crc),

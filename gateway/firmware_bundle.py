@@ -97,7 +97,9 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 # A name on the board's flash: flat, no path separators, no dot files, not our own bookkeeping.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_RESERVED = frozenset({"firmware.json"})
+# The board's bookkeeping (firmware/updater.py), and its boot.py, which guards an update over the
+# kiosk link and so is never replaced by one.
+_RESERVED = frozenset({"firmware.json", "firmware.sig", "firmware.trial", "firmware.rolled_back", "boot.py"})
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # zip entries carry no build time: created_at is in the manifest
 
 

@@ -23,6 +23,10 @@ it). Anything `mpremote connect` takes is a device: `/dev/ttyUSB0`, `/dev/ttyACM
 forward again), then checks the restored version the same way: its signature by the release key
 and every file's hash.
 
+What runs on the board is `firmware/updater.py`'s source (sent with each step) and a few lines
+per step: the same file-level code, names and folders as an update over the kiosk link
+(`gateway/link_update.py`), which imports that module on the board.
+
 Paths on the board are relative (a board's working directory is `/`), never absolute: on the
 unix port an absolute path would be the host's. The board runs the new version after its next
 reset (`mpremote connect DEVICE reset`, or the power switch); flashing does not reset it.
@@ -159,111 +163,58 @@ class BoardConnection:
         return answers
 
 
-# --- code run on the board (MicroPython: no f-strings on old ports, short, no allocations to spare)
+# --- code run on the board: firmware/updater.py (the board's file layout, which the link update
+# path imports on the board), then each step. MicroPython: no f-strings on old ports, short.
 
-
-_BOARD_COMMON = """
-import os, json, hashlib, binascii
-def _ex(p):
-    try:
-        os.stat(p)
-        return True
-    except OSError:
-        return False
-def _clear(d):
-    if not _ex(d):
-        os.mkdir(d)
-    for n in os.listdir(d):
-        os.remove(d + "/" + n)
-def _hash(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while True:
-            b = f.read(512)
-            if not b:
-                break
-            h.update(b)
-    return binascii.hexlify(h.digest()).decode()
-def _installed():
-    if not _ex("firmware.json"):
-        return None, []
-    with open("firmware.json") as f:
-        m = json.load(f)
-    return m, [e["path"] for e in m["files"]] + ["firmware.json", "firmware.sig"]
-def _set_aside(incoming, d):
-    # Move what is installed (the manifest's files, and any of `incoming` lying about) into d;
-    # returns the installed manifest.
-    m, cur = _installed()
-    for n in incoming:
-        if n not in cur and _ex(n):
-            cur.append(n)
-    _clear(d)
-    for n in cur:
-        if _ex(n):
-            os.rename(n, d + "/" + n)
-    return m
+_UPDATER_SOURCE = Path(__file__).resolve().parents[1] / "firmware" / "updater.py"
+_SAY = """
 def _say(x):
     print("KIOSK-FLASH " + json.dumps(x))
 """
 
 _PREPARE = """
-_clear("new")
-if not _ex("prev"):
+clear("new")
+if not exists("prev"):
     os.mkdir("prev")
-m, _ = _installed()
+m, _ = installed()
 _say({"version": m and m["version"], "app": m and m["app"]})
 """
 
 _CHECK_AND_SWITCH = """
-bad = {}
-for n in FILES:
-    p = "new/" + n
-    if not _ex(p):
-        bad[n] = None
-    elif _hash(p) != FILES[n]:
-        bad[n] = _hash(p)
+bad = check(FILES)
 if bad:
     _say({"switched": False, "bad": bad})
 else:
-    m = _set_aside(FILES, "prev")
-    for n in FILES:
-        os.rename("new/" + n, n)
-    os.rmdir("new")
+    m = switch(FILES)
     _say({"switched": True, "previous": m and m["version"]})
 """
 
 _READ_BACK = """
 out = {"manifest": None, "signature": None, "files": {}}
-if _ex("firmware.json"):
+if exists("firmware.json"):
     with open("firmware.json", "rb") as f:
         out["manifest"] = binascii.hexlify(f.read()).decode()
-    if _ex("firmware.sig"):
+    if exists("firmware.sig"):
         with open("firmware.sig", "rb") as f:
             out["signature"] = binascii.hexlify(f.read()).decode()
-    m, _ = _installed()
+    m, _ = installed()
     for e in m["files"]:
-        out["files"][e["path"]] = _hash(e["path"]) if _ex(e["path"]) else None
+        out["files"][e["path"]] = sha256_hex(e["path"]) if exists(e["path"]) else None
 _say(out)
 """
 
 _ROLLBACK = """
-old = os.listdir("prev") if _ex("prev") else []
-if not old:
+r = swap_prev()
+if r is None:
     _say({"rolled_back": False})
 else:
-    m = _set_aside(old, "swap")
-    for n in old:
-        os.rename("prev/" + n, n)
-    for n in os.listdir("swap"):
-        os.rename("swap/" + n, "prev/" + n)
-    os.rmdir("swap")
-    _say({"rolled_back": True, "from": m and m["version"], "restored": len(old)})
+    _say({"rolled_back": True, "from": r[0] and r[0]["version"], "restored": r[1]})
 """
 
 
 def _board_script(body: str, **params: object) -> str:
     assignments = "".join(f"{name} = {value!r}\n" for name, value in params.items())
-    return _BOARD_COMMON + assignments + body
+    return _UPDATER_SOURCE.read_text(encoding="utf-8") + _SAY + assignments + body
 
 
 # --- reading the board back ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from contract.wire import DeviceRef, Waveform
 from firmware import kiosk_link as link
@@ -24,6 +25,9 @@ from gateway.profiles import DeviceProfile
 from gateway.store import NewReading, Outbox, StagedChunk
 from gateway.transports.base import Transport, TransportClosed
 from gateway.validate import check_link_reading
+
+if TYPE_CHECKING:
+    from gateway.link_update import LinkUpdater
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,14 @@ class DeviceSession:
     capabilities: int = 0
 
 
-_FEATURES = {link.CAP_JOURNAL: "journal", link.CAP_TIME_SYNC: "time_sync", link.CAP_STATUS: "status"}
+_FEATURES = {
+    link.CAP_JOURNAL: "journal",
+    link.CAP_TIME_SYNC: "time_sync",
+    link.CAP_STATUS: "status",
+    link.CAP_UPDATE: "link_update",
+    link.CAP_TRIAL: "on_trial",
+    link.CAP_ROLLED_BACK: "rolled_back",
+}
 
 
 def capability_kinds(capabilities: int) -> tuple[str, ...]:
@@ -95,6 +106,7 @@ class LinkIngest:
     _ecg: StripAssembler | None = None
     _ecg_started_ms: int = 0
     _last_time_sync: float = float("-inf")
+    updater: LinkUpdater | None = None  # firmware update over this link (gateway/link_update.py)
 
     @property
     def name(self) -> str:
@@ -114,6 +126,7 @@ class LinkIngest:
             "battery_percent": session.battery_percent if session else None,
             "capabilities": capability_names(session.capabilities) if session else None,
             "uptime_s": session.uptime_s if session else None,
+            "firmware_update": self.updater.status.view() if self.updater and self.updater.status else None,
         }
 
     async def run(self) -> None:
@@ -143,6 +156,10 @@ class LinkIngest:
             self.counters.corrupt_frames += 1
             log.warning("link %s: corrupt frame (%s), sent NAK", self.transport.name, exc)
             return link.encode_frame(link.MSG_NAK, 0, link.encode_nak(exc.reason))
+        if msg_type == link.MSG_UPDATE_REPLY:  # the board answers a firmware update request
+            if self.updater is not None:
+                self.updater.on_reply(seq, payload)
+            return None
         try:
             if msg_type == link.MSG_HELLO:
                 return await self._on_hello(seq, payload)
@@ -213,6 +230,14 @@ class LinkIngest:
         log.info(
             "link %s: hello from %s (%s firmware %s)", self.transport.name, device_id, model, firmware_version
         )
+        if capabilities & link.CAP_ROLLED_BACK:
+            log.warning("link %s: %s rolled a firmware update back: it runs %s again",
+                        self.transport.name, device_id, firmware_version)  # fmt: skip
+        elif capabilities & link.CAP_TRIAL:
+            log.info("link %s: %s runs %s on trial; this ack confirms it",
+                     self.transport.name, device_id, firmware_version)  # fmt: skip
+        if self.updater is not None:
+            self.updater.on_hello(device, capabilities)
         return link.encode_frame(link.MSG_ACK, seq) + self._time_sync()
 
     async def _on_reading(self, seq: int, payload: bytes) -> bytes:

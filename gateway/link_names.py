@@ -16,6 +16,11 @@ MESSAGE_NAMES: dict[int, str] = {
     link.MSG_DEVICE_ERROR: "device_error",
     link.MSG_ECG_CHUNK: "ecg_chunk",
     link.MSG_TIME_SYNC: "time_sync",
+    link.MSG_UPDATE_OFFER: "update_offer",
+    link.MSG_UPDATE_FILE: "update_file",
+    link.MSG_UPDATE_CHUNK: "update_chunk",
+    link.MSG_UPDATE_COMMIT: "update_commit",
+    link.MSG_UPDATE_REPLY: "update_reply",
 }
 
 KIND_NAMES: dict[int, str] = {

@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -364,6 +364,40 @@ class Operators:
                VALUES (?, ?, ?, ?, ?, ?)""",
             (self._clock_ms(), operator_id, action, masked, sealed, detail),
         )
+
+    async def audit_many(
+        self, operator_id: str, action: str, residents: Sequence[ResidentRef], *, detail: str | None = None
+    ) -> None:
+        """One line per resident in one durable commit (a list shows many residents at once:
+        one fsync, not one each)."""
+        if not residents:
+            return
+        now = self._clock_ms()
+        rows = [
+            (
+                now,
+                operator_id,
+                action,
+                f"{resident.system}:{mask(resident.value)}",
+                self._seal(resident) if self._seal is not None else None,
+                detail,
+            )
+            for resident in residents
+        ]
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.executemany(
+                    """INSERT INTO audit
+                           (at_ms, operator_id, action, resident_masked, resident_sealed, detail)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    rows,
+                )
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     async def audit_rows(self, limit: int = 100) -> list[AuditRow]:
         """The newest audit lines first (residents masked)."""

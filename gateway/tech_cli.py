@@ -5,19 +5,30 @@
     kiosk-gateway firmware verify bp_app-0.1.0-esp32.zip --public-key release-signing.pub.pem
     kiosk-gateway firmware flash bp_app-0.1.0-esp32.zip --device /dev/ttyUSB0 --public-key ...
     kiosk-gateway firmware rollback --device /dev/ttyUSB0 --public-key ...
+    kiosk-gateway firmware update-over-link bp_app-0.2.0-esp32.zip --device bp-0001
 
 Exit status: 0 done; 1 refused (the bundle is not trusted, or the request makes no sense);
-2 the board or the build failed (mpremote's or the compiler's words are printed).
+2 the board or the build failed (mpremote's or the compiler's words are printed), or an update
+over the link did not take (rolled back, or the board stopped answering).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
 from firmware.build import TARGETS, BuildError
 from gateway.firmware_bundle import (
@@ -178,3 +189,117 @@ def rollback_command(device: str = DEVICE_OPTION, public_key: Path = PUBLIC_KEY_
         f"rolled back {device} from {result.rolled_back_from or 'an unrecorded version'} to {restored}; "
         f"reset the board to start it"
     )
+
+
+_STATE_WORDS = {
+    "offering": "offering",
+    "transferring": "sending",
+    "committing": "checking on the board",
+    "rebooting": "waiting for its hello",
+}
+
+
+@firmware_app.command("update-over-link")
+def update_over_link(
+    bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
+    device: str = typer.Option(
+        ..., "--device", "-d", help="The board's id (as in its hello, e.g. bp-0001) or its serial port."
+    ),
+    api: str = typer.Option("http://127.0.0.1:8700", "--api", help="The running gateway's local API."),
+    public_key: Path | None = typer.Option(
+        None,
+        "--public-key",
+        envvar="KIOSK_RELEASE_PUBLIC_KEY",
+        help="Check the bundle here first too; the gateway always checks it with its own release key.",
+    ),
+    give_up_after: float = typer.Option(
+        30.0, "--give-up-after", help="Seconds without an answer from the board before the transfer stops."
+    ),
+    confirm_timeout: float = typer.Option(
+        180.0, "--confirm-timeout", help="Seconds after the commit to wait for the board's hello."
+    ),
+) -> None:
+    """Update a board in a kiosk through the running gateway, over the kiosk link (no USB cable).
+
+    The gateway checks the bundle against its release key before sending anything, sends it in
+    chunks the board stages and hashes, and waits for the board's hello with the new version; a
+    version that never says hello is rolled back by the board. Sent again after a cut, the same
+    bundle resumes where it stopped.
+    """
+    import httpx
+
+    try:
+        data = bundle_path.read_bytes()
+        if public_key is not None:
+            verify_bundle(data, load_public_key(public_key))
+    except OSError as exc:
+        raise _fail(f"cannot read {bundle_path}: {exc.strerror}", 1) from exc
+    except BundleError as exc:
+        raise _fail(f"refused, nothing was sent: {bundle_path}: {exc}", 1) from exc
+    base = api.rstrip("/")
+    try:
+        answer = httpx.post(
+            f"{base}/api/firmware/updates",
+            params={"device": device, "stall_timeout_s": give_up_after, "confirm_timeout_s": confirm_timeout},
+            content=data,
+            headers={"Content-Type": "application/zip"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"the gateway at {api} does not answer: {exc}", 2) from exc
+    if answer.status_code != 202:
+        body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
+        raise _fail(f"refused: {body.get('message') or answer.text}", 1)
+    status = answer.json()
+    status = _follow(base, status, give_up_after + confirm_timeout + 30)
+    if status["state"] == "updated":
+        resumed = (
+            f"; {status['resumed_bytes']} B were already on the board from an earlier try"
+            if status["resumed_bytes"]
+            else ""
+        )
+        typer.echo(
+            f"updated {status['device_id']} from {status['from_version']} to {status['to_version']} "
+            f"over {status['port']}: {status['total_bytes']} B, every SHA-256 checked on the board{resumed}"
+        )
+        return
+    raise _fail(f"update {status['state'].replace('_', ' ')}: {status['detail']}", 2)
+
+
+def _follow(base: str, status: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Poll the gateway until the update is over, with a progress bar of the bytes on the board."""
+    import httpx
+
+    from gateway.link_update import FINAL_STATES
+
+    deadline = time.monotonic() + timeout_s
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=_console,
+    ) as progress:
+        task = progress.add_task(f"{escape(status['device_id'])}: offering", total=status["total_bytes"])
+        while status["state"] not in FINAL_STATES:
+            if time.monotonic() > deadline:
+                raise _fail("the gateway never said how the update ended; see its log", 2)
+            time.sleep(0.2)
+            try:
+                views = httpx.get(f"{base}/api/firmware/updates", timeout=5).raise_for_status().json()
+            except httpx.HTTPError:
+                continue  # the gateway is busy or restarting: keep asking until the deadline
+            mine = [v for v in views if v["update_id"] == status["update_id"] and v["port"] == status["port"]]
+            if mine:
+                status = mine[0]
+            words = _STATE_WORDS.get(status["state"], status["state"])
+            progress.update(
+                task, completed=status["sent_bytes"], description=f"{escape(status['device_id'])}: {words}"
+            )
+    return status
+
+
+# Full flash images written with esptool (gateway/flash_image_cli.py): bundle-, verify-, flash-image.
+from gateway.flash_image_cli import register as _register_image_commands  # noqa: E402
+
+_register_image_commands(firmware_app)

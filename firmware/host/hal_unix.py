@@ -51,6 +51,15 @@ def pollable(uart):
     return uart._file
 
 
+RESET_EXIT = 75  # exit status of a board process that reset itself (machine.reset on a board)
+
+
+def reset():
+    """machine.reset() for the unix port: end the process; its supervisor starts it again, as a
+    board's reset starts boot.py and main.py again (simulators/link_board.py)."""
+    raise SystemExit(RESET_EXIT)
+
+
 # --- I2C, SPI and GPIO on the simulated bus ------------------------------------------------
 
 _bus = None

@@ -3,8 +3,9 @@
 // kiosk works with its 4G link down. All texts come from i18n/<lang>.json (zh-CN by default);
 // the language chosen is remembered in this browser.
 //
-// Views are the <section data-view> elements; VIEWS says what each does when shown. A new task
-// (the chronic-disease questionnaire, the vehicle's outreach queue) is one section and one entry.
+// Views are the <section data-view> elements; VIEWS says what each does when shown. A new task is
+// one section and one entry: the chronic-disease follow-up questionnaire ("followup", drawn from
+// the questionnaire's definition) and the vehicle's day of outreach ("queue") are two.
 "use strict";
 
 const LANGS = ["zh-CN", "en"];
@@ -14,6 +15,7 @@ const ACTIVITY_PING_MS = 60000;
 const ECG_MM_PER_S = 25;
 const ECG_MM_PER_MV = 10;
 const ECG_STRIP_S = 10;
+const INFO_MESSAGE_MS = 8000;
 
 const state = {
   lang: "zh-CN",
@@ -26,6 +28,12 @@ const state = {
   live: new Map(), // seq -> reading shown in this visit
   lastActivityPing: 0,
   view: null,
+  fromQueue: false, // the checked-in resident was picked from the day's queue
+  queue: null, // the day's outreach queue as last loaded
+  lastImport: null, // the last CSV import's answer: how many came in, the rows refused
+  definitions: new Map(), // questionnaire id -> its definition
+  followupDue: null, // the checked-in resident's follow-up: questionnaire, conditions, last
+  followup: null, // the form being filled: definition, submission number, texts to translate
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -60,6 +68,10 @@ function rerender() {
     if (reading) fillReading(element, reading);
   }
   if (state.view === "check") loadHistory();
+  renderQueue();
+  renderImport();
+  renderFollowupDue();
+  applyFollowupTexts();
 }
 
 function alertText(alert, field) {
@@ -67,11 +79,15 @@ function alertText(alert, field) {
 }
 
 // ---- messages -----------------------------------------------------------------------------
+let messageTimer = null;
+
 function showMessage(text, kind = "error") {
   const box = $("#message");
   box.textContent = text;
   box.className = kind;
   box.hidden = false;
+  clearTimeout(messageTimer);
+  if (kind === "info") messageTimer = setTimeout(clearMessage, INFO_MESSAGE_MS);
 }
 
 function clearMessage() {
@@ -97,14 +113,15 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+// `body` goes as JSON, or as it is when `contentType` is given (a CSV file's bytes).
+async function api(method, path, body, contentType) {
   let response;
   try {
     response = await fetch(path, {
       method,
       credentials: "same-origin",
-      headers: body ? { "Content-Type": "application/json" } : {},
-      body: body ? JSON.stringify(body) : undefined,
+      headers: body ? { "Content-Type": contentType || "application/json" } : {},
+      body: body ? (contentType ? body : JSON.stringify(body)) : undefined,
       cache: "no-store",
     });
   } catch (err) {
@@ -126,7 +143,7 @@ async function api(method, path, body) {
 
 async function attempt(job) {
   try {
-    clearMessage();
+    if ($("#message").className !== "info") clearMessage(); // a confirmation stays a while
     return await job();
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 401 || !state.operator) showMessage(errorText(error));
@@ -140,8 +157,17 @@ const VIEWS = {
   checkin: () => {
     $("#search-results").replaceChildren();
     $("#checkin-value").focus();
+    loadQueueSummary();
   },
-  check: () => loadHistory(),
+  check: () => {
+    loadHistory();
+    loadFollowupDue();
+  },
+  queue: () => loadQueue(),
+  followup: () => {
+    const first = $("#followup-items input");
+    if (first) first.focus();
+  },
 };
 
 function show(view) {
@@ -298,6 +324,8 @@ async function signedIn(operator) {
   openEvents();
   const current = await attempt(() => api("GET", "/api/checkin"));
   setCheckin(current ? current.checked_in : null);
+  // A vehicle crew works from the day's queue.
+  if (!state.checkin && operator.role === "crew") show("queue");
 }
 
 function signedOut() {
@@ -305,9 +333,22 @@ function signedOut() {
   state.checkin = null;
   state.live.clear();
   // Nothing of a resident stays on the page, not even hidden.
-  for (const selector of ["#live", "#refused", "#history tbody", "#search-results", "#resident"]) {
+  for (const selector of [
+    "#live", "#refused", "#history tbody", "#search-results", "#resident", "#queue-table tbody",
+    "#queue-rejected", "#queue-summary", "#followup-items", "#followup-resident", "#followup-due-text",
+    "#followup-last",
+  ]) {
     $(selector).replaceChildren();
   }
+  state.queue = null;
+  state.lastImport = null;
+  state.fromQueue = false;
+  state.followup = null;
+  state.followupDue = null;
+  state.definitions.clear();
+  $("#queue-imported").hidden = true;
+  $("#followup-due").hidden = true;
+  $("#open-followup").hidden = true;
   closeEvents();
   renderWho();
   $("#signin-pin").value = "";
@@ -370,6 +411,10 @@ function setCheckin(checkin) {
     state.live.clear();
     $("#live").replaceChildren();
     $("#refused").replaceChildren();
+    state.followup = null; // a form half filled belongs to the resident who left
+    state.followupDue = null;
+    $("#followup-due").hidden = true;
+    $("#open-followup").hidden = true;
   }
   renderCheckin();
   if (!state.operator) return;
@@ -390,6 +435,7 @@ async function checkIn(body) {
   $("#qr-form").reset();
   $("#search-form").reset();
   $("#first-visit").hidden = answer.seen_before;
+  state.fromQueue = false;
   setCheckin(answer.checked_in);
 }
 
@@ -403,6 +449,7 @@ function valueText(reading) {
     return text;
   }
   if (reading.kind === "ecg") return t("kind.ecg");
+  if (reading.kind === "questionnaire") return answersText(reading.questionnaire);
   return reading.values.map((m) => `${t(`field.${m.name}`)} ${number(m)} ${m.display_unit}`).join(" · ");
 }
 
@@ -433,7 +480,10 @@ function alertElement(alert) {
 function fillReading(element, reading) {
   $(".kind", element).textContent = t(`kind.${reading.kind}`);
   $("time", element).textContent = formatTime(reading.measured_at_ms);
-  $(".device", element).textContent = `${reading.device.model} · ${reading.state === "synced" ? t("check.synced") : t("check.not_synced")}`;
+  const source = reading.kind === "questionnaire" && reading.questionnaire && reading.questionnaire.title
+    ? localText(reading.questionnaire.title)
+    : reading.device.model;
+  $(".device", element).textContent = `${source} · ${reading.state === "synced" ? t("check.synced") : t("check.not_synced")}`;
   $(".values", element).textContent = valueText(reading);
   const flags = $(".flags", element);
   flags.replaceChildren(
@@ -462,6 +512,8 @@ function addLiveReading(reading) {
   $("#live-empty").hidden = true;
   if (reading.waveform) drawWaveform(reading, element);
   if (state.lastStatus) renderSteps(state.lastStatus.peripherals || []);
+  // A crossed rule (or a follow-up just saved) may change who is under management.
+  if (reading.alerts.length || reading.kind === "questionnaire") scheduleFollowupDue();
 }
 
 function showRefused(refusal) {
@@ -560,6 +612,414 @@ async function drawWaveform(reading, element) {
   canvas.dataset.drawn = "true";
 }
 
+// ---- the chronic-disease follow-up questionnaire ----------------------------------------------
+// The form is drawn from the questionnaire's definition (the gateway's data file): sections,
+// questions and options in both languages, units, and which questions follow from which answers.
+function localText(texts) {
+  return texts ? texts[state.lang] || texts.en || "" : "";
+}
+
+function answersText(questionnaire) {
+  if (!questionnaire || !questionnaire.answers) return t("followup.unreadable");
+  return questionnaire.answers
+    .map((answer) => t("followup.answer", { question: localText(answer.question), answer: localText(answer.text) }))
+    .join(t("list.item_separator"));
+}
+
+async function questionnaireDefinition(id) {
+  if (!state.definitions.has(id)) {
+    const definition = await attempt(() => api("GET", `/api/questionnaires/${encodeURIComponent(id)}`));
+    if (!definition) return null;
+    state.definitions.set(id, definition);
+  }
+  return state.definitions.get(id);
+}
+
+async function loadFollowupDue() {
+  const checkin = state.checkin;
+  if (!checkin) return;
+  const answer = await attempt(() => api("GET", "/api/resident/followup"));
+  if (!answer || !answer.followups.length || state.checkin !== checkin) return;
+  const [due] = answer.followups;
+  const definition = await questionnaireDefinition(due.questionnaire);
+  if (!definition || state.checkin !== checkin) return;
+  state.followupDue = { ...due, definition };
+  renderFollowupDue();
+}
+
+let followupDueTimer = null;
+
+function scheduleFollowupDue() {
+  // Several readings may arrive at once (the history of this visit): ask once.
+  clearTimeout(followupDueTimer);
+  followupDueTimer = setTimeout(loadFollowupDue, 300);
+}
+
+function conditionNames(definition, codes) {
+  const item = definition.items.find((candidate) => candidate.link_id === definition.management_item);
+  return codes.map((code) => {
+    const option = item && item.options.find((candidate) => candidate.code === code);
+    return option ? localText(option.text) : code;
+  });
+}
+
+function renderFollowupDue() {
+  const due = state.followupDue;
+  const button = $("#open-followup");
+  button.hidden = !due;
+  if (!due) return;
+  // Done in this visit (a board stamps whole seconds, as the readings' this_visit does).
+  const done = !!(due.last && state.checkin && due.last.at_ms + 999 >= state.checkin.started_ms);
+  const conditions = conditionNames(due.definition, due.conditions).join(t("list.separator"));
+  button.textContent = t("check.followup");
+  button.classList.toggle("due-button", due.conditions.length > 0 && !done);
+  $("#followup-due").hidden = !due.conditions.length;
+  $("#followup-due").dataset.done = String(done);
+  $("#followup-due-text").textContent = due.conditions.length
+    ? t(done ? "followup.done" : "followup.due", { conditions })
+    : "";
+  $("#followup-last").textContent = due.last ? t("followup.last", { date: formatTime(due.last.at_ms) }) : t("followup.never");
+}
+
+function randomSubmission() {
+  // The form's number (1 .. 2^53-1): a second send of the same form is stored once.
+  const words = crypto.getRandomValues(new Uint32Array(2));
+  return (words[0] & 0x1fffff) * 2 ** 32 + words[1] || 1;
+}
+
+function translated(element, texts) {
+  state.followup.texts.push([element, texts]);
+  element.textContent = localText(texts);
+  return element;
+}
+
+function applyFollowupTexts() {
+  const form = state.followup;
+  if (!form) return;
+  for (const [element, texts] of form.texts) element.textContent = localText(texts);
+  $("#followup-title").textContent = localText(form.definition.title);
+  $("#followup-resident").textContent = state.checkin
+    ? t("followup.resident", { resident: state.checkin.resident, system: systemName(state.checkin.system) })
+    : "";
+}
+
+function optionLabel(type, name, value, text) {
+  const label = document.createElement("label");
+  label.className = "choice";
+  const input = document.createElement("input");
+  input.type = type;
+  input.name = name;
+  input.value = value;
+  const span = document.createElement("span");
+  if (typeof text === "string") {
+    span.dataset.i18n = text; // yes / no: the screen's own texts
+    span.textContent = t(text);
+  } else {
+    translated(span, text);
+  }
+  label.append(input, span);
+  return label;
+}
+
+function questionElement(item) {
+  const fieldset = document.createElement("fieldset");
+  fieldset.className = "question";
+  fieldset.dataset.linkId = item.link_id;
+  fieldset.dataset.type = item.type;
+  const legend = document.createElement("legend");
+  legend.append(translated(document.createElement("span"), item.text));
+  if (item.required) {
+    const mark = document.createElement("span");
+    mark.className = "required";
+    mark.textContent = " *";
+    legend.append(mark);
+  }
+  fieldset.append(legend);
+  const name = `q-${item.link_id}`;
+  if (item.type === "boolean") {
+    fieldset.append(optionLabel("radio", name, "true", "followup.yes"), optionLabel("radio", name, "false", "followup.no"));
+  } else if (item.type === "choice") {
+    for (const option of item.options) {
+      const label = optionLabel(item.repeats ? "checkbox" : "radio", name, option.code, option.text);
+      if (option.exclusive) label.dataset.exclusive = "true";
+      fieldset.append(label);
+    }
+  } else {
+    const label = document.createElement("label");
+    label.className = "number";
+    const input = document.createElement("input");
+    input.type = "text";
+    input.name = name;
+    input.inputMode = item.type === "integer" ? "numeric" : "decimal";
+    input.maxLength = 12;
+    if (item.min !== null && item.max !== null) input.placeholder = `${item.min}–${item.max}`;
+    label.append(input);
+    if (item.unit_text) label.append(translated(document.createElement("span"), item.unit_text));
+    fieldset.append(label);
+  }
+  return fieldset;
+}
+
+function buildFollowupForm(due) {
+  const { definition } = state.followup;
+  const container = $("#followup-items");
+  container.replaceChildren();
+  let section = null;
+  for (const item of definition.items) {
+    if (item.section && item.section !== section) {
+      section = item.section;
+      const heading = translated(document.createElement("h2"), definition.sections[section]);
+      heading.className = "section";
+      container.append(heading);
+    }
+    container.append(questionElement(item));
+  }
+  // What the kiosk knows already: the conditions under management, and where this visit is.
+  for (const code of due.conditions) {
+    const box = $(`fieldset[data-link-id="${definition.management_item}"] input[value="${code}"]`, container);
+    if (box) box.checked = true;
+  }
+  const mode = $(`fieldset[data-link-id="visit_mode"] input[value="${state.fromQueue ? "home" : "clinic"}"]`, container);
+  if (mode) mode.checked = true;
+  followupAnswers();
+  applyFollowupTexts();
+}
+
+function isShown(item, answers) {
+  const when = item.enable_when;
+  if (!when) return true;
+  const given = answers[when.item];
+  return Array.isArray(given) ? given.includes(when.answer) : given === when.answer;
+}
+
+function readQuestion(item, fieldset) {
+  if (item.type === "boolean") {
+    const checked = $("input:checked", fieldset);
+    return checked ? checked.value === "true" : null;
+  }
+  if (item.type === "choice") {
+    const codes = [...fieldset.querySelectorAll("input:checked")].map((input) => input.value);
+    if (item.repeats) return codes.length ? codes : null;
+    return codes.length ? codes[0] : null;
+  }
+  const value = $("input", fieldset).value.trim();
+  return value === "" ? null : value;
+}
+
+// The answers of the questions shown; shows and hides the questions that follow from answers.
+function followupAnswers() {
+  const answers = {};
+  for (const item of state.followup.definition.items) {
+    const fieldset = $(`#followup-items fieldset[data-link-id="${item.link_id}"]`);
+    const shown = isShown(item, answers);
+    fieldset.hidden = !shown;
+    for (const input of fieldset.querySelectorAll("input")) input.disabled = !shown;
+    if (!shown) continue;
+    const value = readQuestion(item, fieldset);
+    if (value !== null) answers[item.link_id] = value;
+  }
+  return answers;
+}
+
+function openFollowup() {
+  const due = state.followupDue;
+  if (!due || !state.checkin) return;
+  state.followup = { definition: due.definition, submission: randomSubmission(), texts: [] };
+  buildFollowupForm(due);
+  show("followup");
+}
+
+async function submitFollowup(event) {
+  event.preventDefault();
+  const form = state.followup;
+  if (!form) return;
+  for (const element of document.querySelectorAll("#followup-items .invalid")) element.classList.remove("invalid");
+  clearMessage();
+  const body = { questionnaire: form.definition.id, answers: followupAnswers(), submission: form.submission };
+  try {
+    const answer = await api("POST", "/api/resident/questionnaire", body);
+    state.followup = null;
+    show("check");
+    showMessage(answer.duplicate ? t("followup.duplicate") : t("followup.saved"), "info");
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return; // the sign-in screen says why
+    const item = error.facts && form.definition.items.find((candidate) => candidate.link_id === error.facts.item);
+    if (item) {
+      const fieldset = $(`#followup-items fieldset[data-link-id="${item.link_id}"]`);
+      fieldset.classList.add("invalid");
+      fieldset.scrollIntoView({ block: "center" });
+      error.facts = { ...error.facts, item: localText(item.text) };
+    }
+    showMessage(errorText(error));
+  }
+}
+
+function wireFollowup() {
+  $("#open-followup").addEventListener("click", openFollowup);
+  $("#followup-cancel").addEventListener("click", () => {
+    state.followup = null;
+    show("check");
+  });
+  $("#followup-form").addEventListener("submit", submitFollowup);
+  $("#followup-items").addEventListener("change", (event) => {
+    const input = event.target;
+    if (input.type === "checkbox" && input.checked) {
+      // "No symptoms" and a symptom exclude each other.
+      const exclusive = input.closest("label").dataset.exclusive === "true";
+      for (const label of input.closest("fieldset").querySelectorAll("label.choice")) {
+        const other = $("input", label);
+        if (other !== input && (exclusive || label.dataset.exclusive === "true")) other.checked = false;
+      }
+    }
+    input.closest("fieldset").classList.remove("invalid");
+    followupAnswers();
+  });
+}
+
+// ---- the vehicle's day of outreach -------------------------------------------------------------
+function todayLocal() {
+  const now = new Date();
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${now.getFullYear()}-${pad(now.getMonth() + 1)}-${pad(now.getDate())}`;
+}
+
+async function loadQueueSummary() {
+  const answer = await attempt(() => api("GET", `/api/queue?day=${todayLocal()}&counts_only=true`));
+  if (answer) renderQueueSummary(answer.progress);
+}
+
+function renderQueueSummary(progress) {
+  $("#queue-summary").textContent = progress.total ? t("queue.summary", progress) : t("queue.summary_empty");
+}
+
+async function loadQueue() {
+  const answer = await attempt(() => api("GET", `/api/queue?day=${todayLocal()}`));
+  if (!answer) return;
+  state.queue = answer;
+  renderQueue();
+}
+
+function queueButton(action, key, className) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset.action = action;
+  button.textContent = t(key);
+  if (className) button.className = className;
+  return button;
+}
+
+function renderQueue() {
+  const queue = state.queue;
+  if (!queue) return;
+  const { total, checked } = queue.progress;
+  $("#queue-day").textContent = t("queue.day", { day: queue.day });
+  $("#queue-progress").textContent = t("queue.progress", queue.progress);
+  $("#queue-bar").style.width = total ? `${Math.round((100 * checked) / total)}%` : "0";
+  renderQueueSummary(queue.progress);
+  $("#queue-empty").hidden = total > 0;
+  $("#queue-table").hidden = total === 0;
+  const body = $("#queue-table tbody");
+  body.replaceChildren();
+  for (const entry of queue.entries) {
+    const row = document.createElement("tr");
+    row.dataset.id = String(entry.id);
+    row.dataset.state = entry.state;
+    row.dataset.current = String(entry.current);
+    const stateText = entry.current ? `${t(`queue.state.${entry.state}`)} · ${t("queue.current")}` : t(`queue.state.${entry.state}`);
+    const cells = [String(entry.position), entry.name || "–", entry.village || "–", entry.resident, stateText];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    const kind = document.createElement("span");
+    kind.className = "system";
+    kind.textContent = systemName(entry.system);
+    row.children[3].append(kind);
+    row.children[3].className = "number";
+    row.children[4].className = "state";
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    if (!entry.current) {
+      actions.append(queueButton("checkin", entry.state === "checked" ? "queue.checkin_again" : "queue.checkin"));
+    }
+    if (entry.state === "waiting") actions.append(queueButton("skip", "queue.skip", "secondary"));
+    if (entry.state === "skipped") actions.append(queueButton("unskip", "queue.unskip", "secondary"));
+    if (entry.state !== "checked") actions.append(queueButton("remove", "queue.remove", "link"));
+    row.append(actions);
+    body.append(row);
+  }
+}
+
+async function queueAction(entry, action) {
+  if (action === "checkin") {
+    const answer = await attempt(() => api("POST", `/api/queue/${entry.id}/checkin`));
+    if (!answer) return;
+    $("#first-visit").hidden = answer.seen_before;
+    state.fromQueue = true;
+    setCheckin(answer.checked_in);
+    return;
+  }
+  if (action === "remove") {
+    if (!window.confirm(t("queue.remove_confirm", { name: entry.name || entry.resident }))) return;
+    if (!(await attempt(() => api("DELETE", `/api/queue/${entry.id}`)))) return;
+  } else {
+    const body = { state: action === "skip" ? "skipped" : "waiting" };
+    if (!(await attempt(() => api("POST", `/api/queue/${entry.id}/state`, body)))) return;
+  }
+  await loadQueue();
+}
+
+function renderImport() {
+  const answer = state.lastImport;
+  $("#queue-imported").hidden = !answer;
+  if (!answer) return;
+  $("#queue-imported").textContent = t("queue.imported", { added: answer.added, rejected: answer.rejected.length });
+  $("#queue-rejected").replaceChildren(
+    ...answer.rejected.map((row) => {
+      const item = document.createElement("li");
+      const reason = errorText({ code: row.error, message: row.message, facts: row });
+      item.textContent = t("queue.rejected_row", { line: row.line, name: row.name || "–", reason });
+      return item;
+    }),
+  );
+}
+
+function wireQueue() {
+  $("#open-queue").addEventListener("click", () => show("queue"));
+  $("#queue-back").addEventListener("click", () => show(state.checkin ? "check" : "checkin"));
+  $("#queue-table tbody").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button || !state.queue) return;
+    const entry = state.queue.entries.find((candidate) => String(candidate.id) === button.closest("tr").dataset.id);
+    if (entry) queueAction(entry, button.dataset.action);
+  });
+  $("#queue-add-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const { name, village, system, value } = formData(event.target);
+    const body = { day: todayLocal(), name: name.trim(), village: village.trim(), system, value: value.trim() };
+    if (!(await attempt(() => api("POST", "/api/queue", body)))) return;
+    event.target.reset();
+    await loadQueue();
+    $("#queue-name").focus();
+  });
+  $("#queue-import-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = $("#queue-file").files[0];
+    if (!file) {
+      showMessage(t("queue.import_none"));
+      return;
+    }
+    const data = await file.arrayBuffer();
+    const answer = await attempt(() => api("POST", `/api/queue/import?day=${todayLocal()}`, data, "text/csv"));
+    if (!answer) return;
+    state.lastImport = answer;
+    renderImport();
+    event.target.reset();
+    await loadQueue();
+  });
+}
+
 // ---- wiring -----------------------------------------------------------------------------------
 function formData(form) {
   return Object.fromEntries(new FormData(form).entries());
@@ -618,8 +1078,14 @@ function wire() {
   });
   $("#checkout").addEventListener("click", async () => {
     const answer = await attempt(() => api("POST", "/api/checkout"));
-    if (answer) setCheckin(null);
+    if (!answer) return;
+    const backToQueue = state.fromQueue;
+    state.fromQueue = false;
+    setCheckin(null);
+    if (backToQueue) show("queue"); // the next resident of the day
   });
+  wireFollowup();
+  wireQueue();
   for (const type of ["click", "keydown", "touchstart"]) document.addEventListener(type, activity, { passive: true });
 }
 

@@ -136,7 +136,10 @@ def test_a_signed_bundle_is_flashed_checked_and_runs_on_the_board(
     assert set(expected) == {
         *(
             name + ".mpy"
-            for name in ("bp_app", "bp_cuff", "hal", "kiosk_link", "link_client", "link_journal")
+            for name in (
+                *("bp_app", "bp_cuff", "hal", "kiosk_link"),
+                *("link_client", "link_journal", "link_update", "updater"),
+            )
         ),
         "main.py",
         "firmware.json",
@@ -256,7 +259,7 @@ def test_the_technician_cli_verifies_flashes_and_rolls_back(
 
     flashed = runner.invoke(gateway_cli, ["firmware", "flash", str(bundle_path), "--device", board.url, *key])
     assert flashed.exit_code == 0, flashed.output
-    assert f"flashed bp_app 0.1.0 to {board.url}: 7 files" in flashed.output
+    assert f"flashed bp_app 0.1.0 to {board.url}: 9 files" in flashed.output
     assert installed(board)["firmware.json"] == read_bundle(bundles["0.1.0"]).manifest_bytes
 
     nothing = runner.invoke(gateway_cli, ["firmware", "rollback", "--device", board.url, *key])

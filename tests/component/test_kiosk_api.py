@@ -23,11 +23,12 @@ import pytest
 import uvicorn
 from fastapi.routing import APIRoute
 
-from contract.wire import DeviceRef, Measurement, ResidentRef, Waveform
+from contract.wire import DeviceRef, Measurement, ResidentRef, Waveform, decode_batch
 from gateway.api import SESSION_COOKIE, create_app
 from gateway.config import GatewayConfig, KioskUiConfig
 from gateway.keys import GatewayKeys, create_keys
 from gateway.operators import OPERATORS_DB, Operators
+from gateway.outreach import QUEUE_DB
 from gateway.profiles import load_profiles
 from gateway.service import GatewayService
 from gateway.store import NewReading, Outbox
@@ -36,11 +37,17 @@ from simulators.chain import REPO_ROOT, free_port
 ID_CARD = "11010519491231002X"  # the GB 11643 example number: valid checksum
 ID_CARD_TYPO = "110105194912310021"  # one character off: the checksum catches it
 HEALTH_RECORD = "330781-2026-000123"
+FOLLOWUP = "hypertension-diabetes-followup"
 PIN = "135790"
 POLICY = KioskUiConfig(session_max_s=8 * 3600, session_idle_s=15 * 60, lockout_after=3, lockout_s=600)
 
 # Every API route that may answer without a session; all others show or record residents.
-PUBLIC_ROUTES = {("GET", "/api/status"), ("POST", "/api/session"), ("DELETE", "/api/session")}
+PUBLIC_ROUTES = {
+    ("GET", "/api/status"), ("POST", "/api/session"), ("DELETE", "/api/session"),
+    # A technician's firmware update over a kiosk link: no resident data, only a bundle signed by
+    # the release key is sent (gateway/link_update.py).
+    ("POST", "/api/firmware/updates"), ("GET", "/api/firmware/updates"),
+}  # fmt: skip
 
 
 class Clock:
@@ -232,10 +239,13 @@ async def test_every_resident_endpoint_answers_401_without_a_session(kiosk: Kios
     guarded = [(m, p) for m, p in routes if (m, p) not in PUBLIC_ROUTES]
     assert {p for _, p in guarded} >= {
         "/api/checkin", "/api/checkout", "/api/residents", "/api/resident/readings", "/api/readings",
-        "/api/readings/{seq}/waveform", "/api/events",
+        "/api/readings/{seq}/waveform", "/api/events", "/api/questionnaires",
+        "/api/questionnaires/{questionnaire_id}", "/api/resident/followup", "/api/resident/questionnaire",
+        "/api/queue", "/api/queue/import", "/api/queue/{entry_id}/checkin", "/api/queue/{entry_id}/state",
+        "/api/queue/{entry_id}",
     }  # fmt: skip
     for method, path in guarded:
-        url = path.replace("{seq}", "1")
+        url = path.replace("{seq}", "1").replace("{entry_id}", "1").replace("{questionnaire_id}", FOLLOWUP)
         body = {"system": "id-card", "value": ID_CARD} if method == "POST" else None
         response = await kiosk.client.request(method, url, params={"last4": "002X"}, json=body)
         assert response.status_code == 401, (method, path)
@@ -436,3 +446,244 @@ async def test_the_screen_is_served_from_local_files(kiosk: Kiosk) -> None:
     zh = (await kiosk.client.get("/ui/i18n/zh-CN.json")).json()
     en = (await kiosk.client.get("/ui/i18n/en.json")).json()
     assert zh.keys() == en.keys()
+
+
+# --- the chronic-disease follow-up questionnaire ---------------------------------------------------
+
+ANSWERS = {
+    "conditions": ["hypertension"],
+    "visit_mode": "clinic",
+    "symptoms": ["headache_dizziness", "lower_limb_oedema"],
+    "smoker": True,
+    "cigarettes_per_day": "10",
+    "drinker": False,
+    "exercise_times_per_week": 3,
+    "exercise_minutes": "30",
+    "salt_intake": "heavy",
+    "psychological_adjustment": "good",
+    "compliance": "fair",
+    "medication_adherence": "intermittent",
+    "adverse_drug_reaction": False,
+}
+
+
+async def test_followup_is_offered_after_a_crossed_rule_and_stored_as_a_signed_reading(kiosk: Kiosk) -> None:
+    resident = ResidentRef("id-card", ID_CARD)
+    await kiosk.sign_in()
+    await kiosk.client.post("/api/checkin", json={"system": "id-card", "value": ID_CARD})
+    due = (await kiosk.client.get("/api/resident/followup")).json()["followups"]
+    assert due == [{"questionnaire": FOLLOWUP, "conditions": [], "last": None}]  # nothing crossed yet
+
+    await kiosk.outbox.add_reading(bp_reading(1, resident))  # 182/115: hypertensive crisis
+    [due] = (await kiosk.client.get("/api/resident/followup")).json()["followups"]
+    assert due["conditions"] == ["hypertension"]
+
+    form = (await kiosk.client.get(f"/api/questionnaires/{FOLLOWUP}")).json()
+    items = {item["link_id"]: item for item in form["items"]}
+    assert items["medication_adherence"]["text"] == {
+        "zh-CN": "服药依从性",
+        "en": "Takes the prescribed medicine",
+    }
+    assert [o["code"] for o in items["medication_adherence"]["options"]] == [
+        "regular",
+        "intermittent",
+        "none",
+    ]
+    assert items["cigarettes_per_day"]["enable_when"] == {"item": "smoker", "answer": True}
+    assert items["cigarettes_per_day"]["unit_text"]["zh-CN"] == "支/日"
+
+    # Answers that do not fit the definition are refused, naming the item and why.
+    missing = await kiosk.client.post(
+        "/api/resident/questionnaire",
+        json={"questionnaire": FOLLOWUP, "answers": {**ANSWERS, "medication_adherence": None}},
+    )
+    assert missing.status_code == 422
+    assert missing.json()["error"] == "answer_required" and missing.json()["item"] == "medication_adherence"
+    too_many = await kiosk.client.post(
+        "/api/resident/questionnaire",
+        json={"questionnaire": FOLLOWUP, "answers": {**ANSWERS, "cigarettes_per_day": 150}},
+    )
+    assert too_many.json() == {
+        "error": "answer_out_of_range",
+        "message": "cigarettes_per_day: must be between 0 and 100",
+        "item": "cigarettes_per_day",
+        "min": "0",
+        "max": "100",
+    }
+    unknown = await kiosk.client.post(
+        "/api/resident/questionnaire", json={"questionnaire": "tcm-constitution", "answers": ANSWERS}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_questionnaire"
+    assert (await kiosk.outbox.status()).stored == 1  # nothing stored by a refusal
+
+    body = {"questionnaire": FOLLOWUP, "answers": ANSWERS, "submission": 4_503_599_627_370_497}
+    stored = (await kiosk.client.post("/api/resident/questionnaire", json=body)).json()
+    assert stored["stored"] is True
+    again = (await kiosk.client.post("/api/resident/questionnaire", json=body)).json()
+    assert again["duplicate"] is True  # the same form twice (a double tap): stored once
+    assert (await kiosk.outbox.status()).stored == 2
+
+    reading = await kiosk.outbox.reading(stored["seq"])
+    assert reading is not None
+    assert (reading.kind, reading.device) == (
+        "questionnaire",
+        DeviceRef(f"questionnaire:{FOLLOWUP}", FOLLOWUP, "1"),
+    )
+    assert (reading.resident, reading.operator) == (resident, "doctor-wang")
+    assert {m.name: (m.value, m.unit) for m in reading.values} == {
+        "cigarettes_per_day": (Decimal(10), "/d"),
+        "exercise_times_per_week": (Decimal(3), "/wk"),
+        "exercise_minutes": (Decimal(30), "min"),
+    }
+    assert "answer:medication_adherence=intermittent" in reading.flags
+    assert "answer:symptoms=headache_dizziness" in reading.flags and "answer:smoker=true" in reading.flags
+
+    # It is signed and sent like a measurement: a batch the bridge's key check accepts.
+    batch = await kiosk.outbox.form_batch(10)
+    assert batch is not None
+    decoded = decode_batch(batch.message, GatewayKeys.load(kiosk.data_dir).signing.public_key())
+    assert decoded.readings[-1] == reading
+
+    # The resident's history shows the answers in both languages; the follow-up is remembered.
+    history = (await kiosk.client.get("/api/resident/readings")).json()["readings"]
+    followup = next(r for r in history if r["kind"] == "questionnaire")
+    assert followup["flags"] == [] and followup["values"] == []
+    answers = {a["link_id"]: a for a in followup["questionnaire"]["answers"]}
+    assert answers["medication_adherence"]["text"] == {"zh-CN": "间断", "en": "Now and then"}
+    assert answers["symptoms"]["text"]["zh-CN"] == "头痛头晕、下肢水肿"
+    assert answers["cigarettes_per_day"]["text"] == {"zh-CN": "10 支/日", "en": "10 a day"}
+    [due] = (await kiosk.client.get("/api/resident/followup")).json()["followups"]
+    assert due["last"]["seq"] == stored["seq"]
+
+    actions = {(row.action, row.resident_masked) for row in await kiosk.operators.audit_rows()}
+    assert ("questionnaire", "id-card:1101**********002X") in actions
+    assert ("view_followup", "id-card:1101**********002X") in actions
+
+
+async def test_a_questionnaire_needs_a_checked_in_resident(kiosk: Kiosk) -> None:
+    await kiosk.sign_in()
+    response = await kiosk.client.post(
+        "/api/resident/questionnaire", json={"questionnaire": FOLLOWUP, "answers": {}}
+    )
+    assert response.status_code == 404 and response.json()["error"] == "no_checkin"
+    assert (await kiosk.client.get("/api/resident/followup")).json()["error"] == "no_checkin"
+    assert (await kiosk.outbox.status()).stored == 0
+
+
+# --- vehicle outreach: the day's queue -------------------------------------------------------------
+
+DAY = "2026-11-25"
+ID_CARD_2 = "440524198001010013"  # GB 11643 check digit right (3)
+TOWNSHIP_CSV = (
+    "姓名,身份证号,健康档案号,所在村\n"
+    f"张三,{ID_CARD},,东村\n"
+    f"李四,,{HEALTH_RECORD},西村\n"
+    f"王五,{ID_CARD_TYPO},,西村\n"  # a typo: refused with the reason, the others still come in
+    "赵六,4.40524E+17,,南村\n"  # a number a spreadsheet turned into 4.4E+17
+    f"钱七,{ID_CARD_2},,南村\n"
+)
+
+
+async def test_a_crew_imports_the_townships_list_and_works_through_the_queue(kiosk: Kiosk) -> None:
+    await kiosk.sign_in("crew-zhao", "246802")
+    imported = await kiosk.client.post(
+        "/api/queue/import", params={"day": DAY}, content=TOWNSHIP_CSV.encode("gb18030"),
+        headers={"Content-Type": "text/csv"},
+    )  # fmt: skip
+    assert imported.status_code == 200
+    assert imported.json()["added"] == 3
+    assert [(r["line"], r["name"], r["error"]) for r in imported.json()["rejected"]] == [
+        (4, "王五", "id_card_checksum"),
+        (5, "赵六", "number_mangled"),
+    ]
+    assert ID_CARD_TYPO not in imported.text
+
+    queue = (await kiosk.client.get("/api/queue", params={"day": DAY})).json()
+    assert [(e["name"], e["village"], e["resident"], e["state"]) for e in queue["entries"]] == [
+        ("张三", "东村", "1101**********002X", "waiting"),
+        ("李四", "西村", "3307**********0123", "waiting"),
+        ("钱七", "南村", "4405**********0013", "waiting"),
+    ]
+    assert queue["progress"] == {"total": 3, "waiting": 3, "checked": 0, "skipped": 0}
+    assert ID_CARD not in json.dumps(queue) and HEALTH_RECORD not in json.dumps(queue)
+
+    # One tap checks the first resident in; the next is skipped, then put back.
+    first, second, third = (entry["id"] for entry in queue["entries"])
+    checked = (await kiosk.client.post(f"/api/queue/{first}/checkin")).json()
+    assert checked["checked_in"]["resident"] == "1101**********002X"
+    assert checked["entry"]["state"] == "checked" and checked["entry"]["current"] is True
+    assert await kiosk.outbox.current_checkin() == (ResidentRef("id-card", ID_CARD), "crew-zhao")
+    skipped = await kiosk.client.post(f"/api/queue/{second}/state", json={"state": "skipped"})
+    assert skipped.json()["entry"]["state"] == "skipped"
+    progress = (await kiosk.client.get("/api/queue", params={"day": DAY})).json()["progress"]
+    assert progress == {"total": 3, "waiting": 1, "checked": 1, "skipped": 1}
+    back = await kiosk.client.post(f"/api/queue/{second}/state", json={"state": "waiting"})
+    assert back.json()["entry"]["state"] == "waiting"
+    cannot = await kiosk.client.post(f"/api/queue/{second}/state", json={"state": "checked"})
+    assert cannot.status_code == 422  # checked only by checking the resident in
+
+    # Added by hand; twice is refused; a mistake is removed.
+    added = await kiosk.client.post(
+        "/api/queue", json={"day": DAY, "name": "孙八", "village": "北村", "qr": "jkdah=330781-2026-000999"}
+    )
+    assert added.json()["entry"]["position"] == 4
+    twice = await kiosk.client.post(
+        "/api/queue",
+        json={"day": DAY, "name": "孙八", "system": "health-record", "value": "330781-2026-000999"},
+    )
+    assert twice.status_code == 409 and twice.json()["error"] == "queue_duplicate"
+    assert (await kiosk.client.delete(f"/api/queue/{third}")).json() == {"removed": third}
+    assert (await kiosk.client.delete(f"/api/queue/{third}")).json()["error"] == "unknown_entry"
+    assert (await kiosk.client.post("/api/queue/999/checkin")).status_code == 404
+    bad_day = await kiosk.client.get("/api/queue", params={"day": "25/11/2026"})
+    assert bad_day.status_code == 422 and bad_day.json()["error"] == "queue_day"
+
+    # Who saw and changed which resident's entry is in the audit log, masked.
+    rows = await kiosk.operators.audit_rows(200)
+    seen = {(row.action, row.resident_masked) for row in rows if row.operator_id == "crew-zhao"}
+    for action, resident in [
+        ("queue_add", "id-card:1101**********002X"),
+        ("view_queue", "health-record:3307**********0123"),
+        ("check_in", "id-card:1101**********002X"),
+        ("queue_skip", "health-record:3307**********0123"),
+        ("queue_remove", "id-card:4405**********0013"),
+    ]:
+        assert (action, resident) in seen, action
+
+    # The queue's own database names nobody: numbers, names and villages are sealed.
+    for path in kiosk.data_dir.glob(f"{QUEUE_DB}*"):
+        data = path.read_bytes()
+        for secret in (ID_CARD, HEALTH_RECORD, "张三", "东村"):
+            assert secret.encode() not in data, (path, secret)
+
+
+async def test_the_queue_summary_counts_without_showing_or_logging_anyone(kiosk: Kiosk) -> None:
+    await kiosk.sign_in("crew-zhao", "246802")
+    await kiosk.client.post("/api/queue/import", params={"day": DAY}, content=TOWNSHIP_CSV.encode())
+    before = len(await kiosk.operators.audit_rows(500))
+    summary = (await kiosk.client.get("/api/queue", params={"day": DAY, "counts_only": "true"})).json()
+    assert summary == {"day": DAY, "progress": {"total": 3, "waiting": 3, "checked": 0, "skipped": 0}}
+    assert len(await kiosk.operators.audit_rows(500)) == before
+    other_day = (await kiosk.client.get("/api/queue", params={"day": "2026-11-26"})).json()
+    assert other_day["entries"] == [] and other_day["progress"]["total"] == 0
+
+
+async def test_a_card_check_in_marks_todays_queue_entry_checked(kiosk: Kiosk) -> None:
+    await kiosk.sign_in("crew-zhao", "246802")
+    await kiosk.client.post(
+        "/api/queue", json={"name": "李四", "system": "health-record", "value": HEALTH_RECORD}
+    )
+    await kiosk.client.post("/api/checkin", json={"qr": HEALTH_RECORD})
+    [entry] = (await kiosk.client.get("/api/queue")).json()["entries"]
+    assert (entry["state"], entry["current"]) == ("checked", True)
+
+
+async def test_a_file_that_is_not_the_list_is_refused_whole_with_the_reason(kiosk: Kiosk) -> None:
+    await kiosk.sign_in("crew-zhao", "246802")
+    no_number = await kiosk.client.post("/api/queue/import", content="姓名,村\n张三,东村\n".encode())
+    assert no_number.status_code == 422 and no_number.json()["error"] == "csv_columns"
+    binary = await kiosk.client.post("/api/queue/import", content=b"\x89PNG\r\n\x1a\n\xff\xfe\xfd" * 10)
+    assert binary.status_code == 422 and binary.json()["error"] == "csv_encoding"
+    huge = await kiosk.client.post("/api/queue/import", content=b"a" * (1024 * 1024 + 1))
+    assert huge.status_code == 413 and huge.json()["error"] == "csv_too_large"
+    assert (await kiosk.client.get("/api/queue")).json()["entries"] == []

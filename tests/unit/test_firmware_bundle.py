@@ -266,7 +266,9 @@ def test_what_is_not_a_bundle_of_this_format_is_refused_as_unknown(
     assert words in str(refused.value)
 
 
-@pytest.mark.parametrize("name", ["../boot.py", "lib/x.mpy", ".hidden", "firmware.json", ""])
+@pytest.mark.parametrize(
+    "name", ["../boot.py", "lib/x.mpy", ".hidden", "firmware.json", "firmware.trial", "boot.py", ""]
+)
 def test_a_file_name_that_is_not_flat_is_refused_even_when_signed(
     release: Ed25519PrivateKey, name: str
 ) -> None:
@@ -325,7 +327,8 @@ def test_an_app_bundle_takes_exactly_the_board_modules_it_imports() -> None:
         for path in FIRMWARE_SRC.glob("*.py")
         if path.stem not in {"__init__", "build", "manifest_esp32", "manifest_rp2"}
     }
-    # link_journal is imported inside a function of link_client; hal_unix is host-only (not here).
+    # link_journal and link_update are imported inside functions of link_client, updater inside
+    # link_update's; hal_unix is host-only (not here).
     assert import_closure("bp_app", sources) == [
         "bp_app",
         "bp_cuff",
@@ -333,6 +336,8 @@ def test_an_app_bundle_takes_exactly_the_board_modules_it_imports() -> None:
         "kiosk_link",
         "link_client",
         "link_journal",
+        "link_update",
+        "updater",
     ]
     assert "ecg_ads1292r" in import_closure("ecg_app", sources)
     assert "bp_cuff" not in import_closure("ecg_app", sources)
