@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +139,13 @@ def run(
         help="With --worker: seconds the broker keeps a disconnected worker's session and queue "
         "(a worker restarted within it under the same name gets them).",
     ),
+    fhir_stage: FhirStageMode = typer.Option(
+        "inline",
+        help="inline: each batch is stored and mapped to FHIR before its ack. separate: the batch is "
+        "stored and acked, and a second process writes the FHIR resources behind it (a backlog "
+        "drains faster, on another core; the record lags during the drain). See "
+        "cloud_bridge/fhir_stage.py.",
+    ),
 ) -> None:
     """Consume gateway batches and serve the FHIR API until interrupted."""
     import uvicorn
@@ -195,7 +204,12 @@ def run(
         worker=worker,
         share_group=share_group,
         session_expiry_s=session_expiry,
+        map_fhir=fhir_stage is FhirStageMode.inline,
     )
+    stage = None
+    if fhir_stage is FhirStageMode.separate:
+        stage = _StageSupervisor(db, fhir_base_url is not None, alert_rules, referral_routes)
+        stage.start()
     consumer.start()
     try:
         uvicorn.run(
@@ -206,6 +220,50 @@ def run(
         )
     finally:
         consumer.stop()
+        if stage is not None:
+            stage.stop()
+
+
+class FhirStageMode(enum.StrEnum):
+    inline = "inline"
+    separate = "separate"
+
+
+class _StageSupervisor:
+    """The FHIR stage as a child process (another core), started again should it die."""
+
+    def __init__(self, db: str, post_to_remote: bool, alert_rules: Path | None, routes: Path | None) -> None:
+        self._args = (db, post_to_remote, alert_rules, routes)
+        self._context = multiprocessing.get_context("spawn")  # no threads of this process inherited
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._keep_running, name="fhir-stage-watch", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._watch.start()
+
+    def _spawn(self) -> None:
+        from cloud_bridge.fhir_stage import run_stage_process
+
+        self._process = self._context.Process(
+            target=run_stage_process, args=self._args, name="kiosk-bridge-fhir", daemon=True
+        )
+        self._process.start()
+
+    def _keep_running(self) -> None:
+        while not self._stop.wait(1.0):
+            if self._process is not None and not self._process.is_alive():
+                logging.getLogger(__name__).error(
+                    "bridge: FHIR stage exited (code %s); starting it again", self._process.exitcode
+                )
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(10)
 
 
 @app.command("acl")

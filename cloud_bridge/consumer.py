@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_bridge import db as dbapi
-from cloud_bridge import fhir_post, store
+from cloud_bridge import fhir_post, fhir_stage, store
 from cloud_bridge.alert_rules import load_rule_texts
 from cloud_bridge.fhir_post import FhirPoster
 from cloud_bridge.receive import Outcome, receive_batch
@@ -72,6 +72,7 @@ class BridgeConsumer:
         share_group: str = "bridge",
         session_expiry_s: int = WORKER_SESSION_EXPIRY_S,
         ahead_retry_delays_s: tuple[float, ...] = AHEAD_RETRY_DELAYS_S,
+        map_fhir: bool = True,  # False: readings are queued for the FHIR stage (cloud_bridge/fhir_stage.py)
     ) -> None:
         """Without `worker` the bridge is the single consumer (MQTT 3.1.1, `kiosk/+/up`, client id
         `client_id`), as before. With `worker` it is one of several: client id
@@ -83,6 +84,7 @@ class BridgeConsumer:
         self._db_path = db_path
         self._host = host
         self._port = port
+        self._map_fhir = map_fhir
         self._conn = store.connect(db_path, shared_across_threads=True)
         self._lock = threading.Lock()
         self.poster = (
@@ -165,6 +167,8 @@ class BridgeConsumer:
             (out["readings_missing"],) = self._conn.execute(
                 "SELECT CAST(COALESCE(SUM(last_seq - first_seq + 1), 0) AS BIGINT) FROM seq_gaps"
             ).fetchone()
+            if not self._map_fhir:
+                out["fhir_pending"] = fhir_stage.pending_count(self._conn)
         if self.poster is not None:
             with self._lock:
                 out["fhir_posts"] = fhir_post.counts(self._conn)
@@ -244,6 +248,7 @@ class BridgeConsumer:
                     alert_rules=self.alert_rules,
                     defer_ahead=defer,
                     referral_routes=self.referral_routes,
+                    map_fhir=self._map_fhir,
                 )
                 if outcome.deferred:
                     self.counters["out_of_order_retries"] += 1

@@ -37,6 +37,7 @@ COUNTERS: dict[str, str] = {
 GAUGES: dict[str, str] = {
     "mqtt_connected": "1 once the broker has confirmed the subscription, 0 otherwise",
     "readings_missing": "Sequence numbers below each gateway's highest not received yet (all gateways)",
+    "fhir_pending": "Readings stored and acked whose FHIR resources the FHIR stage has not written yet",
 }
 
 

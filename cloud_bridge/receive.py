@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from contract.wire import (
     Ack,
     Batch,
     ContractError,
+    Reading,
     SignatureError,
     decode_batch,
     decode_time_probe,
@@ -56,7 +57,7 @@ def _iso(now_ms: int) -> str:
 
 
 @contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused() -> Iterator[None]:
     """A batch makes tens of thousands of small objects (readings, FHIR resources), none in a
     reference cycle, that all live until the commit; the cyclic collector would walk them again
     and again as they pile up, which doubled the bridge's time per reading. Reference counting
@@ -80,8 +81,12 @@ def receive_batch(
     alert_rules: Mapping[str, RuleText] | None = None,
     defer_ahead: bool = False,
     referral_routes: ReferralRoutes | None = None,
+    map_fhir: bool = True,
 ) -> Outcome:
-    """With `post_to_remote`, each reading's transaction Bundle is queued for the health
+    """With `map_fhir` False the readings are stored, and the batch acked, without their FHIR
+    resources: the FHIR stage (`cloud_bridge.fhir_stage`, another process) writes those after.
+
+    With `post_to_remote`, each reading's transaction Bundle is queued for the health
     community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
     either way in the same commit as the reading, before the ack.
 
@@ -93,9 +98,9 @@ def receive_batch(
 
     With `referral_routes`, each alert's referral Task goes to the care team routed for its rule,
     severity and the gateway's enrolled site (`cloud_bridge/referral_routes.py`)."""
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         return _receive(
-            conn, topic, message, now_ms, post_to_remote, alert_rules, defer_ahead, referral_routes
+            conn, topic, message, now_ms, post_to_remote, alert_rules, defer_ahead, referral_routes, map_fhir
         )
 
 
@@ -108,6 +113,7 @@ def _receive(
     alert_rules: Mapping[str, RuleText] | None,
     defer_ahead: bool,
     routes: ReferralRoutes | None = None,
+    map_fhir: bool = True,
 ) -> Outcome:
     probe_gateway = decode_time_probe(message)
     if probe_gateway is not None:
@@ -136,7 +142,16 @@ def _receive(
     # The mapping is the slow part: done before the write lock is taken, unless a look-up without
     # the lock already shows the batch will not be stored (a replay, out of chain).
     likely_new = store.batch_known(conn, batch.hash) is None and _chain_error(record, batch) is None
-    mapped = _map_batch(batch, signature, now_ms, alert_rules, routes, record.site) if likely_new else None
+
+    def mapping(site: str) -> list[tuple[list[TransactionEntry], str | None]]:
+        if not map_fhir:
+            return [([], None)] * len(batch.readings)
+        return map_readings(
+            batch.readings, batch_hash=batch.hash, signature=signature, recorded_at_ms=now_ms,
+            alert_rules=alert_rules, routes=routes, site=site,
+        )  # fmt: skip
+
+    mapped = mapping(record.site) if likely_new else None
     stored = 0
     with conn.transaction():
         # The decision is made again on the gateway's row, locked until the commit: another
@@ -158,27 +173,23 @@ def _receive(
         if chain_error is not None:
             return _refuse(conn, gateway_id, chain_error, now_ms, ack=_head_ack(record, batch.hash, now_ms))
         if mapped is None:
-            mapped = _map_batch(batch, signature, now_ms, alert_rules, routes, record.site)
+            mapped = mapping(record.site)
         new = store.insert_readings(
             conn,
             batch.readings,
             fhir_errors=[fhir_error for _, fhir_error in mapped],
             batch_hash=batch.hash,
             now_ms=now_ms,
+            fhir_pending=not map_fhir,
         )
-        fresh = [
-            (reading, entries)
-            for reading, (entries, fhir_error), is_new in zip(batch.readings, mapped, new, strict=True)
-            if is_new and fhir_error is None
-        ]
         stored = sum(new)
-        if post_to_remote:
-            for reading, entries in fresh:
-                fhir_post.enqueue(conn, gateway_id, reading.seq, fhir_store.to_transaction_bundle(entries))
-        else:
-            fhir_store.apply_transactions(
-                conn, [entries for _, entries in fresh], now_iso=_iso(now_ms), first_time=True
-            )
+        if map_fhir:
+            fresh = [
+                (reading, entries)
+                for reading, (entries, fhir_error), is_new in zip(batch.readings, mapped, new, strict=True)
+                if is_new and fhir_error is None
+            ]
+            write_fhir(conn, fresh, post_to_remote=post_to_remote, now_ms=now_ms)
         change = store.record_batch(
             conn,
             gateway_id=gateway_id,
@@ -267,31 +278,54 @@ def _report_gaps(gateway_id: str, change: store.GapChange, waiting: int | None) 
         )  # fmt: skip
 
 
-def _map_batch(
-    batch: Batch,
+def map_readings(
+    readings: Sequence[Reading],
+    *,
+    batch_hash: bytes,
     signature: bytes,
-    now_ms: int,
+    recorded_at_ms: int,
     alert_rules: Mapping[str, RuleText] | None,
     routes: ReferralRoutes | None = None,
     site: str = "",
 ) -> list[tuple[list[TransactionEntry], str | None]]:
     """Each reading's FHIR entries, or why it cannot be mapped (it is then kept as a dead letter)."""
     out: list[tuple[list[TransactionEntry], str | None]] = []
-    for reading in batch.readings:
+    for reading in readings:
         try:
             entries = map_reading(
                 reading,
-                batch_hash=batch.hash,
+                batch_hash=batch_hash,
                 gateway_signature=signature,
-                recorded_at_ms=now_ms,
+                recorded_at_ms=recorded_at_ms,
                 alerts=alert_texts(alert_rules, reading, routes=routes, site=site) if alert_rules else (),
             )
         except FhirMappingError as exc:
-            log.error("bridge: %s seq %d kept as dead letter: %s", batch.gateway_id, reading.seq, exc)
+            log.error("bridge: %s seq %d kept as dead letter: %s", reading.gateway_id, reading.seq, exc)
             out.append(([], str(exc)))
             continue
         out.append((entries, None))
     return out
+
+
+def write_fhir(
+    conn: Database,
+    fresh: Sequence[tuple[Reading, list[TransactionEntry]]],
+    *,
+    post_to_remote: bool,
+    now_ms: int,
+) -> None:
+    """The FHIR resources of readings stored for the first time: into the embedded store, or each
+    reading's transaction Bundle queued for the health community's server. In the caller's
+    transaction."""
+    if post_to_remote:
+        for reading, entries in fresh:
+            fhir_post.enqueue(
+                conn, reading.gateway_id, reading.seq, fhir_store.to_transaction_bundle(entries)
+            )
+    elif fresh:
+        fhir_store.apply_transactions(
+            conn, [entries for _, entries in fresh], now_iso=_iso(now_ms), first_time=True
+        )
 
 
 def _refuse(

@@ -22,7 +22,19 @@ from cloud_bridge import db as dbapi
 from cloud_bridge.db import Database
 from contract.wire import GENESIS_HASH, Reading, encode_reading
 
-SCHEMA = """
+_READINGS_TABLE = """CREATE TABLE IF NOT EXISTS readings (
+    gateway_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    batch_hash BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    fhir_status TEXT NOT NULL CHECK (fhir_status IN ('stored', 'dead_letter', 'pending')),
+    fhir_error TEXT,
+    PRIMARY KEY (gateway_id, seq)
+)"""
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS gateways (
     gateway_id TEXT PRIMARY KEY,
     public_key_pem TEXT NOT NULL,
@@ -37,17 +49,9 @@ CREATE TABLE IF NOT EXISTS gateways (
     waiting INTEGER,
     waiting_at_ms INTEGER
 );
-CREATE TABLE IF NOT EXISTS readings (
-    gateway_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    body BLOB NOT NULL,
-    batch_hash BLOB NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    fhir_status TEXT NOT NULL CHECK (fhir_status IN ('stored', 'dead_letter')),
-    fhir_error TEXT,
-    PRIMARY KEY (gateway_id, seq)
-);
+"""
+    + _READINGS_TABLE
+    + """;
 CREATE TABLE IF NOT EXISTS batches (
     hash BLOB PRIMARY KEY,
     gateway_id TEXT NOT NULL,
@@ -80,6 +84,7 @@ CREATE TABLE IF NOT EXISTS devices_seen (
     PRIMARY KEY (gateway_id, device_id)
 );
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,8 @@ def connect(target: Path | str, *, shared_across_threads: bool = False) -> Datab
     conn.ddl(SCHEMA)
     if conn.dialect == "sqlite":
         _add_missing_columns(conn)  # a PostgreSQL store was created with every column
+    _allow_pending_fhir(conn)
+    conn.ddl(_PENDING_INDEX)
     fhir_store.ensure_schema(conn)
     fhir_post.ensure_schema(conn)
     auth.ensure_schema(conn)
@@ -119,6 +126,40 @@ _ADDED_COLUMNS = {  # columns newer than the first release, added in place to an
         "waiting_at_ms": "INTEGER",
     },
 }
+
+
+# The FHIR stage's queue: readings stored (and acked) whose FHIR resources are not written yet.
+_PENDING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS readings_fhir_pending ON readings (received_at_ms, gateway_id, seq)"
+    " WHERE fhir_status = 'pending'"
+)
+
+
+def _allow_pending_fhir(conn: Database) -> None:
+    """A store made before the FHIR stage could run apart refuses fhir_status 'pending': widen
+    its CHECK in place (SQLite cannot alter a CHECK, so the table is copied once)."""
+    if conn.dialect == "sqlite":
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'readings'"
+        ).fetchone()
+        if "'pending'" in sql:
+            return
+        with conn.transaction():
+            conn.execute("ALTER TABLE readings RENAME TO readings_before_pending")
+            conn.execute(_READINGS_TABLE)
+            conn.execute("INSERT INTO readings SELECT * FROM readings_before_pending")
+            conn.execute("DROP TABLE readings_before_pending")
+        return
+    row = conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'readings_fhir_status_check'"
+    ).fetchone()
+    if row is not None and "'pending'" not in row[0]:
+        with conn.transaction():
+            conn.execute("ALTER TABLE readings DROP CONSTRAINT readings_fhir_status_check")
+            conn.execute(
+                "ALTER TABLE readings ADD CONSTRAINT readings_fhir_status_check"
+                " CHECK (fhir_status IN ('stored', 'dead_letter', 'pending'))"
+            )
 
 
 def _add_missing_columns(conn: Database) -> None:
@@ -189,8 +230,12 @@ def insert_readings(
     fhir_errors: Sequence[str | None],
     batch_hash: bytes,
     now_ms: int,
+    fhir_pending: bool = False,
 ) -> list[bool]:
     """Store one gateway's readings (a batch) -> for each, whether it is new.
+
+    With `fhir_pending` their FHIR resources are left to the FHIR stage (`cloud_bridge.fhir_stage`):
+    the readings are queued as 'pending' (and `fhir_errors` must all be None).
 
     Runs inside the transaction that holds the gateway's row, so no other writer stores this
     gateway's readings meanwhile and the look-up of the sequences already held is exact.
@@ -211,7 +256,7 @@ def insert_readings(
     new = [reading.seq not in held for reading in readings]
     rows = [
         (gateway_id, reading.seq, reading.kind, encode_reading(reading), batch_hash, now_ms,
-         "dead_letter" if error else "stored", error)
+         "pending" if fhir_pending else "dead_letter" if error else "stored", error)
         for reading, error, is_new in zip(readings, fhir_errors, new, strict=True)
         if is_new
     ]  # fmt: skip

@@ -150,7 +150,9 @@ port = {self.gateway_api_port}
         self.processes[name] = process
         return process
 
-    def start_bridge(self) -> None:
+    def start_bridge(self, fhir_stage: str = "inline") -> None:
+        """`fhir_stage`: "inline" (mapped before the ack) or "separate" (a second process maps
+        behind the ack; `kiosk-bridge run --fhir-stage`)."""
         self._spawn(
             "bridge",
             [
@@ -166,6 +168,8 @@ port = {self.gateway_api_port}
                 str(self.bridge_port),
                 "--alert-rules",
                 str(REPO_ROOT / "device_profiles" / "alert_rules" / "cn.toml"),
+                "--fhir-stage",
+                fhir_stage,
             ],
         )
         wait_for(lambda: port_open(self.bridge_port), timeout=30, what="bridge HTTP port")
