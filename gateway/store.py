@@ -224,7 +224,17 @@ def _now_ms() -> int:
 
 MB = 1024 * 1024
 _BULK_FROM = 4  # readings in one add_readings call from which the bulk path pays off
-_LOOKUP_CHUNK = 300  # rows per look-up statement (3 parameters each; SQLite allows 32766)
+_LOOKUP_CHUNK = 500  # link seqs per look-up statement (SQLite allows 32766 parameters)
+
+
+def stored_link_seqs_sql(count: int) -> str:
+    """Which of `count` link seqs of one device and boot are stored already (on the unique index)."""
+    return (
+        "SELECT link_seq FROM readings WHERE device_id = ? AND boot_id = ?"
+        f" AND link_seq IN ({','.join('?' * count)})"
+    )
+
+
 _INSERT_READING = """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
         device_firmware, kind, measurements, measured_at_ms, time_quality,
         received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms, priority,
@@ -366,15 +376,19 @@ class Outbox:
         caller's write transaction AUTOINCREMENT hands out consecutive values in insert order."""
         keys = [(new.device.id, new.boot_id, new.link_seq) for new in news]
         stored: set[tuple[str, int, int]] = set()
-        for start in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[start : start + _LOOKUP_CHUNK]
-            values = ",".join("(?, ?, ?)" for _ in chunk)
-            async with self._db.execute(
-                f"""SELECT device_id, boot_id, link_seq FROM readings
-                    WHERE (device_id, boot_id, link_seq) IN (VALUES {values})""",
-                [part for key in chunk for part in key],
-            ) as cursor:
-                stored.update((row[0], row[1], row[2]) for row in await cursor.fetchall())
+        # One look-up per device and boot (a call's readings nearly always share both), on the
+        # unique index: a row-value IN (VALUES ...) would scan the whole table, which at a
+        # week's backlog (a million rows) made every call slower than the last.
+        by_boot: dict[tuple[str, int], list[int]] = {}
+        for device_id, boot_id, link_seq in keys:
+            by_boot.setdefault((device_id, boot_id), []).append(link_seq)
+        for (device_id, boot_id), link_seqs in by_boot.items():
+            for start in range(0, len(link_seqs), _LOOKUP_CHUNK):
+                chunk = link_seqs[start : start + _LOOKUP_CHUNK]
+                async with self._db.execute(
+                    stored_link_seqs_sql(len(chunk)), (device_id, boot_id, *chunk)
+                ) as cursor:
+                    stored.update((device_id, boot_id, row[0]) for row in await cursor.fetchall())
         fresh: list[tuple[NewReading, bytes | None]] = []
         is_fresh: list[bool] = []
         for key, new, resident in zip(keys, news, sealed, strict=True):
