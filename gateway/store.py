@@ -138,6 +138,49 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         )
     if "gateway_boot" not in columns:  # older readings: their boot is unknown, their time stays
         await db.execute("ALTER TABLE readings ADD COLUMN gateway_boot TEXT")
+    await _count_readings_by_trigger(db)
+
+
+# How many readings are in each state and priority, kept by triggers as rows change, so the
+# counts the sync engine and the screen ask for all the time cost nothing with a week's backlog
+# (COUNT(*) over a million rows took longer than forming the batch it was for).
+_READING_COUNTS = """
+CREATE TABLE IF NOT EXISTS reading_counts (
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (state, priority)
+);
+CREATE TRIGGER IF NOT EXISTS reading_counts_insert AFTER INSERT ON readings BEGIN
+    INSERT INTO reading_counts (state, priority, n) VALUES (NEW.state, NEW.priority, 1)
+        ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS reading_counts_delete AFTER DELETE ON readings BEGIN
+    UPDATE reading_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+END;
+CREATE TRIGGER IF NOT EXISTS reading_counts_update AFTER UPDATE OF state, priority ON readings
+WHEN OLD.state IS NOT NEW.state OR OLD.priority IS NOT NEW.priority BEGIN
+    UPDATE reading_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+    INSERT INTO reading_counts (state, priority, n) VALUES (NEW.state, NEW.priority, 1)
+        ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
+END;
+"""
+
+
+async def _count_readings_by_trigger(db: aiosqlite.Connection) -> None:
+    """Create the counts and their triggers once, counting what an older outbox holds, in one
+    transaction (no reading can change between the count and the first trigger)."""
+    async with db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading_counts_update'") as cursor:
+        if await cursor.fetchone() is not None:
+            return
+    await db.executescript(
+        "BEGIN IMMEDIATE;"
+        + _READING_COUNTS
+        + """DELETE FROM reading_counts;
+        INSERT INTO reading_counts (state, priority, n)
+            SELECT state, priority, COUNT(*) FROM readings GROUP BY state, priority;
+        COMMIT;"""
+    )
 
 
 def current_boot_id() -> str:
@@ -678,7 +721,9 @@ class Outbox:
                 taken.append(row[:-1])
                 size += row[-1]
             encoded = sorted(self._encoded_from_row(row) for row in taken)  # by seq
-            async with self._db.execute("SELECT COUNT(*) FROM readings WHERE state = 'stored'") as cursor:
+            async with self._db.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM reading_counts WHERE state = 'stored'"
+            ) as cursor:
                 (stored,) = await cursor.fetchone()  # type: ignore[misc]
             async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
                 row = await cursor.fetchone()
@@ -836,7 +881,7 @@ class Outbox:
 
     async def _status(self) -> OutboxStatus:
         counts = {"stored": 0, "batched": 0, "synced": 0}
-        async with self._db.execute("SELECT state, COUNT(*) FROM readings GROUP BY state") as cursor:
+        async with self._db.execute("SELECT state, SUM(n) FROM reading_counts GROUP BY state") as cursor:
             for state, count in await cursor.fetchall():
                 counts[state] = count
         async with self._db.execute("SELECT COUNT(*) FROM batches WHERE state = 'pending'") as cursor:
@@ -851,7 +896,8 @@ class Outbox:
         async with self._db.execute("SELECT COUNT(*) FROM rejections") as cursor:
             (rejections,) = await cursor.fetchone()  # type: ignore[misc]
         async with self._db.execute(
-            "SELECT COUNT(*) FROM readings WHERE state = 'stored' AND priority = ?", (PRIORITY_WAVEFORM,)
+            "SELECT COALESCE(SUM(n), 0) FROM reading_counts WHERE state = 'stored' AND priority = ?",
+            (PRIORITY_WAVEFORM,),
         ) as cursor:
             (waveforms_waiting,) = await cursor.fetchone()  # type: ignore[misc]
         return OutboxStatus(

@@ -251,6 +251,9 @@ async def test_an_outbox_of_the_previous_release_is_upgraded_in_place(
     await box.add_reading(ecg(2))
     await box.close()
     with sqlite3.connect(path) as conn:  # what the previous release's schema had: no priority
+        for trigger in ("insert", "delete", "update"):  # nor the kept counts
+            conn.execute(f"DROP TRIGGER reading_counts_{trigger}")
+        conn.execute("DROP TABLE reading_counts")
         conn.execute("DROP INDEX readings_queue")
         conn.execute("ALTER TABLE readings DROP COLUMN priority")
     box = await Outbox.open(path, "gw-1", keys)
@@ -295,3 +298,49 @@ def test_the_duplicate_look_up_of_many_readings_searches_the_index(tmp_path: Pat
         plan = conn.execute("EXPLAIN QUERY PLAN " + stored_link_seqs_sql(3), ("bp-1", 7, 1, 2, 3)).fetchall()
     details = " ".join(str(row[-1]) for row in plan)
     assert "SEARCH readings USING COVERING INDEX" in details and "SCAN readings" not in details, details
+
+
+def counted_directly(path: Path) -> dict[tuple[str, int], int]:
+    with sqlite3.connect(path) as conn:
+        return {
+            (s, p): n
+            for s, p, n in conn.execute("SELECT state, priority, COUNT(*) FROM readings GROUP BY 1, 2")
+        }
+
+
+def counted_by_triggers(path: Path) -> dict[tuple[str, int], int]:
+    with sqlite3.connect(path) as conn:
+        return {(s, p): n for s, p, n in conn.execute("SELECT state, priority, n FROM reading_counts") if n}
+
+
+async def test_the_kept_counts_follow_every_change_of_the_readings(tmp_path: Path, keys: GatewayKeys) -> None:
+    """The counts the sync engine and the screen read (kept by triggers, not counted each time)
+    equal a fresh COUNT(*) after adds, batches, acks and pruning; an outbox made before them is
+    counted when it is opened."""
+    path = tmp_path / "gw" / "gateway.db"
+    box = await Outbox.open(path, "gw-1", keys)
+    try:
+        await box.add_readings([new_reading(seq) for seq in range(1, 41)])
+        await box.add_reading(new_reading(41))
+        first = await box.form_batch(15)
+        await box.form_batch(15)
+        assert first is not None
+        await box.mark_acked(first.hash)
+        assert counted_by_triggers(path) == counted_directly(path)
+        status = await box.status()
+        assert (status.stored, status.batched, status.synced) == (11, 15, 15)
+        await box.prune_synced(before_ms=2**62)
+        assert counted_by_triggers(path) == counted_directly(path)
+    finally:
+        await box.close()
+    with sqlite3.connect(path) as conn:  # as an older release left it: no counts, no triggers
+        for trigger in ("insert", "delete", "update"):
+            conn.execute(f"DROP TRIGGER reading_counts_{trigger}")
+        conn.execute("DROP TABLE reading_counts")
+        conn.execute("UPDATE readings SET state = 'stored' WHERE state = 'batched'")
+    box = await Outbox.open(path, "gw-1", keys)
+    try:
+        assert counted_by_triggers(path) == counted_directly(path)
+        assert (await box.status()).stored == 26
+    finally:
+        await box.close()
