@@ -743,6 +743,53 @@ _VALID_SHAPES: set[Hashable] = set()
 _MAX_SHAPES = 4096  # a few dozen in practice (kinds x flags x with/without resident)
 
 
+def provenance_resource(
+    reading_key: str,
+    *,
+    targets: list[str],
+    occurred: str,
+    recorded: str,
+    gateway_id: str,
+    batch_hash: bytes,
+    gateway_signature: bytes | None,
+) -> dict[str, Any]:
+    """The Provenance of one reading's resources (`targets`): assembled by the gateway (Device
+    `gateway_id`), from the reading `reading_key` of the signed batch `batch_hash`, with the
+    gateway's signature over that batch when given."""
+    gateway_ref = {"reference": f"Device/{gateway_id}"}
+    signature: dict[str, Any] = {
+        "type": [
+            {"system": SIGNATURE_TYPE, "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
+        ],
+        "when": recorded,
+        "who": dict(gateway_ref),
+        "sigFormat": SIGNATURE_FORMAT,
+    }
+    if gateway_signature is not None:
+        signature["data"] = base64.b64encode(gateway_signature).decode("ascii")
+    return {
+        "resourceType": "Provenance",
+        "id": resource_id(READING_SYSTEM, reading_key),
+        "target": [{"reference": target} for target in targets],
+        "occurredDateTime": occurred,
+        "recorded": recorded,
+        "activity": {"coding": [{"system": DATA_OPERATION, "code": "CREATE", "display": "create"}]},
+        "agent": [
+            {
+                "type": {
+                    "coding": [{"system": PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]
+                },
+                "who": gateway_ref,
+            }
+        ],
+        "entity": [
+            {"role": "source", "what": {"identifier": {"system": READING_SYSTEM, "value": reading_key}}},
+            {"role": "source", "what": {"identifier": {"system": BATCH_SYSTEM, "value": batch_hash.hex()}}},
+        ],
+        "signature": [signature],
+    }
+
+
 def map_reading(
     reading: Reading,
     *,
@@ -812,38 +859,15 @@ def map_reading(
     if subject is not None and observations:
         for alert in alerts:
             entries.extend(_alert_entries(alert, reading_key, subject, observations[0], effective))
-    gateway_ref = {"reference": f"Device/{gateway.resource['id']}"}
-    signature: dict[str, Any] = {
-        "type": [
-            {"system": SIGNATURE_TYPE, "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
-        ],
-        "when": recorded,
-        "who": dict(gateway_ref),
-        "sigFormat": SIGNATURE_FORMAT,
-    }
-    if gateway_signature is not None:
-        signature["data"] = base64.b64encode(gateway_signature).decode("ascii")
-    provenance = {
-        "resourceType": "Provenance",
-        "id": resource_id(READING_SYSTEM, reading_key),
-        "target": [{"reference": f"Observation/{o['id']}"} for o in observations],
-        "occurredDateTime": effective,
-        "recorded": recorded,
-        "activity": {"coding": [{"system": DATA_OPERATION, "code": "CREATE", "display": "create"}]},
-        "agent": [
-            {
-                "type": {
-                    "coding": [{"system": PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]
-                },
-                "who": gateway_ref,
-            }
-        ],
-        "entity": [
-            {"role": "source", "what": {"identifier": {"system": READING_SYSTEM, "value": reading_key}}},
-            {"role": "source", "what": {"identifier": {"system": BATCH_SYSTEM, "value": batch_hash.hex()}}},
-        ],
-        "signature": [signature],
-    }
+    provenance = provenance_resource(
+        reading_key,
+        targets=[f"Observation/{o['id']}" for o in observations],
+        occurred=effective,
+        recorded=recorded,
+        gateway_id=gateway.resource["id"],
+        batch_hash=batch_hash,
+        gateway_signature=gateway_signature,
+    )
     # Provenance has no identifier element: it is found again by the reading it came from.
     entries.append(_entry(provenance, READING_SYSTEM, reading_key, param="entity:identifier"))
 

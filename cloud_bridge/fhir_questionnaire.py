@@ -24,7 +24,6 @@ Definitions are read from `$KIOSK_QUESTIONNAIRES` or else the checkout's
 
 from __future__ import annotations
 
-import base64
 import functools
 import os
 from collections.abc import Mapping
@@ -42,17 +41,13 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from pydantic import ValidationError
 
 from cloud_bridge.fhir_map import (
-    BATCH_SYSTEM,
-    DATA_OPERATION,
     GATEWAY_SYSTEM,
-    PARTICIPANT_TYPE,
     READING_SYSTEM,
-    SIGNATURE_FORMAT,
-    SIGNATURE_TYPE,
     TIME_QUALITY_EXTENSION,
     FhirMappingError,
     TransactionEntry,
     format_token,
+    provenance_resource,
     resource_id,
 )
 from contract.questionnaire import (
@@ -326,38 +321,15 @@ def map_questionnaire(
             "display": reading.operator,
         }
 
-    gateway_ref = {"reference": f"Device/{gateway['id']}"}
-    signature: dict[str, Any] = {
-        "type": [
-            {"system": SIGNATURE_TYPE, "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
-        ],
-        "when": recorded,
-        "who": dict(gateway_ref),
-        "sigFormat": SIGNATURE_FORMAT,
-    }
-    if gateway_signature is not None:
-        signature["data"] = base64.b64encode(gateway_signature).decode("ascii")
-    provenance = {
-        "resourceType": "Provenance",
-        "id": resource_id(READING_SYSTEM, reading_key),
-        "target": [{"reference": f"QuestionnaireResponse/{response['id']}"}],
-        "occurredDateTime": authored,
-        "recorded": recorded,
-        "activity": {"coding": [{"system": DATA_OPERATION, "code": "CREATE", "display": "create"}]},
-        "agent": [
-            {
-                "type": {
-                    "coding": [{"system": PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]
-                },
-                "who": gateway_ref,
-            }
-        ],
-        "entity": [
-            {"role": "source", "what": {"identifier": {"system": READING_SYSTEM, "value": reading_key}}},
-            {"role": "source", "what": {"identifier": {"system": BATCH_SYSTEM, "value": batch_hash.hex()}}},
-        ],
-        "signature": [signature],
-    }
+    provenance = provenance_resource(
+        reading_key,
+        targets=[f"QuestionnaireResponse/{response['id']}"],
+        occurred=authored,
+        recorded=recorded,
+        gateway_id=gateway["id"],
+        batch_hash=batch_hash,
+        gateway_signature=gateway_signature,
+    )
     entries = [
         _entry(patient, system, value),
         _entry(gateway, GATEWAY_SYSTEM, reading.gateway_id),

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import aiosqlite
 import cbor2
@@ -190,6 +191,24 @@ def current_boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return uuid.uuid4().hex
+
+
+class _StoredRow(NamedTuple):
+    """A reading's row as the batch and history queries select it (the order of their columns)."""
+
+    seq: int
+    device_id: str
+    model: str
+    firmware: str
+    kind: str
+    values: bytes  # CBOR, as `measurements_cbor` wrote it
+    measured_at_ms: int
+    time_quality: str
+    received_mono_ms: int
+    resident_sealed: bytes | None
+    operator: str | None
+    flags: bytes  # CBOR
+    waveform: bytes | None  # CBOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,67 +633,39 @@ class Outbox:
 
     # batches -----------------------------------------------------------------------------------
     def _reading_from_row(self, row: aiosqlite.Row | tuple) -> Reading:
-        (
-            seq,
-            device_id,
-            model,
-            firmware,
-            kind,
-            values,
-            measured_at,
-            quality,
-            rx,
-            sealed,
-            operator,
-            flags,
-            wave,
-        ) = row
+        r = _StoredRow(*row)
         return Reading(
             gateway_id=self._gateway_id,
-            seq=seq,
-            device=DeviceRef(device_id, model, firmware),
-            kind=kind,
-            values=tuple(Measurement.from_cbor(m) for m in cbor2.loads(values)),
-            measured_at_ms=measured_at,
-            time_quality=quality,
-            received_mono_ms=rx,
-            resident=self._keys.unseal_resident(sealed) if sealed else None,
-            operator=operator,
-            flags=tuple(cbor2.loads(flags)),
-            waveform=Waveform.from_cbor(cbor2.loads(wave)) if wave else None,
+            seq=r.seq,
+            device=DeviceRef(r.device_id, r.model, r.firmware),
+            kind=r.kind,
+            values=tuple(Measurement.from_cbor(m) for m in cbor2.loads(r.values)),
+            measured_at_ms=r.measured_at_ms,
+            time_quality=r.time_quality,
+            received_mono_ms=r.received_mono_ms,
+            resident=self._keys.unseal_resident(r.resident_sealed) if r.resident_sealed else None,
+            operator=r.operator,
+            flags=tuple(cbor2.loads(r.flags)),
+            waveform=Waveform.from_cbor(cbor2.loads(r.waveform)) if r.waveform else None,
         )
 
     def _encoded_from_row(self, row: aiosqlite.Row | tuple) -> tuple[int, bytes]:
         """(seq, the reading as the batch carries it), from the stored row without building a
         `Reading`: measurements, flags and waveform are stored as CBOR already."""
-        (
-            seq,
-            device_id,
-            model,
-            firmware,
-            kind,
-            values,
-            measured_at,
-            quality,
-            rx,
-            sealed,
-            operator,
-            flags,
-            wave,
-        ) = row
-        return seq, encode_reading_parts(
+        r = _StoredRow(*row)
+        return r.seq, encode_reading_parts(
             gateway_id=self._gateway_id,
-            seq=seq,
-            device=DeviceRef(device_id, model, firmware),
-            kind=kind,
-            values_cbor=values,
-            measured_at_ms=measured_at,
-            time_quality=quality,
-            received_mono_ms=rx,
-            resident=self._keys.unseal_resident(sealed) if sealed else None,
-            operator=operator,
-            flags_cbor=flags,
-            waveform_cbor=wave,
+            seq=r.seq,
+            device=DeviceRef(r.device_id, r.model, r.firmware),
+            kind=r.kind,
+            values_cbor=r.values,
+            measured_at_ms=r.measured_at_ms,
+            time_quality=r.time_quality,
+            received_mono_ms=r.received_mono_ms,
+            resident=self._keys.unseal_resident(r.resident_sealed) if r.resident_sealed else None,
+            operator=r.operator,
+            flags_cbor=r.flags,
+            waveform_cbor=r.waveform,
         )
 
     async def form_batches(self, max_readings: int) -> int:
