@@ -31,7 +31,7 @@ import json
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -387,10 +387,18 @@ def _check_manifest(manifest: Any) -> None:
         raise UnknownFormat(f"manifest.json: main {manifest['main']!r} is not among the files")
 
 
-def read_bundle(data: bytes) -> Bundle:
-    """Parse a bundle WITHOUT trusting it (to show what it claims); flash only `verify_bundle`'s."""
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise UnknownFormat(f"{len(data)} bytes is larger than any firmware bundle ({MAX_BUNDLE_BYTES})")
+def read_signed_zip(
+    data: bytes,
+    *,
+    max_bytes: int,
+    check_manifest: Callable[[Any], None],
+    expected_sha256: Callable[[Any, str], str | None],
+) -> tuple[Any, bytes, bytes, dict[str, bytes]]:
+    """A signed zip (an app bundle or a full image) WITHOUT trusting it -> (manifest, its exact
+    bytes, the signature, the files by path). `expected_sha256(manifest, path)` is the hash the
+    manifest lists for a file, None for a file it does not list (refused)."""
+    if len(data) > max_bytes:
+        raise UnknownFormat(f"{len(data)} bytes is larger than any firmware bundle ({max_bytes})")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -404,19 +412,48 @@ def read_bundle(data: bytes) -> Bundle:
             manifest = json.loads(manifest_bytes)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise UnknownFormat(f"manifest.json is not JSON: {exc}") from exc
-        _check_manifest(manifest)
+        check_manifest(manifest)
         if SIGNATURE_NAME not in names:
             raise BadSignature("bundle is not signed (no manifest.sig): refused")
         signature = archive.read(SIGNATURE_NAME)
-        listed = {entry["path"]: entry for entry in manifest["files"]}
         files: dict[str, bytes] = {}
         for name in sorted(names - {MANIFEST_NAME, SIGNATURE_NAME}):
-            if not name.startswith(FILES_PREFIX) or name[len(FILES_PREFIX) :] not in listed:
-                raise UnexpectedFile(name.removeprefix(FILES_PREFIX))
-            path = name[len(FILES_PREFIX) :]
-            if archive.getinfo(name).file_size > MAX_BUNDLE_BYTES:
-                raise FileHashMismatch(path, listed[path]["sha256"], "(larger than any bundle)")
+            path = name.removeprefix(FILES_PREFIX)
+            sha256 = expected_sha256(manifest, path) if name.startswith(FILES_PREFIX) else None
+            if sha256 is None:
+                raise UnexpectedFile(path)
+            if archive.getinfo(name).file_size > max_bytes:
+                raise FileHashMismatch(path, sha256, "(larger than any bundle)")
             files[path] = archive.read(name)
+    return manifest, manifest_bytes, signature, files
+
+
+def check_release_signature(
+    manifest: Any, manifest_bytes: bytes, signature: bytes, public_key: Ed25519PublicKey
+) -> None:
+    """Refuse unless `public_key` is the manifest's release key and signed exactly these bytes."""
+    expected = key_id(public_key)
+    if manifest["key_id"] != expected:
+        raise WrongKey(manifest["key_id"], expected)
+    try:
+        public_key.verify(signature, manifest_bytes)
+    except InvalidSignature as exc:
+        raise BadSignature(
+            f"the signature does not match manifest.json (release key {expected}): "
+            "the manifest was changed after signing, or signed by another key: refused"
+        ) from exc
+
+
+def read_bundle(data: bytes) -> Bundle:
+    """Parse a bundle WITHOUT trusting it (to show what it claims); flash only `verify_bundle`'s."""
+    manifest, manifest_bytes, signature, files = read_signed_zip(
+        data,
+        max_bytes=MAX_BUNDLE_BYTES,
+        check_manifest=_check_manifest,
+        expected_sha256=lambda manifest, path: next(
+            (entry["sha256"] for entry in manifest["files"] if entry["path"] == path), None
+        ),
+    )
     return Bundle(manifest=manifest, manifest_bytes=manifest_bytes, signature=signature, files=files)
 
 
@@ -426,16 +463,7 @@ def verify_bundle(data: bytes, public_key: Ed25519PublicKey) -> Bundle:
     Order: format, key, signature, then files, so the message names the first thing wrong.
     """
     bundle = read_bundle(data)
-    expected = key_id(public_key)
-    if bundle.manifest["key_id"] != expected:
-        raise WrongKey(bundle.manifest["key_id"], expected)
-    try:
-        public_key.verify(bundle.signature, bundle.manifest_bytes)
-    except InvalidSignature as exc:
-        raise BadSignature(
-            f"the signature does not match manifest.json (release key {expected}): "
-            "the manifest was changed after signing, or signed by another key: refused"
-        ) from exc
+    check_release_signature(bundle.manifest, bundle.manifest_bytes, bundle.signature, public_key)
     for entry in bundle.file_entries:
         path = entry["path"]
         if path not in bundle.files:

@@ -35,32 +35,25 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import io
 import json
 import re
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.firmware_bundle import (
-    FILES_PREFIX,
     FIRMWARE_SRC,
-    MANIFEST_NAME,
-    SIGNATURE_NAME,
-    BadSignature,
     BundleError,
     FileHashMismatch,
     MissingFile,
-    UnexpectedFile,
     UnknownFormat,
-    WrongKey,
+    check_release_signature,
     key_id,
     pack_bundle,
+    read_signed_zip,
 )
 
 __all__ = [
@@ -309,32 +302,13 @@ def _check_manifest(manifest: Any) -> None:
 
 def read_image_bundle(data: bytes) -> ImageBundle:
     """Parse a full-image bundle WITHOUT trusting it; write only `verify_image_bundle`'s."""
-    if len(data) > MAX_FLASH + 1024 * 1024:
-        raise UnknownFormat(f"{len(data)} bytes is larger than any image for a {MAX_FLASH // 2**20} MB flash")
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise UnknownFormat("not a firmware bundle: not a zip archive") from exc
-    with archive:
-        names = set(archive.namelist())
-        if MANIFEST_NAME not in names:
-            raise UnknownFormat("not a firmware bundle: no manifest.json")
-        manifest_bytes = archive.read(MANIFEST_NAME)
-        try:
-            manifest = json.loads(manifest_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UnknownFormat(f"manifest.json is not JSON: {exc}") from exc
-        _check_manifest(manifest)
-        if SIGNATURE_NAME not in names:
-            raise BadSignature("bundle is not signed (no manifest.sig): refused")
-        signature = archive.read(SIGNATURE_NAME)
-        image = None
-        for name in sorted(names - {MANIFEST_NAME, SIGNATURE_NAME}):
-            if name != FILES_PREFIX + IMAGE_NAME:
-                raise UnexpectedFile(name.removeprefix(FILES_PREFIX))
-            if archive.getinfo(name).file_size > MAX_FLASH:
-                raise FileHashMismatch(IMAGE_NAME, manifest["image"]["sha256"], "(larger than any flash)")
-            image = archive.read(name)
+    manifest, manifest_bytes, signature, files = read_signed_zip(
+        data,
+        max_bytes=MAX_FLASH + 1024 * 1024,
+        check_manifest=_check_manifest,
+        expected_sha256=lambda manifest, path: manifest["image"]["sha256"] if path == IMAGE_NAME else None,
+    )
+    image = files.get(IMAGE_NAME)
     return ImageBundle(manifest=manifest, manifest_bytes=manifest_bytes, signature=signature, image=image)
 
 
@@ -344,16 +318,7 @@ def verify_image_bundle(data: bytes, public_key: Ed25519PublicKey) -> ImageBundl
     Order: format, key, signature, image, so the message names the first thing wrong.
     """
     bundle = read_image_bundle(data)
-    expected = key_id(public_key)
-    if bundle.manifest["key_id"] != expected:
-        raise WrongKey(bundle.manifest["key_id"], expected)
-    try:
-        public_key.verify(bundle.signature, bundle.manifest_bytes)
-    except InvalidSignature as exc:
-        raise BadSignature(
-            f"the signature does not match manifest.json (release key {expected}): "
-            "the manifest was changed after signing, or signed by another key: refused"
-        ) from exc
+    check_release_signature(bundle.manifest, bundle.manifest_bytes, bundle.signature, public_key)
     if bundle.image is None:
         raise MissingFile(IMAGE_NAME)
     actual = hashlib.sha256(bundle.image).hexdigest()
