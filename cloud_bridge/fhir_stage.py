@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cloud_bridge import store
 from cloud_bridge.alert_rules import RuleText, load_rule_texts
@@ -54,48 +55,70 @@ def map_pending(
     alert_rules: Mapping[str, RuleText] | None = None,
     referral_routes: ReferralRoutes | None = None,
 ) -> int:
-    """Map up to `limit` pending readings, oldest first, in one transaction -> how many.
+    """Map up to `limit` pending readings, oldest first -> how many.
 
     Each reading is mapped as the receiver would have mapped it: its batch's hash and
     signature in the Provenance, recorded when the bridge received it, alerts routed by its
-    gateway's site."""
-    skip_locked = "" if conn.dialect == "sqlite" else " FOR UPDATE OF r SKIP LOCKED"
-    with cyclic_gc_paused(), conn.transaction():
-        rows = conn.execute(
-            "SELECT r.gateway_id, r.seq, r.body, r.batch_hash, r.received_at_ms, b.signature, g.site"
-            " FROM readings r JOIN batches b ON b.hash = r.batch_hash"
-            " JOIN gateways g ON g.gateway_id = r.gateway_id"
-            " WHERE r.fhir_status = 'pending' ORDER BY r.received_at_ms, r.gateway_id, r.seq"
-            f" LIMIT ?{skip_locked}",
-            (limit,),
-        ).fetchall()
-        if not rows:
-            return 0
-        outcomes: list[tuple[str, str | None, str, int]] = []  # status, error, gateway, seq
-        fresh: list[tuple[Reading, list[TransactionEntry]]] = []
-        for gateway_id, seq, body, batch_hash, received_at_ms, signature, site in rows:
-            try:
-                reading = decode_reading(bytes(body))
-                [(entries, error)] = map_readings(
-                    [reading],
-                    batch_hash=bytes(batch_hash),
-                    signature=bytes(signature),
-                    recorded_at_ms=received_at_ms,
-                    alert_rules=alert_rules,
-                    routes=referral_routes,
-                    site=site,
-                )
-            except Exception as exc:  # one reading must not hold up the queue behind it
-                log.exception("bridge FHIR stage: %s seq %d kept as dead letter", gateway_id, seq)
-                entries, error = [], f"could not be mapped: {type(exc).__name__}: {exc}"
-            if error is None:
-                fresh.append((reading, entries))
-            outcomes.append(("dead_letter" if error else "stored", error, gateway_id, seq))
+    gateway's site. On SQLite the mapping is done before the write lock is taken (the receiver
+    waits for that lock: holding it while mapping slowed the very drain this stage is for); a
+    SQLite store has one stage, the only one to change pending rows. On PostgreSQL the rows are
+    claimed (`FOR UPDATE SKIP LOCKED`) in the transaction that writes them, as several stages
+    share the queue there."""
+
+    def write(rows: list[Any], mapped: tuple[list[Any], list[Any]]) -> int:
+        fresh, outcomes = mapped
         write_fhir(conn, fresh, post_to_remote=post_to_remote, now_ms=now_ms)
-        conn.executemany(
-            "UPDATE readings SET fhir_status = ?, fhir_error = ? WHERE gateway_id = ? AND seq = ?", outcomes
-        )
-    return len(rows)
+        conn.executemany(_SET_STATUS, outcomes)
+        return len(rows)
+
+    with cyclic_gc_paused():
+        if conn.dialect == "sqlite":
+            rows = conn.execute(_PENDING + " LIMIT ?", (limit,)).fetchall()
+            if not rows:
+                return 0
+            mapped = _map_rows(rows, alert_rules, referral_routes)
+            with conn.transaction():
+                return write(rows, mapped)
+        with conn.transaction():
+            rows = conn.execute(_PENDING + " LIMIT ? FOR UPDATE OF r SKIP LOCKED", (limit,)).fetchall()
+            return write(rows, _map_rows(rows, alert_rules, referral_routes)) if rows else 0
+
+
+_SET_STATUS = "UPDATE readings SET fhir_status = ?, fhir_error = ? WHERE gateway_id = ? AND seq = ?"
+_PENDING = (
+    "SELECT r.gateway_id, r.seq, r.body, r.batch_hash, r.received_at_ms, b.signature, g.site"
+    " FROM readings r JOIN batches b ON b.hash = r.batch_hash"
+    " JOIN gateways g ON g.gateway_id = r.gateway_id"
+    " WHERE r.fhir_status = 'pending' ORDER BY r.received_at_ms, r.gateway_id, r.seq"
+)
+
+
+def _map_rows(
+    rows: list[Any], alert_rules: Mapping[str, RuleText] | None, referral_routes: ReferralRoutes | None
+) -> tuple[list[tuple[Reading, list[TransactionEntry]]], list[tuple[str, str | None, str, int]]]:
+    """The FHIR entries of the readings that map, and every reading's outcome (status, error,
+    gateway, seq)."""
+    outcomes: list[tuple[str, str | None, str, int]] = []
+    fresh: list[tuple[Reading, list[TransactionEntry]]] = []
+    for gateway_id, seq, body, batch_hash, received_at_ms, signature, site in rows:
+        try:
+            reading = decode_reading(bytes(body))
+            [(entries, error)] = map_readings(
+                [reading],
+                batch_hash=bytes(batch_hash),
+                signature=bytes(signature),
+                recorded_at_ms=received_at_ms,
+                alert_rules=alert_rules,
+                routes=referral_routes,
+                site=site,
+            )
+        except Exception as exc:  # one reading must not hold up the queue behind it
+            log.exception("bridge FHIR stage: %s seq %d kept as dead letter", gateway_id, seq)
+            entries, error = [], f"could not be mapped: {type(exc).__name__}: {exc}"
+        if error is None:
+            fresh.append((reading, entries))
+        outcomes.append(("dead_letter" if error else "stored", error, gateway_id, seq))
+    return fresh, outcomes
 
 
 class FhirStage:
