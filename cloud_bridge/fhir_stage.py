@@ -7,6 +7,8 @@ second process, maps the queued readings oldest first and writes their resources
 their Bundles for the health community's server), marking each reading `stored` or, if it
 cannot be mapped, `dead_letter` with the reason. So a backlog drains from the gateways at the
 rate the bridge can store, while FHIR mapping runs on another core and catches up behind it.
+Readings with an alert are the exception: the receiver maps them before the ack as always, so
+a referral is raised at once, not behind the queue.
 
 What the ack means does not change: the bridge holds the reading durably, exactly once. What
 changes is when the record shows it: after the stage's lag (none when idle; during a

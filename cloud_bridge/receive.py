@@ -84,7 +84,8 @@ def receive_batch(
     map_fhir: bool = True,
 ) -> Outcome:
     """With `map_fhir` False the readings are stored, and the batch acked, without their FHIR
-    resources: the FHIR stage (`cloud_bridge.fhir_stage`, another process) writes those after.
+    resources: the FHIR stage (`cloud_bridge.fhir_stage`, another process) writes those after;
+    except for readings with an alert, mapped here all the same, so no referral waits.
 
     With `post_to_remote`, each reading's transaction Bundle is queued for the health
     community's FHIR server (`cloud_bridge.fhir_post`) instead of written to the embedded store;
@@ -143,13 +144,19 @@ def _receive(
     # the lock already shows the batch will not be stored (a replay, out of chain).
     likely_new = store.batch_known(conn, batch.hash) is None and _chain_error(record, batch) is None
 
+    # With the FHIR stage apart, a reading the gateway raised an alert for is still mapped here,
+    # before the ack: its Flag and referral must not wait behind a backlog in the stage's queue.
+    now = [map_fhir or any(flag.startswith("alert:") for flag in r.flags) for r in batch.readings]
+
     def mapping(site: str) -> list[tuple[list[TransactionEntry], str | None]]:
-        if not map_fhir:
-            return [([], None)] * len(batch.readings)
-        return map_readings(
-            batch.readings, batch_hash=batch.hash, signature=signature, recorded_at_ms=now_ms,
-            alert_rules=alert_rules, routes=routes, site=site,
+        chosen = [reading for reading, here in zip(batch.readings, now, strict=True) if here]
+        done = iter(
+            map_readings(
+                chosen, batch_hash=batch.hash, signature=signature, recorded_at_ms=now_ms,
+                alert_rules=alert_rules, routes=routes, site=site,
+            )
         )  # fmt: skip
+        return [next(done) if here else ([], None) for here in now]
 
     mapped = mapping(record.site) if likely_new else None
     stored = 0
@@ -180,16 +187,17 @@ def _receive(
             fhir_errors=[fhir_error for _, fhir_error in mapped],
             batch_hash=batch.hash,
             now_ms=now_ms,
-            fhir_pending=not map_fhir,
+            fhir_pending=[not here for here in now],
         )
         stored = sum(new)
-        if map_fhir:
-            fresh = [
-                (reading, entries)
-                for reading, (entries, fhir_error), is_new in zip(batch.readings, mapped, new, strict=True)
-                if is_new and fhir_error is None
-            ]
-            write_fhir(conn, fresh, post_to_remote=post_to_remote, now_ms=now_ms)
+        fresh = [
+            (reading, entries)
+            for reading, (entries, fhir_error), is_new, here in zip(
+                batch.readings, mapped, new, now, strict=True
+            )
+            if is_new and here and fhir_error is None
+        ]
+        write_fhir(conn, fresh, post_to_remote=post_to_remote, now_ms=now_ms)
         change = store.record_batch(
             conn,
             gateway_id=gateway_id,

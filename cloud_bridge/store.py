@@ -230,12 +230,12 @@ def insert_readings(
     fhir_errors: Sequence[str | None],
     batch_hash: bytes,
     now_ms: int,
-    fhir_pending: bool = False,
+    fhir_pending: Sequence[bool] | None = None,
 ) -> list[bool]:
     """Store one gateway's readings (a batch) -> for each, whether it is new.
 
-    With `fhir_pending` their FHIR resources are left to the FHIR stage (`cloud_bridge.fhir_stage`):
-    the readings are queued as 'pending' (and `fhir_errors` must all be None).
+    A reading whose `fhir_pending` is True has its FHIR resources left to the FHIR stage
+    (`cloud_bridge.fhir_stage`): it is queued as 'pending' (its `fhir_errors` entry is None).
 
     Runs inside the transaction that holds the gateway's row, so no other writer stores this
     gateway's readings meanwhile and the look-up of the sequences already held is exact.
@@ -254,10 +254,11 @@ def insert_readings(
         )
     }
     new = [reading.seq not in held for reading in readings]
+    pending = fhir_pending if fhir_pending is not None else [False] * len(readings)
     rows = [
         (gateway_id, reading.seq, reading.kind, encode_reading(reading), batch_hash, now_ms,
-         "pending" if fhir_pending else "dead_letter" if error else "stored", error)
-        for reading, error, is_new in zip(readings, fhir_errors, new, strict=True)
+         "pending" if later else "dead_letter" if error else "stored", error)
+        for reading, error, is_new, later in zip(readings, fhir_errors, new, pending, strict=True)
         if is_new
     ]  # fmt: skip
     if not rows:
