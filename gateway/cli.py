@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from gateway.keys import PUBLIC_KEY_FILE, create_keys, create_tls_request
 from gateway.operators import OPERATORS_DB, OperatorError, Operators
 from gateway.profiles import PROTOCOLS, DeviceProfile, load_profile, load_profiles, short_uuid
 from gateway.provision import provision_command
+from gateway.run_command import run
 from gateway.tech_cli import firmware_app
 from gateway.transports.ble import BleakCentral, BleUnavailable
 
@@ -58,17 +58,7 @@ def tls_request(
     typer.echo(f"request {request}: have the bridge sign it (kiosk-bridge ca sign {gateway_id} ...)")
 
 
-@app.command()
-def run(config: Path = typer.Option(..., "--config", "-c", help="Gateway TOML configuration.")) -> None:
-    """Run the gateway service until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
-    from gateway.service import run_gateway
-
-    try:
-        asyncio.run(run_gateway(load_config(config)))
-    except GatewayError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+app.command("run")(run)  # also `kiosk-gateway run`, which loads only gateway/run_command.py
 
 
 devices = typer.Typer(help="Device profiles: the models this gateway accepts.", no_args_is_help=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import hmac
 import os
@@ -149,7 +150,11 @@ def check_pin(pin: str, stored: str) -> bool:
 
 
 # Compared against when the id is unknown, so a wrong id takes as long as a wrong PIN.
-_DUMMY_HASH = hash_pin("000000", salt=bytes(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """Made at the first unknown id, not at import: scrypt takes 16 MB for a moment, which every
+    process that imports this module (the gateway service, each CLI call) would otherwise pay."""
+    return hash_pin("000000", salt=bytes(16))
 
 
 def _now_ms() -> int:
@@ -267,7 +272,7 @@ class Operators:
         )
         now = self._clock_ms()
         if row is None:
-            await asyncio.to_thread(check_pin, pin, _DUMMY_HASH)
+            await asyncio.to_thread(check_pin, pin, _dummy_hash())
             await self.audit(None, "sign_in_refused", detail="unknown operator")
             raise SignInRefused("wrong_pin", "wrong operator id or PIN")
         name, role, pin_hash, failed, locked_until = row

@@ -176,7 +176,7 @@ port = {self.gateway_api_port}
 
     def start_gateway(self) -> None:
         self._spawn(
-            "gateway", [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.gateway_config)]
+            "gateway", [sys.executable, "-m", "gateway", "run", "--config", str(self.gateway_config)]
         )
         wait_for(lambda: port_open(self.gateway_api_port), timeout=30, what="gateway API port")
 

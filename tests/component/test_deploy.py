@@ -287,7 +287,7 @@ def test_running_gateway_says_ready_pings_and_says_stopping(
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
     log = (tmp_path / "gateway.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -487,7 +487,8 @@ def test_wheel_carries_what_the_installed_gateway_loads(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert "kiosk-gateway = gateway.cli:main" in entry_points
+    assert "kiosk-gateway = gateway.__main__:main" in entry_points  # `run` loads only the service
+    assert {"gateway/__main__.py", "gateway/run_command.py", "gateway/cli.py"} <= names
     data_files = {
         path.relative_to(REPO).as_posix()
         for path in (REPO / "gateway").rglob("*")

@@ -154,7 +154,7 @@ class Kiosk:
     def start(self) -> None:
         with self.gateway_log.open("ab") as log:
             self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_for(lambda: port_open(self.api_port), timeout=30, what="the gateway's API")
