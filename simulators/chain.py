@@ -175,9 +175,7 @@ port = {self.gateway_api_port}
         wait_for(lambda: port_open(self.bridge_port), timeout=30, what="bridge HTTP port")
 
     def start_gateway(self) -> None:
-        self._spawn(
-            "gateway", [sys.executable, "-m", "gateway", "run", "--config", str(self.gateway_config)]
-        )
+        self._spawn("gateway", [sys.executable, "-m", "gateway", "run", "--config", str(self.gateway_config)])
         wait_for(lambda: port_open(self.gateway_api_port), timeout=30, what="gateway API port")
 
     def start_firmware(self) -> None:
