@@ -146,17 +146,17 @@ def _receive(
 
     # With the FHIR stage apart, a reading the gateway raised an alert for is still mapped here,
     # before the ack: its Flag and referral must not wait behind a backlog in the stage's queue.
-    now = [map_fhir or any(flag.startswith("alert:") for flag in r.flags) for r in batch.readings]
+    map_here = [map_fhir or any(flag.startswith("alert:") for flag in r.flags) for r in batch.readings]
 
     def mapping(site: str) -> list[tuple[list[TransactionEntry], str | None]]:
-        chosen = [reading for reading, here in zip(batch.readings, now, strict=True) if here]
+        chosen = [reading for reading, here in zip(batch.readings, map_here, strict=True) if here]
         done = iter(
             map_readings(
                 chosen, batch_hash=batch.hash, signature=signature, recorded_at_ms=now_ms,
                 alert_rules=alert_rules, routes=routes, site=site,
             )
         )  # fmt: skip
-        return [next(done) if here else ([], None) for here in now]
+        return [next(done) if here else ([], None) for here in map_here]
 
     mapped = mapping(record.site) if likely_new else None
     stored = 0
@@ -187,13 +187,13 @@ def _receive(
             fhir_errors=[fhir_error for _, fhir_error in mapped],
             batch_hash=batch.hash,
             now_ms=now_ms,
-            fhir_pending=[not here for here in now],
+            fhir_pending=[not here for here in map_here],
         )
         stored = sum(new)
         fresh = [
             (reading, entries)
             for reading, (entries, fhir_error), is_new, here in zip(
-                batch.readings, mapped, new, now, strict=True
+                batch.readings, mapped, new, map_here, strict=True
             )
             if is_new and here and fhir_error is None
         ]

@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +25,6 @@ from gateway.service import GatewayService
 from gateway.store import Outbox
 from simulators.ble import GlucoseMeter, SimulatedCentral
 from simulators.chain import REPO_ROOT, Chain
-from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
 
@@ -38,14 +35,9 @@ RECORDS = 50
 
 
 @pytest.fixture
-def chain(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Chain]:
-    chain = Chain(workdir=tmp_path / "chain", broker_port=mosquitto.port)
-    chain.provision()
-    chain.start_bridge()
-    try:
-        yield chain
-    finally:
-        chain.close()
+def chain(running_broker_chain: Chain) -> Chain:
+    running_broker_chain.start_bridge()
+    return running_broker_chain
 
 
 def bridge_glucose(chain: Chain) -> list[tuple[int, str]]:

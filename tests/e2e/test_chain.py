@@ -6,9 +6,7 @@ MicroPython firmware → pty → gateway → SQLite → Mosquitto → bridge →
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -24,13 +22,8 @@ SUBJECT = f"{RESIDENT_ID_SYSTEMS['health-record']}|{RESIDENT}"
 
 
 @pytest.fixture
-def chain(tmp_path: Path, stopped_mosquitto: Mosquitto) -> Iterator[Chain]:
-    chain = Chain(workdir=tmp_path / "chain", broker_port=stopped_mosquitto.port)
-    chain.provision()
-    try:
-        yield chain
-    finally:
-        chain.close()
+def chain(stopped_broker_chain: Chain) -> Chain:
+    return stopped_broker_chain
 
 
 def observations(chain: Chain) -> list[dict]:

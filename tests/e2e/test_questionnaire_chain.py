@@ -7,8 +7,6 @@ gateway restart add nothing."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -45,13 +43,8 @@ FORM = {
 
 
 @pytest.fixture
-def chain(tmp_path: Path, stopped_mosquitto: Mosquitto) -> Iterator[Chain]:
-    chain = Chain(workdir=tmp_path / "chain", broker_port=stopped_mosquitto.port)
-    chain.provision()
-    try:
-        yield chain
-    finally:
-        chain.close()
+def chain(stopped_broker_chain: Chain) -> Chain:
+    return stopped_broker_chain
 
 
 def responses(chain: Chain) -> list[dict]:
