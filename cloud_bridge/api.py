@@ -106,8 +106,15 @@ _BEARER = HTTPBearer(
     description="A bridge token (`kiosk-bridge token add NAME --role ROLE` prints it once).",
 )
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No token, or an unknown or revoked one"},
+    401: {"description": "No token, or an unknown, revoked or expired one"},
     403: {"description": "The token's role may not do this (the answer names the roles that may)"},
+}
+
+
+_REFUSED_TOKEN = {
+    "unknown": "unknown token",
+    "revoked": "this token was revoked",
+    "expired": "this token has expired: ask the bridge operator for a new one (kiosk-bridge token add)",
 }
 
 
@@ -117,7 +124,7 @@ class _Refused(Exception):
     def __init__(self, status_code: int, reason: str, detail: str, needs: tuple[str, ...] = ()) -> None:
         super().__init__(detail)
         self.status_code = status_code
-        self.reason = reason  # missing / unknown / revoked / forbidden
+        self.reason = reason  # missing / unknown / revoked / expired / forbidden
         self.detail = detail
         self.needs = needs
 
@@ -285,10 +292,9 @@ def create_app(
                     "(the bridge operator makes one with kiosk-bridge token add NAME --role ROLE)",
                 )
             with closing(connect()) as conn:
-                found = auth.authenticate(conn, credentials.credentials)
+                found = auth.authenticate(conn, credentials.credentials, now_ms=time.time_ns() // 1_000_000)
             if isinstance(found, auth.Refusal):
-                words = "this token was revoked" if found.reason == "revoked" else "unknown token"
-                raise _Refused(401, found.reason, words)
+                raise _Refused(401, found.reason, _REFUSED_TOKEN[found.reason])
             if permission is not None and found.role not in allowed:
                 raise _Refused(
                     403,

@@ -407,31 +407,47 @@ def token_add(
         ..., help="Who holds it (a person or a service): shown as who worked a referral."
     ),
     role: Role = typer.Option(..., help="What it may do: see README, Tokens and roles."),
+    expires_in_days: int = typer.Option(
+        365, min=1, max=3650, help="Refused after this many days: make a new one before then."
+    ),
+    no_expiry: bool = typer.Option(
+        False, "--no-expiry", help="Valid until revoked (for a service account such as another bridge)."
+    ),
     db: str = DB_OPTION,
 ) -> None:
     """Make a token and print it, once: the bridge keeps only its SHA-256."""
+    now_ms = _now_ms()
+    expires_at_ms = None if no_expiry else now_ms + expires_in_days * 86_400_000
     conn = store.connect(db)
     try:
-        token = auth.add_token(conn, name, role.value, now_ms=_now_ms())
+        token = auth.add_token(conn, name, role.value, now_ms=now_ms, expires_at_ms=expires_at_ms)
     except auth.TokenError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
         conn.close()
-    typer.echo(f"token for {name.strip()} (role {role.value}), shown this once:", err=True)
+    until = "until revoked" if expires_at_ms is None else f"until {_local_time(expires_at_ms)}"
+    typer.echo(f"token for {name.strip()} (role {role.value}, {until}), shown this once:", err=True)
     typer.echo(token)
 
 
 @tokens.command("list")
 def token_list(db: str = DB_OPTION) -> None:
-    """Every token: name, role, made, revoked (no secret)."""
+    """Every token: name, role, made, whether live, revoked or expired (no secret)."""
     conn = store.connect(db)
     try:
         rows = auth.list_tokens(conn)
     finally:
         conn.close()
+    now_ms = _now_ms()
     for row in rows:
-        state = f"revoked {_local_time(row.revoked_at_ms)}" if row.revoked_at_ms is not None else "live"
+        state = row.state(now_ms)
+        if state == "revoked":
+            state = f"revoked {_local_time(row.revoked_at_ms)}"
+        elif state == "expired":
+            state = f"expired {_local_time(row.expires_at_ms)}"
+        elif row.expires_at_ms is not None:
+            state = f"live until {_local_time(row.expires_at_ms)}"
         typer.echo(f"{row.name}  role={row.role}  made {_local_time(row.created_at_ms)}  {state}")
 
 

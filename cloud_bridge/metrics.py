@@ -81,10 +81,10 @@ class _Collector:
                 yield gauge
         refused = CounterMetricFamily(
             PREFIX + "api_refusals",
-            "HTTP API requests refused: no token, unknown or revoked token, role not allowed",
+            "HTTP API requests refused: no token, unknown, revoked or expired token, role not allowed",
             labels=["reason"],
         )
-        for reason in ("missing", "unknown", "revoked", "forbidden"):
+        for reason in ("missing", "unknown", "revoked", "expired", "forbidden"):
             refused.add_metric([reason], float(self._refusals[reason]))
         yield refused
 

@@ -8,6 +8,7 @@ change to the code's permissions that is not a change to this table fails.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,7 +176,7 @@ def test_no_usable_token_is_401_with_a_clear_error(
         for sample in family.samples
         if sample.name == "kiosk_bridge_api_refusals_total"
     }
-    assert refusals == {"missing": 0, "unknown": 0, "revoked": 0, "forbidden": 0} | {reason: 2}
+    assert refusals == {"missing": 0, "unknown": 0, "revoked": 0, "expired": 0, "forbidden": 0} | {reason: 2}
 
 
 def test_a_revoked_token_is_refused_and_the_name_can_get_a_new_one(bridge: Bridge) -> None:
@@ -206,7 +207,7 @@ def test_a_revoked_token_is_refused_and_the_name_can_get_a_new_one(bridge: Bridg
     lines = listing.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("li.tech  role=technician  made ") and " revoked " in lines[0]
-    assert lines[1].startswith("li.tech  role=technician  made ") and lines[1].endswith("  live")
+    assert lines[1].startswith("li.tech  role=technician  made ") and "  live until " in lines[1]
     assert token not in listing.stdout and renewed.stdout.strip() not in listing.stdout
 
 
@@ -240,12 +241,11 @@ def test_a_token_is_never_stored_in_clear(bridge_db: Path | str) -> None:
         )
         assert all(token not in str(value) and token.encode() not in bytes(str(value), "utf-8")
                    for value in columns[0])  # fmt: skip
-        assert auth.authenticate(conn, token) == auth.Principal("dr.chen", "doctor")
-        assert auth.authenticate(conn, token[:-1] + ("A" if token[-1] != "A" else "B")) == auth.Refusal(
-            "unknown"
-        )
+        assert auth.authenticate(conn, token, now_ms=2) == auth.Principal("dr.chen", "doctor")
+        forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+        assert auth.authenticate(conn, forged, now_ms=2) == auth.Refusal("unknown")
         assert auth.revoke_token(conn, "dr.chen", now_ms=2)
-        assert auth.authenticate(conn, token) == auth.Refusal("revoked")
+        assert auth.authenticate(conn, token, now_ms=3) == auth.Refusal("revoked")
     finally:
         conn.close()
     if isinstance(bridge_db, Path):
@@ -265,3 +265,98 @@ def test_a_refused_request_is_logged_without_the_token(
     message = record.getMessage()
     assert message.startswith("api: refused GET /fhir/Patient (forbidden): nurse.wang has role technician")
     assert bridge.tokens["nurse.wang"] not in message and "330781199001011234" not in message
+
+
+def test_an_expired_token_is_refused_and_its_name_gets_a_new_one_without_a_revoke(bridge: Bridge) -> None:
+    now_ms = time.time_ns() // 1_000_000
+    conn = store.connect(bridge.db)
+    try:
+        token = auth.add_token(
+            conn, "zhao.tech", "technician", now_ms=now_ms - 10_000, expires_at_ms=now_ms - 1
+        )
+    finally:
+        conn.close()
+    refused = bridge.request("GET", "/fleet/gateways", {"Authorization": f"Bearer {token}"})
+    assert refused.status_code == 401
+    assert refused.json()["detail"].startswith("this token has expired: ask the bridge operator")
+    refusals = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(bridge.request("GET", "/metrics").text)
+        for sample in family.samples
+        if sample.name == "kiosk_bridge_api_refusals_total"
+    }
+    assert refusals["expired"] == 1
+
+    runner = CliRunner()
+    renewed = runner.invoke(
+        bridge_cli,
+        [
+            "token",
+            "add",
+            "zhao.tech",
+            "--role",
+            "technician",
+            "--expires-in-days",
+            "30",
+            "--db",
+            str(bridge.db),
+        ],
+    )
+    assert renewed.exit_code == 0, renewed.output
+    assert "until " in renewed.stderr
+    fresh = {"Authorization": f"Bearer {renewed.stdout.strip()}"}
+    assert bridge.request("GET", "/fleet/gateways", fresh).status_code == 200
+    lines = runner.invoke(bridge_cli, ["token", "list", "--db", str(bridge.db)]).stdout.splitlines()
+    assert len(lines) == 2
+    assert " expired " in lines[0] and " live until " in lines[1]
+    conn = store.connect(bridge.db)
+    try:
+        (expires,) = conn.execute(
+            "SELECT expires_at_ms FROM api_tokens WHERE revoked_at_ms IS NULL"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert 29 * 86_400_000 < expires - now_ms <= 30 * 86_400_000 + 60_000
+
+
+def test_a_token_without_expiry_lives_until_revoked(bridge_db: Path | str) -> None:
+    conn = store.connect(bridge_db)
+    try:
+        token = auth.add_token(conn, "bridge-b", "bridge", now_ms=1)
+        assert auth.authenticate(conn, token, now_ms=10**13) == auth.Principal("bridge-b", "bridge")
+        with pytest.raises(auth.TokenError, match="expiry: must be after now"):
+            auth.add_token(conn, "late", "doctor", now_ms=5, expires_at_ms=5)
+        soon = auth.add_token(conn, "dr.sun", "doctor", now_ms=1, expires_at_ms=100)
+        assert auth.authenticate(conn, soon, now_ms=99) == auth.Principal("dr.sun", "doctor")
+        assert auth.authenticate(conn, soon, now_ms=100) == auth.Refusal("expired")
+        with pytest.raises(auth.TokenError, match="already has a token"):  # still live at 50
+            auth.add_token(conn, "dr.sun", "doctor", now_ms=50)
+    finally:
+        conn.close()
+    runner = CliRunner()
+    made = runner.invoke(
+        bridge_cli, ["token", "add", "bridge-c", "--role", "bridge", "--no-expiry", "--db", str(bridge_db)]
+    )
+    assert made.exit_code == 0 and "until revoked" in made.stderr
+
+
+def test_a_store_made_before_expiry_gets_the_column_and_its_tokens_never_expire(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            """CREATE TABLE api_tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+               role TEXT NOT NULL, token_sha256 BLOB NOT NULL UNIQUE, created_at_ms INTEGER NOT NULL,
+               revoked_at_ms INTEGER)"""
+        )
+        token = "kb_" + "x" * 43
+        old.execute(
+            """INSERT INTO api_tokens (name, role, token_sha256, created_at_ms)
+               VALUES ('dr.li', 'doctor', ?, 1)""",
+            (hashlib.sha256(token.encode()).digest(),),
+        )
+    conn = store.connect(path)
+    try:
+        assert auth.authenticate(conn, token, now_ms=10**13) == auth.Principal("dr.li", "doctor")
+        assert [info.state(10**13) for info in auth.list_tokens(conn)] == ["live"]
+    finally:
+        conn.close()
