@@ -7,8 +7,10 @@ batch chain, gaps, probes, v1.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import cbor2
@@ -180,3 +182,46 @@ def test_a_reading_whose_observation_the_record_holds_already_points_at_the_stor
     [prov] = [p for p in fhir_store.all_of_type(conn, "Provenance") if f"{GATEWAY}/2" in str(p["entity"])]
     assert {"reference": f"Observation/{elsewhere}"} in prov["target"]
     assert len(fhir_store.all_of_type(conn, "Provenance")) == 3
+
+
+def test_a_new_sqlite_store_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    new = store.connect(tmp_path / "new.db")
+    try:
+        assert new.execute("PRAGMA page_size").fetchone()[0] == 16_384
+    finally:
+        new.close()
+    old_path = tmp_path / "old.db"
+    with closing(sqlite3.connect(old_path)) as old:
+        old.execute("PRAGMA page_size=4096")
+        old.execute("CREATE TABLE before_us (x)")
+        old.commit()
+    reopened = store.connect(old_path)
+    try:
+        assert reopened.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert reopened.execute("SELECT count(*) FROM before_us").fetchone()[0] == 0
+    finally:
+        reopened.close()
+
+
+def test_a_search_by_subject_uses_the_index_that_leaves_out_resources_without_one(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "bridge.db")
+    try:
+        entries = map_reading(bp_reading("gw-1", 1), batch_hash=b"\x01" * 32)
+        fhir_store.apply_transaction(conn, entries, now_iso="2026-11-25T08:00:00+00:00")
+        observations = [entry for entry in entries if entry.resource_type == "Observation"]
+        assert observations and len(entries) > len(observations)
+        partial = {row[1]: row[4] for row in conn.execute("PRAGMA index_list(fhir_resources)")}
+        assert partial["fhir_resources_subject"] == 1  # leaves out the Patient, Devices, Provenance
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT body FROM fhir_resources WHERE resource_type = ? AND subject = ?",
+                ("Observation", "Patient/x"),
+            )
+        )
+        assert "USING INDEX fhir_resources_subject" in plan
+        (patient,) = fhir_store.all_of_type(conn, "Patient")
+        found = fhir_store.search(conn, "Observation", subject=f"Patient/{patient['id']}")
+        assert len(found) == len(observations)
+    finally:
+        conn.close()
