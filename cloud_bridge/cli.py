@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import multiprocessing
 import threading
@@ -269,7 +270,9 @@ class _StageSupervisor:
 @app.command("acl")
 def acl(
     db: str = DB_OPTION,
-    out: Path = typer.Option(..., help="The Mosquitto acl_file to write."),
+    out: Path = typer.Option(
+        ..., help="The file to write: Mosquitto's acl_file, or the dynamic-security plugin's config file."
+    ),
     bridge_user: list[str] = typer.Option(
         [],
         "--bridge-user",
@@ -279,16 +282,38 @@ def acl(
         "batches and writes every ack. Repeat it for one certificate per worker. Default: "
         f"{broker_acl.BRIDGE_IDENTITY}.",
     ),
+    rules_format: broker_acl.RulesFormat = typer.Option(
+        broker_acl.RulesFormat.acl_file,
+        "--format",
+        help="acl-file: Mosquitto's acl_file (subscriptions are not checked: any certificate from the "
+        "CA can join the workers' shared subscription). dynsec: the dynamic-security plugin's JSON "
+        "file, which checks subscriptions too (deploy this one).",
+    ),
+    share_group: list[str] = typer.Option(
+        [],
+        "--share-group",
+        show_default=False,
+        help="With --format dynsec: a workers' shared-subscription group (`run --share-group`) the "
+        f"bridge identities may subscribe in. Repeatable. Default: {broker_acl.SHARE_GROUP}.",
+    ),
 ) -> None:
     """Write the broker's access rules from the registry: each gateway its own topics only."""
     identities = bridge_user or [broker_acl.BRIDGE_IDENTITY]
+    dynsec = rules_format is broker_acl.RulesFormat.dynsec
+    if share_group and not dynsec:
+        typer.echo("error: --share-group is for --format dynsec (an acl_file has no rules for it)", err=True)
+        raise typer.Exit(2)
     conn = store.connect(db)
     try:
         gateway_ids = broker_acl.active_gateway_ids(conn)
     finally:
         conn.close()
     try:
-        text = broker_acl.render_acl(gateway_ids, identities)
+        if dynsec:
+            groups = share_group or [broker_acl.SHARE_GROUP]
+            text = json.dumps(broker_acl.dynsec_config(gateway_ids, identities, groups), indent=2) + "\n"
+        else:
+            text = broker_acl.render_acl(gateway_ids, identities)
     except broker_acl.AclError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -298,9 +323,14 @@ def acl(
     partial = out.with_suffix(out.suffix + ".new")
     partial.write_text(text)
     partial.replace(out)  # the broker never reads half a file
+    apply = (
+        "restart the broker to apply (a SIGHUP does not reload the plugin's file)"
+        if dynsec
+        else "send the broker SIGHUP to apply"
+    )
     typer.echo(
         f"{out}: rules for {len(gateway_ids) - len(left_out)} gateway(s) and bridge "
-        f"{', '.join(dict.fromkeys(identities))}; send the broker SIGHUP to apply"
+        f"{', '.join(dict.fromkeys(identities))}; {apply}"
     )
 
 
@@ -463,6 +493,60 @@ def token_revoke(name: str, db: str = DB_OPTION) -> None:
         typer.echo(f"no live token for {name}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked the token of {name}")
+
+
+@app.command("migrate")
+def migrate_store(
+    source: Path = typer.Option(
+        ..., "--from", help="The bridge's SQLite file (stop the bridge first: the file must not be open)."
+    ),
+    target: str = typer.Option(
+        ...,
+        "--to",
+        help="An empty PostgreSQL database: postgresql://user@host/dbname (password from ~/.pgpass or "
+        "PGPASSWORD). The bridge's tables are created in it.",
+    ),
+) -> None:
+    """Move a SQLite store into PostgreSQL (to run several workers): copy, verify, one commit."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cloud_bridge import migrate
+
+    if not is_postgres_url(target):
+        typer.echo("error: --to must be a postgresql:// URL", err=True)
+        raise typer.Exit(2)
+    console = Console(stderr=True)
+    try:
+        source_db = migrate.open_source(source)
+        try:
+            target_db = migrate.open_target(target)
+            try:
+                report = migrate.migrate(
+                    source_db,
+                    target_db,
+                    on_table=lambda done: console.print(f"{done.table}: {done.rows:,} row(s), verified"),
+                )
+            finally:
+                target_db.close()
+        finally:
+            source_db.close()
+    except migrate.MigrationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        typer.echo("no row was committed to the target: fix the cause and run the command again", err=True)
+        raise typer.Exit(1) from exc
+    table = Table(title=f"{source} → PostgreSQL")
+    table.add_column("table")
+    table.add_column("rows copied", justify="right")
+    table.add_column("next id", justify="right")
+    for copied in report.tables:
+        table.add_row(copied.table, f"{copied.rows:,}", "" if copied.next_id is None else str(copied.next_id))
+    table.add_section()
+    table.add_row("total", f"{report.rows:,}", "")
+    Console().print(table)
+    typer.echo(
+        f"{report.rows:,} rows copied and verified in {report.seconds:.1f} s; run the bridge with --db URL"
+    )
 
 
 def main() -> None:
