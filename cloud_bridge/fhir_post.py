@@ -23,12 +23,12 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from cloud_bridge.db import Database
-from cloud_bridge.fhir_store import to_json
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,15 @@ def ensure_schema(conn: Database) -> None:
     conn.ddl(SCHEMA)
 
 
-def enqueue(conn: Database, gateway_id: str, seq: int, bundle: dict[str, object]) -> None:
-    """Queue one reading's bundle; inside the caller's transaction (the one that stores it)."""
-    conn.execute(
-        "INSERT INTO fhir_posts (gateway_id, seq, bundle) VALUES (?, ?, ?)"
-        " ON CONFLICT (gateway_id, seq) DO NOTHING",
-        (gateway_id, seq, to_json(bundle)),
-    )
+def enqueue(conn: Database, bundles: Sequence[tuple[str, int, str]]) -> None:
+    """Queue readings' transaction Bundles (gateway id, seq, Bundle JSON) in one statement;
+    inside the caller's transaction (the one that stores the readings)."""
+    if bundles:
+        conn.executemany(
+            "INSERT INTO fhir_posts (gateway_id, seq, bundle) VALUES (?, ?, ?)"
+            " ON CONFLICT (gateway_id, seq) DO NOTHING",
+            bundles,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ Bodies are JSON with decimals written digit for digit (36.60 stays 36.60; `cloud
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -37,6 +38,7 @@ __all__ = [
     "search",
     "to_json",
     "to_transaction_bundle",
+    "transaction_bundle_json",
 ]
 
 _SCHEMA = """
@@ -306,22 +308,21 @@ def search(
     return [from_json(body) for (body,) in rows]
 
 
-def to_transaction_bundle(entries: Iterable[TransactionEntry]) -> dict[str, Any]:
+def to_transaction_bundle(entries: Iterable[TransactionEntry], *, validate: bool = True) -> dict[str, Any]:
     """A FHIR transaction Bundle of conditional creates, for the health community's server.
 
     Entries are named `urn:uuid:<id>` and references between them use those names, so the
     server links them to whatever it creates or finds; the local ids are not sent (a POST
     assigns the server's own).
+
+    `validate=False` is for entries the mapper has validated already (`cloud_bridge.fhir_map`):
+    validating the Bundle validates every resource in it again, which cost about a millisecond a
+    reading and made the bridge post-to-remote seven times slower than it stores. What this
+    function adds (names, requests, references) is the same code for every Bundle, and is
+    validated in the tests.
     """
     entries = list(entries)
-    full_urls: dict[str, str] = {}
-    for entry in entries:
-        try:
-            full_urls[f"{entry.resource_type}/{entry.resource['id']}"] = (
-                f"urn:uuid:{uuid.UUID(entry.resource['id'])}"
-            )
-        except (KeyError, ValueError):
-            raise FhirStoreError(f"{entry.resource_type}: entry id must be a UUID") from None
+    full_urls = _full_urls(entries)
     bundle_entries = []
     for entry in entries:
         resource = _rewrite_references(entry.resource, full_urls)
@@ -336,11 +337,65 @@ def to_transaction_bundle(entries: Iterable[TransactionEntry]) -> dict[str, Any]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "transaction"}
     if bundle_entries:  # FHIR JSON has no empty arrays
         bundle["entry"] = bundle_entries
+    if not validate:
+        return bundle
     try:
         Bundle.model_validate(bundle)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise FhirStoreError(f"invalid transaction Bundle: {detail}") from None
+    return bundle
+
+
+def _full_urls(entries: Sequence[TransactionEntry]) -> dict[str, str]:
+    """Each entry's local reference (`Type/id`) -> the name it has in the Bundle (`urn:uuid:id`)."""
+    full_urls: dict[str, str] = {}
+    for entry in entries:
+        try:
+            full_urls[f"{entry.resource_type}/{entry.resource['id']}"] = (
+                f"urn:uuid:{uuid.UUID(entry.resource['id'])}"
+            )
+        except (KeyError, ValueError):
+            raise FhirStoreError(f"{entry.resource_type}: entry id must be a UUID") from None
+    return full_urls
+
+
+# A `reference` member in FHIR JSON as `to_json` writes it. Inside a string a quote is escaped, so
+# this only ever matches a member named "reference" whose value is a string, which is what
+# `_rewrite_references` rewrites.
+_REFERENCE_MEMBER = re.compile(r'"reference":"([^"\\]*)"')
+
+
+def transaction_bundle_json(entries: Iterable[TransactionEntry], *, validate: bool = True) -> str:
+    """`to_json(to_transaction_bundle(entries))`, the same text, without copying every resource
+    to rename its references: each resource is written as it is and its references renamed in
+    the text. The bridge queues one of these per reading when it posts to the health community's
+    server; rewriting the dictionaries took a third of its time per reading. `validate` as for
+    `to_transaction_bundle` (here it parses the text back to validate it: for the tests)."""
+    entries = list(entries)
+    full_urls = _full_urls(entries)
+
+    def renamed(member: re.Match[str]) -> str:
+        urn = full_urls.get(member.group(1))
+        return member.group(0) if urn is None else f'"reference":"{urn}"'
+
+    parts = []
+    for entry in entries:
+        resource = entry.resource
+        text = _REFERENCE_MEMBER.sub(
+            renamed, to_json({key: item for key, item in resource.items() if key != "id"})
+        )
+        request = to_json({"method": "POST", "url": entry.resource_type, "ifNoneExist": entry.if_none_exist})
+        full_url = full_urls[f"{entry.resource_type}/{resource['id']}"]
+        parts.append(f'{{"fullUrl":"{full_url}","resource":{text},"request":{request}}}')
+    entry_member = f',"entry":[{",".join(parts)}]' if parts else ""  # FHIR JSON has no empty arrays
+    bundle = f'{{"resourceType":"Bundle","type":"transaction"{entry_member}}}'
+    if validate:
+        try:
+            Bundle.model_validate(from_json(bundle))
+        except ValidationError as exc:
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise FhirStoreError(f"invalid transaction Bundle: {detail}") from None
     return bundle
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cloud_bridge import fhir_post, fhir_store, gaps, store
+from cloud_bridge import fhir_map, fhir_post, fhir_store, gaps, store
 from cloud_bridge.alert_rules import RuleText, alert_texts
 from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import FhirMappingError, TransactionEntry, map_reading
@@ -326,10 +326,14 @@ def write_fhir(
     reading's transaction Bundle queued for the health community's server. In the caller's
     transaction."""
     if post_to_remote:
-        for reading, entries in fresh:
-            fhir_post.enqueue(
-                conn, reading.gateway_id, reading.seq, fhir_store.to_transaction_bundle(entries)
-            )
+        # The mapper validated every resource (fhir_map); the Bundle around them is not
+        # validated again here unless the tests ask for everything to be (VALIDATE_EVERY_RESOURCE).
+        validate = fhir_map.VALIDATE_EVERY_RESOURCE
+        bundles = [
+            (reading.gateway_id, reading.seq, fhir_store.transaction_bundle_json(entries, validate=validate))
+            for reading, entries in fresh
+        ]
+        fhir_post.enqueue(conn, bundles)
     elif fresh:
         fhir_store.apply_transactions(
             conn, [entries for _, entries in fresh], now_iso=_iso(now_ms), first_time=True
