@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -103,9 +104,13 @@ class Client:
         self.client.loop_stop()
 
 
-def _settle(*clients: Client, expected: int) -> None:
+class Receiving(Protocol):
+    received: list[tuple[str, bytes]]  # (topic, payload) of each message delivered to the client
+
+
+def settle(*clients: Receiving, expected: int) -> None:
     """Wait until the clients hold `expected` messages together, then a little longer: anything
-    the broker let through would be here by then."""
+    the broker let through would be here by then. (Also used by test_broker_dynsec.py.)"""
     deadline = time.monotonic() + 5
     while sum(len(c.received) for c in clients) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -127,7 +132,7 @@ def test_shared_subscriptions_are_checked_on_each_message_topic(deployment: Depl
         gateway_1.publish("kiosk/gw-acl-2/up", b"forged")  # refused: gw-acl-1 may publish its own only
         members["bridge-w1"].publish("kiosk/gw-acl-1/ack", b"ack from w1")
         members["stranger"].publish("kiosk/gw-acl-1/ack", b"not an ack")
-        _settle(*members.values(), gateway_1, expected=2 * 2 + 1)
+        settle(*members.values(), gateway_1, expected=2 * 2 + 1)
         genuine = [("kiosk/gw-acl-1/up", b"batch 1"), ("kiosk/gw-acl-2/up", b"batch 2")]
         received = {name: client.received for name, client in members.items()}
         assert received == {
@@ -156,7 +161,7 @@ def test_a_member_without_read_access_loses_its_turn_for_the_group(deployment: D
         assert stranger.subscribe("$share/bridge/kiosk/+/up")  # granted all the same
         for n in range(10):
             gateway.publish("kiosk/gw-acl-1/up", b"%d" % n)
-        _settle(worker, stranger, expected=5)
+        settle(worker, stranger, expected=5)
         assert stranger.received == []
         assert [payload for _, payload in worker.received] == [b"0", b"2", b"4", b"6", b"8"]
     finally:
@@ -172,7 +177,7 @@ def test_a_member_without_read_access_loses_its_turn_for_the_group(deployment: D
         assert second.subscribe("$share/shared-name/kiosk/+/up")
         for n in range(10):
             gateway.publish("kiosk/gw-acl-1/up", b"%d" % n)
-        _settle(first, second, expected=10)
+        settle(first, second, expected=10)
         together = sorted(int(payload) for _, payload in first.received + second.received)
         assert together == list(range(10)) and first.received and second.received
     finally:

@@ -32,6 +32,7 @@ from cloud_bridge.broker_acl import dynsec_config
 from cloud_bridge.cli import app as bridge_cli
 from cloud_bridge.pki import create_ca, issue
 from gateway.keys import PUBLIC_KEY_FILE, create_keys
+from tests.component.test_broker_acl import settle
 from tests.conftest import Mosquitto
 
 pytestmark = pytest.mark.mosquitto
@@ -187,15 +188,6 @@ class Client:
         self.client.loop_stop()
 
 
-def _settle(*clients: Client, expected: int) -> None:
-    """Wait until the clients hold `expected` messages together, then a little longer: anything
-    the broker let through would be here by then."""
-    deadline = time.monotonic() + 5
-    while sum(len(c.received) for c in clients) < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-
-
 def test_a_gateway_cannot_join_the_workers_shared_subscription(site: Site) -> None:
     """The hazard of the acl_file (tests/component/test_broker_acl.py: a member that may not read
     swallows every other message of the group) does not arise: the subscription is refused."""
@@ -212,7 +204,7 @@ def test_a_gateway_cannot_join_the_workers_shared_subscription(site: Site) -> No
         assert stranger.subscribe(GROUP) == NOT_AUTHORIZED
         for n in range(10):
             assert gateway.publish("kiosk/gw-ds-1/up", b"%d" % n) < 0x80
-        _settle(worker, rogue, rogue_311, stranger, expected=10)
+        settle(worker, rogue, rogue_311, stranger, expected=10)
         assert [payload for _, payload in worker.received] == [b"%d" % n for n in range(10)]
         assert rogue.received == rogue_311.received == stranger.received == []
     finally:
@@ -232,12 +224,12 @@ def test_workers_share_the_group_and_ack_their_gateways(site: Site) -> None:
         assert gateway.subscribe("kiosk/gw-ds-1/ack") == GRANTED_QOS_1
         for n in range(10):
             gateway.publish("kiosk/gw-ds-1/up", b"%d" % n)
-        _settle(first, second, single, expected=20)
+        settle(first, second, single, expected=20)
         together = sorted(int(payload) for _, payload in first.received + second.received)
         assert together == list(range(10)) and first.received and second.received  # each batch once
         assert len(single.received) == 10
         assert second.publish("kiosk/gw-ds-1/ack", b"ack 9") < 0x80
-        _settle(gateway, expected=1)
+        settle(gateway, expected=1)
         assert gateway.received == [("kiosk/gw-ds-1/ack", b"ack 9")]
         assert gateway.unsubscribe("kiosk/gw-ds-1/ack") == 0  # its own filter: granted
         assert first.unsubscribe(GROUP) == 0
@@ -259,7 +251,7 @@ def test_a_gateway_reaches_only_its_own_topics(site: Site) -> None:
         assert forger.subscribe("kiosk/+/ack") == NOT_AUTHORIZED
         assert forger.unsubscribe("kiosk/gw-ds-2/ack") == NOT_AUTHORIZED  # the defaults deny it too
         assert forger.publish("kiosk/gw-ds-1/up", b"own batch") < 0x80  # the control
-        _settle(worker, victim, forger, expected=1)
+        settle(worker, victim, forger, expected=1)
         assert worker.received == [("kiosk/gw-ds-1/up", b"own batch")]
         assert victim.received == [] and forger.received == []
     finally:
@@ -279,7 +271,7 @@ def test_a_revoked_gateway_connects_but_is_refused_everything(site: Site) -> Non
         assert revoked.publish(f"kiosk/{REVOKED}/up", b"after revocation") == NOT_AUTHORIZED
         assert revoked.subscribe(f"kiosk/{REVOKED}/ack") == NOT_AUTHORIZED
         assert revoked.subscribe(GROUP) == NOT_AUTHORIZED
-        _settle(worker, revoked, expected=1)
+        settle(worker, revoked, expected=1)
         assert worker.received == [] and revoked.received == []
     finally:
         for client in (worker, revoked):
@@ -313,7 +305,7 @@ def test_the_plugin_reads_its_file_only_when_the_broker_starts(site: Site) -> No
     try:
         assert worker.subscribe(GROUP) == GRANTED_QOS_1
         assert late.publish(f"kiosk/{LATE}/up", b"after restart") < 0x80
-        _settle(worker, expected=1)
+        settle(worker, expected=1)
         assert worker.received == [(f"kiosk/{LATE}/up", b"after restart")]
     finally:
         for client in (worker, late):

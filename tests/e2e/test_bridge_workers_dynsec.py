@@ -26,14 +26,19 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contract.wire import UP_TOPIC_FILTER
-from gateway.config import MqttConfig, SyncConfig
-from gateway.keys import GatewayKeys
 from gateway.store import Outbox
-from gateway.sync import MqttSync
-from tests.component.outbox_readings import bp_new_reading as reading
 from tests.component.test_broker_dynsec import dynsec_plugin
 from tests.conftest import Mosquitto
-from tests.e2e.test_bridge_workers_tls import GATEWAYS, UNNAMED, WORKERS, Site, TlsWorker, _cli, set_up
+from tests.e2e.test_bridge_workers_tls import (
+    GATEWAYS,
+    UNNAMED,
+    WORKERS,
+    Site,
+    TlsWorker,
+    _cli,
+    send_until_acked,
+    set_up,
+)
 
 pytestmark = pytest.mark.mosquitto
 
@@ -120,38 +125,8 @@ async def test_a_rogue_shared_subscription_does_not_stall_readings(tmp_path: Pat
             assert time.monotonic() < deadline, unnamed.log.read_text()[-3000:]
             await asyncio.sleep(0.05)
 
-        syncs: dict[str, MqttSync] = {}
-        for gateway_id in GATEWAYS:  # the rogue's gateway too: it still sends its own readings
-            outboxes[gateway_id] = await Outbox.open(
-                site.gateway_dirs[gateway_id] / "gateway.db",
-                gateway_id,
-                GatewayKeys.load(site.gateway_dirs[gateway_id]),
-            )
-            syncs[gateway_id] = MqttSync(
-                gateway_id,
-                outboxes[gateway_id],
-                MqttConfig(port=broker.port, tls=site.gateway_tls(gateway_id), keepalive_s=5,
-                           reconnect_min_s=0.5, reconnect_max_s=2),
-                SyncConfig(batch_min_readings=10, batch_max_readings=30, ack_timeout_s=2.0,
-                           idle_poll_s=0.2, time_probe_wait_s=0.5),
-            )  # fmt: skip
-            tasks.append(asyncio.create_task(syncs[gateway_id].run()))
-
-        async def produce(gateway_id: str) -> None:
-            for first in range(1, PER_GATEWAY + 1, 25):
-                await outboxes[gateway_id].add_readings([reading(n) for n in range(first, first + 25)])
-                syncs[gateway_id].wake()
-                await asyncio.sleep(0.05)
-
-        started = time.monotonic()
-        await asyncio.gather(*(produce(gateway_id) for gateway_id in GATEWAYS))
-        while True:
-            synced = {g: (await outbox.status()).synced for g, outbox in outboxes.items()}
-            if all(count == PER_GATEWAY for count in synced.values()):
-                break
-            assert time.monotonic() - started < 30, f"not all acked in time: {synced}"
-            await asyncio.sleep(0.2)
-        elapsed = time.monotonic() - started
+        # Every gateway sends, the rogue's too: it still sends its own readings.
+        elapsed = await send_until_acked(site, broker, PER_GATEWAY, outboxes, tasks)
 
         # No turn lost: every message published on kiosk/+/up reached a worker (with an acl_file
         # the rogue's turns would be dropped, and the workers would hold fewer than the observer).

@@ -236,6 +236,49 @@ def readings_of(db_url: str, gateway_id: str) -> list[int]:
         )]  # fmt: skip
 
 
+async def send_until_acked(
+    site: Site,
+    broker: Mosquitto,
+    per_gateway: int,
+    outboxes: dict[str, Outbox],
+    tasks: list[asyncio.Task[None]],
+) -> float:
+    """Every gateway's real outbox and sync engine over TLS: `per_gateway` readings each, added 25
+    at a time, until all are acked. Returns the seconds that took. What it opens and starts goes
+    into `outboxes` and `tasks`, for the caller to stop and close however the test ends."""
+    syncs: dict[str, MqttSync] = {}
+    for gateway_id in GATEWAYS:
+        outboxes[gateway_id] = await Outbox.open(
+            site.gateway_dirs[gateway_id] / "gateway.db",
+            gateway_id,
+            GatewayKeys.load(site.gateway_dirs[gateway_id]),
+        )
+        syncs[gateway_id] = MqttSync(
+            gateway_id,
+            outboxes[gateway_id],
+            MqttConfig(port=broker.port, tls=site.gateway_tls(gateway_id), keepalive_s=5,
+                       reconnect_min_s=0.5, reconnect_max_s=2),
+            SyncConfig(batch_min_readings=10, batch_max_readings=30, ack_timeout_s=2.0,
+                       idle_poll_s=0.2, time_probe_wait_s=0.5),
+        )  # fmt: skip
+        tasks.append(asyncio.create_task(syncs[gateway_id].run()))
+
+    async def produce(gateway_id: str) -> None:
+        for first in range(1, per_gateway + 1, 25):
+            await outboxes[gateway_id].add_readings([reading(n) for n in range(first, first + 25)])
+            syncs[gateway_id].wake()
+            await asyncio.sleep(0.05)
+
+    started = time.monotonic()
+    await asyncio.gather(*(produce(gateway_id) for gateway_id in GATEWAYS))
+    while True:
+        synced = {g: (await outbox.status()).synced for g, outbox in outboxes.items()}
+        if all(count == per_gateway for count in synced.values()):
+            return time.monotonic() - started
+        assert time.monotonic() - started < 30, f"not all acked in time: {synced}"
+        await asyncio.sleep(0.2)
+
+
 async def test_workers_over_tls_with_the_generated_rules(tmp_path: Path, postgres_url: str) -> None:
     site = set_up(tmp_path, postgres_url)
     broker = Mosquitto(tmp_path, tls=site.broker, acl_file=site.acl)
@@ -250,38 +293,7 @@ async def test_workers_over_tls_with_the_generated_rules(tmp_path: Path, postgre
         for worker in workers:
             await asyncio.to_thread(worker.wait_subscribed)
 
-        syncs: dict[str, MqttSync] = {}
-        for gateway_id in GATEWAYS:
-            outboxes[gateway_id] = await Outbox.open(
-                site.gateway_dirs[gateway_id] / "gateway.db",
-                gateway_id,
-                GatewayKeys.load(site.gateway_dirs[gateway_id]),
-            )
-            syncs[gateway_id] = MqttSync(
-                gateway_id,
-                outboxes[gateway_id],
-                MqttConfig(port=broker.port, tls=site.gateway_tls(gateway_id), keepalive_s=5,
-                           reconnect_min_s=0.5, reconnect_max_s=2),
-                SyncConfig(batch_min_readings=10, batch_max_readings=30, ack_timeout_s=2.0,
-                           idle_poll_s=0.2, time_probe_wait_s=0.5),
-            )  # fmt: skip
-            tasks.append(asyncio.create_task(syncs[gateway_id].run()))
-
-        async def produce(gateway_id: str) -> None:
-            for first in range(1, PER_GATEWAY + 1, 25):
-                await outboxes[gateway_id].add_readings([reading(n) for n in range(first, first + 25)])
-                syncs[gateway_id].wake()
-                await asyncio.sleep(0.05)
-
-        started = time.monotonic()
-        await asyncio.gather(*(produce(gateway_id) for gateway_id in GATEWAYS))
-        while True:
-            synced = {g: (await outbox.status()).synced for g, outbox in outboxes.items()}
-            if all(count == PER_GATEWAY for count in synced.values()):
-                break
-            assert time.monotonic() - started < 30, f"not all acked in time: {synced}"
-            await asyncio.sleep(0.2)
-        elapsed = time.monotonic() - started
+        elapsed = await send_until_acked(site, broker, PER_GATEWAY, outboxes, tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
