@@ -14,14 +14,16 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import aiosqlite
 import cbor2
@@ -37,13 +39,14 @@ from contract.wire import (
     encode_reading_parts,
     flags_cbor,
     measurements_cbor,
+    seq_ranges,
 )
 from gateway.ecg import EcgChunk
 from gateway.errors import StorageFullError
 from gateway.keys import GatewayKeys
 from gateway.sync_policy import PRIORITY_WAVEFORM, sync_priority
 
-SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS readings (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
@@ -67,8 +70,6 @@ CREATE TABLE IF NOT EXISTS readings (
     gateway_boot TEXT,
     UNIQUE (device_id, boot_id, link_seq)
 );
-CREATE INDEX IF NOT EXISTS readings_state ON readings (state, seq);
-CREATE INDEX IF NOT EXISTS readings_batch ON readings (batch_id);
 CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     first_seq INTEGER NOT NULL,
@@ -77,9 +78,9 @@ CREATE TABLE IF NOT EXISTS batches (
     message_sealed BLOB NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'acked')),
     created_at_ms INTEGER NOT NULL,
-    acked_at_ms INTEGER
+    acked_at_ms INTEGER,
+    readings INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS batches_state ON batches (state, id);
 CREATE TABLE IF NOT EXISTS devices (
     device_id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -126,25 +127,12 @@ CREATE TABLE IF NOT EXISTS checkins (
 );
 """
 
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    """Bring an outbox made by an older release up to this schema, in place, keeping its data."""
-    async with db.execute("PRAGMA table_info(readings)") as cursor:
-        columns = {row[1] for row in await cursor.fetchall()}
-    if "priority" not in columns:
-        await db.execute("ALTER TABLE readings ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
-        await db.execute(
-            "UPDATE readings SET priority = ? WHERE waveform IS NOT NULL AND state = 'stored'",
-            (PRIORITY_WAVEFORM,),
-        )
-    if "gateway_boot" not in columns:  # older readings: their boot is unknown, their time stays
-        await db.execute("ALTER TABLE readings ADD COLUMN gateway_boot TEXT")
-    await _count_readings_by_trigger(db)
-
-
-# How many readings are in each state and priority, kept by triggers as rows change, so the
-# counts the sync engine and the screen ask for all the time cost nothing with a week's backlog
-# (COUNT(*) over a million rows took longer than forming the batch it was for).
+# How many readings are in each state and priority, so the counts the sync engine and the
+# screen ask for all the time cost nothing with a week's backlog (COUNT(*) over a million rows
+# took longer than forming the batch it was for). Every statement that inserts readings,
+# changes their state or priority, or deletes them adjusts these in the same transaction, once
+# per statement (`_adjust_counts`): per-row triggers did it once per row, about a fifth of the
+# SQL time of storing and batching a reading.
 _READING_COUNTS = """
 CREATE TABLE IF NOT EXISTS reading_counts (
     state TEXT NOT NULL,
@@ -152,36 +140,70 @@ CREATE TABLE IF NOT EXISTS reading_counts (
     n INTEGER NOT NULL,
     PRIMARY KEY (state, priority)
 );
-CREATE TRIGGER IF NOT EXISTS reading_counts_insert AFTER INSERT ON readings BEGIN
-    INSERT INTO reading_counts (state, priority, n) VALUES (NEW.state, NEW.priority, 1)
-        ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS reading_counts_delete AFTER DELETE ON readings BEGIN
-    UPDATE reading_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
-END;
-CREATE TRIGGER IF NOT EXISTS reading_counts_update AFTER UPDATE OF state, priority ON readings
-WHEN OLD.state IS NOT NEW.state OR OLD.priority IS NOT NEW.priority BEGIN
-    UPDATE reading_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
-    INSERT INTO reading_counts (state, priority, n) VALUES (NEW.state, NEW.priority, 1)
-        ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
-END;
 """
 
+# Only the indexes a query needs: each one is written for every reading stored and again when
+# the reading is batched. (`readings_state (state, seq)` and the full `readings_batch
+# (batch_id)` of older releases are dropped on open: no query needs the first, and the second
+# held an entry for every reading not in a batch yet.)
+_INDEXES = """
+-- form_batch: the stored readings, most urgent and oldest first
+CREATE INDEX IF NOT EXISTS readings_queue ON readings (priority, seq) WHERE state = 'stored';
+-- mark_acked and pruning: a batch's readings
+CREATE INDEX IF NOT EXISTS readings_in_batch ON readings (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS batches_state ON batches (state, id);
+"""
 
-async def _count_readings_by_trigger(db: aiosqlite.Connection) -> None:
-    """Create the counts and their triggers once, counting what an older outbox holds, in one
-    transaction (no reading can change between the count and the first trigger)."""
-    async with db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reading_counts_update'") as cursor:
-        if await cursor.fetchone() is not None:
-            return
-    await db.executescript(
-        "BEGIN IMMEDIATE;"
-        + _READING_COUNTS
-        + """DELETE FROM reading_counts;
-        INSERT INTO reading_counts (state, priority, n)
-            SELECT state, priority, COUNT(*) FROM readings GROUP BY state, priority;
-        COMMIT;"""
-    )
+SCHEMA = _TABLES + _READING_COUNTS + _INDEXES  # a new outbox file, complete
+_DROPPED_INDEXES = ("readings_state", "readings_batch")
+_COUNT_TRIGGERS = ("reading_counts_insert", "reading_counts_delete", "reading_counts_update")
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Bring an outbox made by an older release up to this schema, in place, keeping its data,
+    in one transaction (a crash leaves the old file, which the next open upgrades)."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(readings)")}
+        if "priority" not in columns:
+            await db.execute("ALTER TABLE readings ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
+            await db.execute(
+                "UPDATE readings SET priority = ? WHERE waveform IS NOT NULL AND state = 'stored'",
+                (PRIORITY_WAVEFORM,),
+            )
+        if "gateway_boot" not in columns:  # older readings: their boot is unknown, their time stays
+            await db.execute("ALTER TABLE readings ADD COLUMN gateway_boot TEXT")
+        batch_columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(batches)")}
+        if "readings" not in batch_columns:  # counted once here, then written when a batch is formed
+            await db.execute("ALTER TABLE batches ADD COLUMN readings INTEGER NOT NULL DEFAULT 0")
+            await db.execute(
+                "UPDATE batches SET readings = (SELECT COUNT(*) FROM readings WHERE batch_id = batches.id)"
+            )
+        present = {
+            str(row[0])
+            for row in await db.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?)",
+                ("reading_counts", *_COUNT_TRIGGERS),
+            )
+        }
+        if "reading_counts" not in present or present & set(_COUNT_TRIGGERS):
+            # No counts yet, or counts kept by the triggers of the previous release: count afresh
+            # and drop the triggers, in this transaction (no reading changes in between).
+            for trigger in _COUNT_TRIGGERS:
+                await db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+            await db.execute(_READING_COUNTS)  # one statement: executescript would commit first
+            await db.execute("DELETE FROM reading_counts")
+            await db.execute(
+                """INSERT INTO reading_counts (state, priority, n)
+                   SELECT state, priority, COUNT(*) FROM readings GROUP BY state, priority"""
+            )
+        for index in _DROPPED_INDEXES:
+            await db.execute(f"DROP INDEX IF EXISTS {index}")
+    except BaseException:
+        if db.in_transaction:
+            await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
 
 
 def current_boot_id() -> str:
@@ -287,6 +309,7 @@ def _now_ms() -> int:
 MB = 1024 * 1024
 _BULK_FROM = 4  # readings in one add_readings call from which the bulk path pays off
 _LOOKUP_CHUNK = 500  # link seqs per look-up statement (SQLite allows 32766 parameters)
+_INSERT_CHUNK = 500  # rows per multi-row INSERT (18 parameters each)
 
 
 def stored_link_seqs_sql(count: int) -> str:
@@ -297,11 +320,75 @@ def stored_link_seqs_sql(count: int) -> str:
     )
 
 
-_INSERT_READING = """INSERT INTO readings (device_id, boot_id, link_seq, device_model,
-        device_firmware, kind, measurements, measured_at_ms, time_quality,
-        received_mono_ms, resident_sealed, operator, flags, waveform, stored_at_ms, priority,
-        gateway_boot)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_COLUMNS = """device_id, boot_id, link_seq, device_model, device_firmware, kind, measurements,
+    measured_at_ms, time_quality, received_mono_ms, resident_sealed, operator, flags, waveform,
+    stored_at_ms, priority, gateway_boot"""
+_ROW_VALUES = 17
+_ROW_PLACEHOLDERS = ", ".join("?" * _ROW_VALUES)
+
+_INSERT_READING = f"INSERT INTO readings ({_COLUMNS}) VALUES ({_ROW_PLACEHOLDERS})"
+
+# One reading, unless its link message is stored already: look-up and insert in one statement.
+# A SELECT of no row inserts nothing and takes no AUTOINCREMENT value (INSERT OR IGNORE would
+# burn one and leave a gap in the gateway's sequence, which batches must not have).
+_INSERT_READING_IF_NEW = f"""INSERT INTO readings ({_COLUMNS}) SELECT {_ROW_PLACEHOLDERS}
+    WHERE NOT EXISTS (SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?)"""
+
+# The sequence AUTOINCREMENT would hand out last: the larger of the table's sqlite_sequence
+# entry and its largest key, exactly as SQLite chooses the next one.
+_LAST_SEQ = """SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0),
+                        COALESCE((SELECT MAX(seq) FROM readings), 0))"""
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_readings_sql(rows: int) -> str:
+    """`rows` readings with their sequences given, in one statement: SQLite sets up the
+    statement (cursors on the table and each index) once, where executemany did it per row."""
+    one = f"(?, {_ROW_PLACEHOLDERS})"
+    return f"INSERT INTO readings (seq, {_COLUMNS}) VALUES " + ", ".join([one] * rows)
+
+
+_ADJUST_COUNT = """INSERT INTO reading_counts (state, priority, n) VALUES (?, ?, ?)
+    ON CONFLICT (state, priority) DO UPDATE SET n = n + excluded.n"""
+
+# The sync class of a reading depends on its kind, flags and waveform only, and readings repeat
+# a few combinations: worked out once each.
+_priority_of = functools.lru_cache(maxsize=1024)(sync_priority)
+
+# What form_batch reads (on readings_queue): the most urgent stored readings, oldest first, with
+# their raw size (for the byte cap) and priority (for the counts).
+_QUEUED = """SELECT seq, device_id, device_model, device_firmware, kind, measurements, measured_at_ms,
+        time_quality, received_mono_ms, resident_sealed, operator, flags, waveform,
+        length(measurements) + COALESCE(length(waveform), 0), priority
+    FROM readings WHERE state = 'stored' AND priority BETWEEN ? AND ?
+    ORDER BY priority, seq LIMIT ?"""
+
+# A run of consecutive sequences a batch took (every reading in it), on the primary key.
+_MARK_BATCHED = (
+    "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq BETWEEN ? AND ? AND state = 'stored'"
+)
+
+# The readings an ack of batch ? makes synced, and those pruning may delete (acked before ?,
+# older than batch ?): both found through readings_in_batch.
+_IN_ACKED_BATCHES = """state = 'batched'
+    AND batch_id IN (SELECT id FROM batches WHERE state = 'pending' AND id <= ?)"""
+_IN_PRUNABLE_BATCHES = """state = 'synced'
+    AND batch_id IN (SELECT id FROM batches WHERE state = 'acked' AND acked_at_ms < ? AND id < ?)"""
+
+# correct_unsynced_time's update. The priorities (every one a stored reading has is counted) let
+# it seek readings_queue per priority from the last sequence it saw: the stored readings after
+# it, not every row after it (all of them, at the first correction after a restart).
+_CORRECT_TIMES = """UPDATE readings
+    SET measured_at_ms = measured_at_ms + (? - (? - received_mono_ms)) - stored_at_ms,
+        time_quality = 'bridge'
+    WHERE seq > ? AND state = 'stored' AND time_quality = 'unsynced' AND gateway_boot = ?
+        AND priority IN (SELECT priority FROM reading_counts WHERE state = 'stored')"""
+
+# The rest a batch needs, in one statement: readings still waiting, the chain's last hash (NULL
+# before the first batch) and the last batch number.
+_CHAIN_HEAD = """SELECT (SELECT COALESCE(SUM(n), 0) FROM reading_counts WHERE state = 'stored'),
+        (SELECT value FROM meta WHERE key = 'last_batch_hash'),
+        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'batches'), 0)"""
 
 
 @dataclass
@@ -365,6 +452,7 @@ class Outbox:
         # One connection serves ingest, sync and the API: the lock keeps one coroutine's
         # transaction from swallowing (or reading half of) another's.
         self._lock = asyncio.Lock()
+        self._devices: dict[tuple[str, str, str], DeviceRef] = {}
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -388,11 +476,13 @@ class Outbox:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
-        await _migrate(db)
-        await db.execute(  # what form_batch reads: the stored readings, most urgent and oldest first
-            "CREATE INDEX IF NOT EXISTS readings_queue ON readings (priority, seq) WHERE state = 'stored'"
-        )
+        try:
+            await db.executescript(_TABLES)  # an older file: the tables it lacks; its own are upgraded
+            await _migrate(db)
+            await db.executescript(_INDEXES)  # after the upgrade: they index its new columns
+        except BaseException:
+            await db.close()
+            raise
         return cls(db, gateway_id, keys, guard)
 
     async def close(self) -> None:
@@ -406,36 +496,31 @@ class Outbox:
     async def add_readings(self, news: Sequence[NewReading]) -> list[int | None]:
         """Store readings in one durable commit (synchronous=FULL) before the caller acks any:
         one fsync for many (a meter's record download, an import). Returns each one's sequence,
-        or None for one already stored (same device, boot and link seq). Looks before inserting:
-        INSERT OR IGNORE would burn an AUTOINCREMENT value on a duplicate and leave a gap in the
-        gateway's sequence, which batches must not have."""
+        or None for one already stored (same device, boot and link seq)."""
         if self.guard is not None:
             self.guard.check("reading")
         sealed = [self._keys.seal_resident(new.resident) if new.resident else None for new in news]
+        now_ms = _now_ms()
         try:
             async with self._transaction():
                 if len(news) >= _BULK_FROM:
-                    return await self._insert_many(news, sealed)
-                out: list[int | None] = []
-                for new, resident in zip(news, sealed, strict=True):
-                    async with self._db.execute(
-                        "SELECT 1 FROM readings WHERE device_id = ? AND boot_id = ? AND link_seq = ?",
-                        (new.device.id, new.boot_id, new.link_seq),
-                    ) as cursor:
-                        if await cursor.fetchone() is not None:
-                            out.append(None)
-                            continue
-                    out.append(await self._insert(new, resident))
-                return out
+                    return await self._insert_many(news, sealed, now_ms)
+                return [
+                    await self._insert(new, resident, now_ms, only_if_new=True)
+                    for new, resident in zip(news, sealed, strict=True)
+                ]
         except sqlite3.OperationalError as exc:
             if "full" in str(exc):
                 raise StorageFullError(f"outbox cannot store more: {exc}") from exc
             raise
 
-    async def _insert_many(self, news: Sequence[NewReading], sealed: list[bytes | None]) -> list[int | None]:
+    async def _insert_many(
+        self, news: Sequence[NewReading], sealed: list[bytes | None], now_ms: int
+    ) -> list[int | None]:
         """Many readings in a few statements (each await is a hop to aiosqlite's thread): one
-        look-up of those already stored, one executemany, then the sequence numbers. Inside the
-        caller's write transaction AUTOINCREMENT hands out consecutive values in insert order."""
+        look-up of those already stored, the last sequence, one multi-row INSERT per 500 with
+        the sequences given (the write lock is ours, so nothing can take them in between), the
+        counts."""
         keys = [(new.device.id, new.boot_id, new.link_seq) for new in news]
         stored: set[tuple[str, int, int]] = set()
         # One look-up per device and boot (a call's readings nearly always share both), on the
@@ -447,31 +532,66 @@ class Outbox:
         for (device_id, boot_id), link_seqs in by_boot.items():
             for start in range(0, len(link_seqs), _LOOKUP_CHUNK):
                 chunk = link_seqs[start : start + _LOOKUP_CHUNK]
-                async with self._db.execute(
+                found = await self._db.execute_fetchall(
                     stored_link_seqs_sql(len(chunk)), (device_id, boot_id, *chunk)
-                ) as cursor:
-                    stored.update((device_id, boot_id, row[0]) for row in await cursor.fetchall())
-        fresh: list[tuple[NewReading, bytes | None]] = []
-        is_fresh: list[bool] = []
+                )
+                stored.update((device_id, boot_id, row[0]) for row in found)
+        out: list[int | None] = []
+        params: list[object] = []
+        added: Counter[tuple[str, int]] = Counter()
+        [(seq,)] = await self._db.execute_fetchall(_LAST_SEQ)
         for key, new, resident in zip(keys, news, sealed, strict=True):
-            is_fresh.append(key not in stored)
-            if key not in stored:
-                stored.add(key)  # the same message twice in one call: stored once
-                fresh.append((new, resident))
-        if fresh:
-            await self._db.executemany(_INSERT_READING, [self._row(new, resident) for new, resident in fresh])
-        async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'") as cursor:
-            row = await cursor.fetchone()
-        last = int(row[0]) if row else 0
-        next_seq = iter(range(last - len(fresh) + 1, last + 1))
-        return [next(next_seq) if flag else None for flag in is_fresh]
+            if key in stored:
+                out.append(None)
+                continue
+            stored.add(key)  # the same message twice in one call: stored once
+            seq += 1
+            priority = _priority_of(new.kind, new.flags, new.waveform is not None)
+            params.append(seq)
+            params.extend(self._row(new, resident, now_ms, priority))
+            added["stored", priority] += 1
+            out.append(seq)
+        width = 1 + _ROW_VALUES  # the sequence, then the row
+        for start in range(0, len(params), _INSERT_CHUNK * width):
+            chunk = params[start : start + _INSERT_CHUNK * width]
+            await self._db.execute(_insert_readings_sql(len(chunk) // width), chunk)
+        await self._adjust_counts(added)
+        return out
 
-    async def _insert(self, new: NewReading, sealed: bytes | None) -> int:
-        async with self._db.execute(_INSERT_READING, self._row(new, sealed)) as cursor:
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+    async def _insert(
+        self, new: NewReading, sealed: bytes | None, now_ms: int, *, only_if_new: bool
+    ) -> int | None:
+        """One reading; with `only_if_new`, None (and nothing stored) when its link message is."""
+        priority = _priority_of(new.kind, new.flags, new.waveform is not None)
+        row = self._row(new, sealed, now_ms, priority)
+        if only_if_new:
+            cursor = await self._db.execute(
+                _INSERT_READING_IF_NEW, (*row, new.device.id, new.boot_id, new.link_seq)
+            )
+            if cursor.rowcount == 0:
+                return None
+        else:
+            cursor = await self._db.execute(_INSERT_READING, row)
+        await self._adjust_counts({("stored", priority): 1})
+        return cursor.lastrowid
 
-    def _row(self, new: NewReading, sealed: bytes | None) -> tuple[object, ...]:
+    async def _count_by_priority(self, where: str, params: Sequence[object]) -> dict[int, int]:
+        """How many readings `where` selects, per priority: what a statement about to change or
+        delete them takes from the counts (read in its transaction, before it runs)."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT priority, COUNT(*) FROM readings WHERE {where} GROUP BY priority", params
+        )
+        return {int(priority): int(n) for priority, n in rows}
+
+    async def _adjust_counts(self, deltas: Mapping[tuple[str, int], int]) -> None:
+        """Add `deltas` (state, priority) -> change to the kept counts, in the caller's transaction."""
+        changes = [(state, priority, n) for (state, priority), n in deltas.items() if n]
+        if changes:
+            await self._db.executemany(_ADJUST_COUNT, changes)
+
+    def _row(self, new: NewReading, sealed: bytes | None, now_ms: int, priority: int) -> tuple[object, ...]:
+        """The values of _COLUMNS for a new reading."""
+        waveform = new.waveform
         return (
             new.device.id,
             new.boot_id,
@@ -486,9 +606,9 @@ class Outbox:
             sealed,
             new.operator,
             flags_cbor(new.flags),
-            cbor2.dumps(new.waveform.to_cbor()) if new.waveform else None,
-            _now_ms(),
-            sync_priority(new.kind, new.flags, new.waveform is not None),
+            None if waveform is None else cbor2.dumps(waveform.to_cbor()),
+            now_ms,
+            priority,
             self.boot_id,
         )
 
@@ -591,7 +711,8 @@ class Outbox:
         """
         sealed = self._keys.seal_resident(new.resident) if new.resident else None
         async with self._transaction():
-            seq = await self._insert(new, sealed)
+            seq = await self._insert(new, sealed, _now_ms(), only_if_new=False)
+            assert seq is not None
             await self._db.executemany(
                 "UPDATE ecg_chunks SET consumed = 1, samples = x'' WHERE key = ?",
                 [(key,) for key in chunk_keys],
@@ -649,23 +770,29 @@ class Outbox:
             waveform=Waveform.from_cbor(cbor2.loads(r.waveform)) if r.waveform else None,
         )
 
-    def _encoded_from_row(self, row: aiosqlite.Row | tuple) -> tuple[int, bytes]:
-        """(seq, the reading as the batch carries it), from the stored row without building a
+    def _encoded_from_row(self, row: tuple[Any, ...]) -> tuple[int, bytes]:
+        """(seq, the reading as the batch carries it), from a row of _QUEUED without building a
         `Reading`: measurements, flags and waveform are stored as CBOR already."""
-        r = _StoredRow(*row)
-        return r.seq, encode_reading_parts(
+        (seq, device_id, model, firmware, kind, values, measured_at_ms, time_quality, received_mono_ms,
+         resident_sealed, operator, flags, waveform, _size, _priority) = row  # fmt: skip
+        device = self._devices.get((device_id, model, firmware))
+        if device is None:  # a gateway has a handful of devices: each DeviceRef is made once
+            if len(self._devices) >= 1024:
+                self._devices.clear()
+            device = self._devices[device_id, model, firmware] = DeviceRef(device_id, model, firmware)
+        return seq, encode_reading_parts(
             gateway_id=self._gateway_id,
-            seq=r.seq,
-            device=DeviceRef(r.device_id, r.model, r.firmware),
-            kind=r.kind,
-            values_cbor=r.values,
-            measured_at_ms=r.measured_at_ms,
-            time_quality=r.time_quality,
-            received_mono_ms=r.received_mono_ms,
-            resident=self._keys.unseal_resident(r.resident_sealed) if r.resident_sealed else None,
-            operator=r.operator,
-            flags_cbor=r.flags,
-            waveform_cbor=r.waveform,
+            seq=seq,
+            device=device,
+            kind=kind,
+            values_cbor=values,
+            measured_at_ms=measured_at_ms,
+            time_quality=time_quality,
+            received_mono_ms=received_mono_ms,
+            resident=self._keys.unseal_resident(resident_sealed) if resident_sealed else None,
+            operator=operator,
+            flags_cbor=flags,
+            waveform_cbor=waveform,
         )
 
     async def form_batches(self, max_readings: int) -> int:
@@ -693,39 +820,23 @@ class Outbox:
         """
         low, high = priorities
         async with self._transaction():
-            async with self._db.execute(
-                """SELECT seq, device_id, device_model, device_firmware, kind, measurements,
-                          measured_at_ms, time_quality, received_mono_ms, resident_sealed,
-                          operator, flags, waveform,
-                          length(measurements) + COALESCE(length(waveform), 0)
-                   FROM readings WHERE state = 'stored' AND priority BETWEEN ? AND ?
-                   ORDER BY priority, seq LIMIT ?""",
-                (low, high, max_readings),
-            ) as cursor:
-                rows = await cursor.fetchall()
+            rows = await self._db.execute_fetchall(_QUEUED, (low, high, max_readings))
             if not rows:
                 return None
-            taken, size = [], 0
+            taken: list[tuple[Any, ...]] = []
+            size = 0
             for row in rows:
-                if taken and max_bytes is not None and size + row[-1] > max_bytes:
+                if taken and max_bytes is not None and size + row[13] > max_bytes:
                     break
-                taken.append(row[:-1])
-                size += row[-1]
+                taken.append(tuple(row))
+                size += row[13]
+            [(stored, prev_hash, last_number)] = await self._db.execute_fetchall(_CHAIN_HEAD)
+            number = last_number + 1  # the table's next AUTOINCREMENT id, set explicitly
             encoded = sorted(self._encoded_from_row(row) for row in taken)  # by seq
-            async with self._db.execute(
-                "SELECT COALESCE(SUM(n), 0) FROM reading_counts WHERE state = 'stored'"
-            ) as cursor:
-                (stored,) = await cursor.fetchone()  # type: ignore[misc]
-            async with self._db.execute("SELECT value FROM meta WHERE key = 'last_batch_hash'") as cursor:
-                row = await cursor.fetchone()
-            prev_hash = bytes(row[0]) if row else GENESIS_HASH
-            async with self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'") as cursor:
-                row = await cursor.fetchone()
-            number = (int(row[0]) if row else 0) + 1  # the table's next AUTOINCREMENT id, set explicitly
             message, digest = encode_batch_of_encoded(
                 self._gateway_id,
                 encoded,
-                prev_hash=prev_hash,
+                prev_hash=GENESIS_HASH if prev_hash is None else bytes(prev_hash),
                 signing_key=self._keys.signing,
                 number=number,
                 waiting=stored - len(encoded),
@@ -734,14 +845,26 @@ class Outbox:
                 return None  # nothing written: the transaction commits no change
             first, last = encoded[0][0], encoded[-1][0]
             await self._db.execute(
-                """INSERT INTO batches (id, first_seq, last_seq, hash, message_sealed, created_at_ms)
-                   VALUES (?, ?, ?, ?, ?, ?)""",
-                (number, first, last, digest, self._keys.seal(message, b"batch"), _now_ms()),
+                """INSERT INTO batches (id, first_seq, last_seq, hash, message_sealed, created_at_ms,
+                       readings) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (number, first, last, digest, self._keys.seal(message, b"batch"), _now_ms(), len(encoded)),
             )
-            await self._db.executemany(
-                "UPDATE readings SET state = 'batched', batch_id = ? WHERE seq = ?",
-                [(number, seq) for seq, _ in encoded],
+            # Per run of consecutive sequences, not per reading: one statement for a backlog's
+            # batch, where a statement per row added a third to the rows' own update.
+            cursor = await self._db.executemany(
+                _MARK_BATCHED,
+                [
+                    (number, run_first, run_last)
+                    for run_first, run_last in seq_ranges(seq for seq, _ in encoded)
+                ],
             )
+            if cursor.rowcount != len(encoded):  # the runs hold exactly the rows read: never seen
+                raise RuntimeError(f"batch {number}: {cursor.rowcount} readings marked of {len(encoded)}")
+            moved: Counter[tuple[str, int]] = Counter()
+            for row in taken:
+                moved["stored", row[14]] -= 1
+                moved["batched", row[14]] += 1
+            await self._adjust_counts(moved)
             await self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_batch_hash', ?)", (digest,)
             )
@@ -752,8 +875,7 @@ class Outbox:
         async with (
             self._lock,
             self._db.execute(
-                """SELECT id, first_seq, last_seq, hash, message_sealed,
-                          (SELECT COUNT(*) FROM readings WHERE batch_id = batches.id)
+                """SELECT id, first_seq, last_seq, hash, message_sealed, readings
                    FROM batches WHERE state = 'pending' ORDER BY id LIMIT ?""",
                 (limit,),
             ) as cursor,
@@ -775,13 +897,17 @@ class Outbox:
             if row is None:
                 return None
             (head_id,) = row
-            async with self._db.execute(
-                """UPDATE readings SET state = 'synced'
-                   WHERE state = 'batched' AND batch_id IN
-                       (SELECT id FROM batches WHERE state = 'pending' AND id <= ?)""",
-                (head_id,),
-            ) as cursor:
-                count = cursor.rowcount
+            moving = await self._count_by_priority(_IN_ACKED_BATCHES, (head_id,))
+            cursor = await self._db.execute(
+                f"UPDATE readings SET state = 'synced' WHERE {_IN_ACKED_BATCHES}", (head_id,)
+            )
+            count = cursor.rowcount
+            await self._adjust_counts(
+                {
+                    **{("batched", p): -n for p, n in moving.items()},
+                    **{("synced", p): n for p, n in moving.items()},
+                }
+            )
             await self._db.execute(
                 "UPDATE batches SET state = 'acked', acked_at_ms = ? WHERE id <= ? AND state = 'pending'",
                 (now, head_id),
@@ -804,11 +930,7 @@ class Outbox:
         """
         async with self._transaction():
             async with self._db.execute(
-                """UPDATE readings
-                   SET measured_at_ms = measured_at_ms + (? - (? - received_mono_ms)) - stored_at_ms,
-                       time_quality = 'bridge'
-                   WHERE seq > ? AND state = 'stored' AND time_quality = 'unsynced' AND gateway_boot = ?""",
-                (bridge_ms, mono_ms, after_seq, self.boot_id),
+                _CORRECT_TIMES, (bridge_ms, mono_ms, after_seq, self.boot_id)
             ) as cursor:
                 corrected = cursor.rowcount
             async with self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM readings") as cursor:
@@ -845,12 +967,12 @@ class Outbox:
                 "SELECT COALESCE(MAX(id), 0) FROM batches WHERE state = 'acked'"
             ) as cursor:
                 (newest,) = await cursor.fetchone()  # type: ignore[misc]
-            old_batches = "SELECT id FROM batches WHERE state = 'acked' AND acked_at_ms < ? AND id < ?"
-            async with self._db.execute(
-                f"DELETE FROM readings WHERE state = 'synced' AND batch_id IN ({old_batches})",
-                (before_ms, newest),
-            ) as cursor:
-                readings = cursor.rowcount
+            leaving = await self._count_by_priority(_IN_PRUNABLE_BATCHES, (before_ms, newest))
+            cursor = await self._db.execute(
+                f"DELETE FROM readings WHERE {_IN_PRUNABLE_BATCHES}", (before_ms, newest)
+            )
+            readings = cursor.rowcount
+            await self._adjust_counts({("synced", p): -n for p, n in leaving.items()})
             async with self._db.execute(
                 "DELETE FROM batches WHERE state = 'acked' AND acked_at_ms < ? AND id < ?",
                 (before_ms, newest),

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from contract.wire import GENESIS_HASH, DeviceRef, Measurement, ResidentRef, Waveform, decode_batch
+from gateway import store
+from gateway.errors import StorageFullError
 from gateway.keys import GatewayKeys, create_keys
 from gateway.store import SCHEMA, NewReading, Outbox, PruneResult, stored_link_seqs_sql
 
@@ -242,7 +244,51 @@ async def test_link_usage_adds_up_per_day_and_survives_reopen(tmp_path: Path, ke
     await box.close()
 
 
-async def test_an_outbox_of_the_previous_release_is_upgraded_in_place(
+# The outbox of the previous release, as it left its files: the counts kept by per-row triggers,
+# an index on (state, seq) and one on batch_id for every reading, no reading count per batch.
+PREVIOUS_RELEASE = """
+DROP INDEX readings_in_batch;
+CREATE INDEX readings_state ON readings (state, seq);
+CREATE INDEX readings_batch ON readings (batch_id);
+ALTER TABLE batches DROP COLUMN readings;
+CREATE TRIGGER reading_counts_insert AFTER INSERT ON readings BEGIN
+    INSERT INTO reading_counts (state, priority, n) VALUES (NEW.state, NEW.priority, 1)
+        ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER reading_counts_delete AFTER DELETE ON readings BEGIN
+    UPDATE reading_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+END;
+CREATE TRIGGER reading_counts_update AFTER UPDATE OF state, priority ON readings
+WHEN OLD.state IS NOT NEW.state OR OLD.priority IS NOT NEW.priority BEGIN
+    UPDATE reading_counts SET n = n - 1 WHERE state = OLD.state AND priority = OLD.priority;
+    INSERT INTO reading_counts (state, priority, n) VALUES (NEW.state, NEW.priority, 1)
+        ON CONFLICT (state, priority) DO UPDATE SET n = n + 1;
+END;
+"""
+
+# And the release before it: no priorities, no kept counts.
+RELEASE_BEFORE_COUNTS = """
+DROP TRIGGER reading_counts_insert;
+DROP TRIGGER reading_counts_delete;
+DROP TRIGGER reading_counts_update;
+DROP TABLE reading_counts;
+DROP INDEX readings_queue;
+ALTER TABLE readings DROP COLUMN priority;
+"""
+
+
+def downgrade(path: Path, *releases: str) -> None:
+    with sqlite3.connect(path) as conn:
+        for release in releases:
+            conn.executescript(release)
+
+
+def schema_names(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+
+
+async def test_an_outbox_of_the_release_before_the_counts_is_upgraded_in_place(
     tmp_path: Path, keys: GatewayKeys
 ) -> None:
     path = tmp_path / "gw" / "gateway.db"
@@ -250,17 +296,69 @@ async def test_an_outbox_of_the_previous_release_is_upgraded_in_place(
     await box.add_reading(plain(1))
     await box.add_reading(ecg(2))
     await box.close()
-    with sqlite3.connect(path) as conn:  # what the previous release's schema had: no priority
-        for trigger in ("insert", "delete", "update"):  # nor the kept counts
-            conn.execute(f"DROP TRIGGER reading_counts_{trigger}")
-        conn.execute("DROP TABLE reading_counts")
-        conn.execute("DROP INDEX readings_queue")
-        conn.execute("ALTER TABLE readings DROP COLUMN priority")
+    downgrade(path, PREVIOUS_RELEASE, RELEASE_BEFORE_COUNTS)
     box = await Outbox.open(path, "gw-1", keys)
     try:
         assert (await box.status()).waveforms_waiting == 1
         batch = await box.form_batch(10, priorities=(0, 1))
         assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 1)
+    finally:
+        await box.close()
+
+
+async def test_an_outbox_of_the_previous_release_is_upgraded_in_place(
+    tmp_path: Path, keys: GatewayKeys
+) -> None:
+    """Its triggers and unneeded indexes go, its batches get their reading counts, its counts are
+    counted afresh (they are then kept without triggers), and nothing else changes."""
+    path = tmp_path / "gw" / "gateway.db"
+    box = await Outbox.open(path, "gw-1", keys)
+    await box.add_readings([plain(n) for n in range(1, 8)])
+    await box.form_batch(3)
+    await box.close()
+    downgrade(path, PREVIOUS_RELEASE)
+    with sqlite3.connect(path) as conn:  # the previous release at work: its triggers count
+        conn.execute("UPDATE readings SET priority = 0 WHERE seq = 7")
+    box = await Outbox.open(path, "gw-1", keys)
+    try:
+        names = schema_names(path)
+        assert not {"readings_state", "readings_batch"} & names and "readings_in_batch" in names
+        assert not {name for name in names if name.startswith("reading_counts_")}  # no trigger left
+        assert (
+            counted_kept(path)
+            == counted_directly(path)
+            == {("batched", 1): 3, ("stored", 1): 3, ("stored", 0): 1}
+        )
+        [old] = await box.pending_batches(10)
+        assert (old.id, old.readings) == (1, 3)  # counted once, at the upgrade
+        await box.form_batches(10)
+        assert [b.readings for b in await box.pending_batches(10)] == [3, 4]
+        assert counted_kept(path) == counted_directly(path)
+    finally:
+        await box.close()
+    box = await Outbox.open(path, "gw-1", keys)  # a second open changes nothing
+    try:
+        assert [b.readings for b in await box.pending_batches(10)] == [3, 4]
+        assert counted_kept(path) == counted_directly(path)
+    finally:
+        await box.close()
+
+
+async def test_the_previous_release_run_again_after_an_upgrade_is_recounted(
+    tmp_path: Path, keys: GatewayKeys
+) -> None:
+    """Rolled back to the previous release (which puts its triggers back and keeps counting),
+    then upgraded again: the counts are taken afresh, not trusted."""
+    path = tmp_path / "gw" / "gateway.db"
+    box = await Outbox.open(path, "gw-1", keys)
+    await box.add_readings([plain(n) for n in range(1, 6)])
+    await box.close()
+    downgrade(path, PREVIOUS_RELEASE)
+    with sqlite3.connect(path) as conn:  # its counts drifted (say, a crash mid-way in a tool)
+        conn.execute("UPDATE reading_counts SET n = 99")
+    box = await Outbox.open(path, "gw-1", keys)
+    try:
+        assert counted_kept(path) == counted_directly(path) == {("stored", 1): 5}
     finally:
         await box.close()
 
@@ -308,39 +406,142 @@ def counted_directly(path: Path) -> dict[tuple[str, int], int]:
         }
 
 
-def counted_by_triggers(path: Path) -> dict[tuple[str, int], int]:
+def counted_kept(path: Path) -> dict[tuple[str, int], int]:
     with sqlite3.connect(path) as conn:
         return {(s, p): n for s, p, n in conn.execute("SELECT state, priority, n FROM reading_counts") if n}
 
 
 async def test_the_kept_counts_follow_every_change_of_the_readings(tmp_path: Path, keys: GatewayKeys) -> None:
-    """The counts the sync engine and the screen read (kept by triggers, not counted each time)
-    equal a fresh COUNT(*) after adds, batches, acks and pruning; an outbox made before them is
-    counted when it is opened."""
+    """The counts the sync engine and the screen read (kept per statement, not counted each
+    time) equal a fresh COUNT(*) after every path that adds, moves or removes readings; an
+    outbox made before them is counted when it is opened."""
+    path = tmp_path / "gw" / "gateway.db"
+    box = await Outbox.open(path, "gw-1", keys)
+
+    def check() -> None:
+        assert counted_kept(path) == counted_directly(path)
+
+    try:
+        await box.add_readings([new_reading(seq) for seq in range(1, 41)])  # the bulk path
+        check()
+        await box.add_readings([new_reading(40), new_reading(41), ecg(42)])  # one by one, a duplicate
+        check()
+        await box.add_readings([plain(n) for n in (43, 44, 44, 45, 1)] + [ecg(46)])  # bulk, duplicates
+        check()
+        await box.store_ecg_strip(ecg(47), ())
+        check()
+        first = await box.form_batch(15)
+        await box.form_batch(15, priorities=(1, 1))
+        assert await box.form_batch(2, priorities=(2, 2), accept=lambda message: False) is None
+        check()
+        strips = await box.form_batch(2, priorities=(2, 2))
+        check()
+        assert first is not None and strips is not None
+        await box.mark_acked(first.hash)
+        check()
+        status = await box.status()
+        assert (status.stored, status.batched, status.synced) == (27, 5, 15)
+        assert status.waveforms_waiting == 1
+        assert await box.correct_unsynced_time(0, 0, after_seq=0) == (0, 47)  # no state changes
+        check()
+        await box.mark_acked(strips.hash)
+        await box.prune_synced(before_ms=2**62)
+        check()
+        await box.form_batches(100)
+        check()
+    finally:
+        await box.close()
+    with sqlite3.connect(path) as conn:  # as an older release left it: no counts
+        conn.execute("DROP TABLE reading_counts")
+        conn.execute("UPDATE readings SET state = 'stored', batch_id = NULL WHERE state = 'batched'")
+    box = await Outbox.open(path, "gw-1", keys)
+    try:
+        check()
+        stored = sum(n for (state, _), n in counted_directly(path).items() if state == "stored")
+        assert (await box.status()).stored == stored > 0
+    finally:
+        await box.close()
+
+
+async def test_a_batch_marks_exactly_its_readings_when_urgency_skips_sequences(
+    outbox: Outbox, tmp_path: Path
+) -> None:
+    """A batch of readings from all over the backlog (the flagged ones first) is marked by
+    runs of consecutive sequences: every one of its readings, and no other."""
+    for new in (plain(1), flagged(2), flagged(3), plain(4), ecg(5), flagged(6), plain(7)):
+        await outbox.add_reading(new)
+    batch = await outbox.form_batch(4)
+    assert batch is not None and batch.readings == 4
+    with sqlite3.connect(tmp_path / "gw" / "gateway.db") as conn:
+        states = dict(conn.execute("SELECT seq, COALESCE(batch_id, 0) FROM readings"))
+    assert states == {1: 1, 2: 1, 3: 1, 4: 0, 5: 0, 6: 1, 7: 0}
+
+
+async def test_a_sequence_is_never_handed_out_twice_even_after_its_reading_is_pruned(
+    outbox: Outbox, keys: GatewayKeys
+) -> None:
+    """The flagged reading 5 goes in batch 1, readings 1-4 in batch 2; once both are acked,
+    pruning keeps only the newest batch (2), so the newest reading left is 4. The next readings
+    are numbered after 5, by the bulk path as by the single one."""
+    for new in (plain(1), plain(2), plain(3), plain(4), flagged(5)):
+        await outbox.add_reading(new)
+    await outbox.form_batch(1)
+    second = await outbox.form_batch(10)
+    assert second is not None and (second.first_seq, second.last_seq) == (1, 4)
+    await outbox.mark_acked(second.hash)
+    assert await outbox.prune_synced(before_ms=2**62) == PruneResult(1, 1, 0)
+    assert await outbox.add_readings([plain(n) for n in range(6, 10)]) == [6, 7, 8, 9]
+    assert await outbox.add_reading(plain(10)) == 10
+
+
+async def test_duplicates_take_no_sequence_on_either_path(outbox: Outbox) -> None:
+    assert await outbox.add_readings([plain(n) for n in range(1, 6)]) == [1, 2, 3, 4, 5]
+    assert await outbox.add_readings([plain(5), plain(6)]) == [None, 6]  # one by one
+    assert await outbox.add_readings([plain(n) for n in (2, 7, 3, 8, 8)]) == [None, 7, None, 8, None]
+    assert await outbox.add_reading(plain(9)) == 9
+
+
+def test_every_query_on_readings_searches_an_index(tmp_path: Path) -> None:
+    """The queries of ingest, batching, acks, pruning and time correction each find their rows
+    through an index (a full scan costs a second at a week's backlog, a million rows)."""
+    queries = {
+        "queued": (store._QUEUED, (0, 1, 500)),
+        "last seq": (store._LAST_SEQ, ()),
+        "insert if new": (store._INSERT_READING_IF_NEW, tuple(range(20))),
+        "mark batched": (store._MARK_BATCHED, (1, 1, 2)),
+        "count acked": (f"SELECT priority, COUNT(*) FROM readings WHERE {store._IN_ACKED_BATCHES}", (3,)),
+        "acked": (f"UPDATE readings SET state = 'synced' WHERE {store._IN_ACKED_BATCHES}", (3,)),
+        "pruned": (f"DELETE FROM readings WHERE {store._IN_PRUNABLE_BATCHES}", (1, 2)),
+        "corrected": (store._CORRECT_TIMES, (1, 2, 3, "boot")),
+    }
+    with sqlite3.connect(tmp_path / "plan.db") as conn:
+        conn.executescript(SCHEMA)
+        plans = {
+            name: " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            for name, (sql, params) in queries.items()
+        }
+    for name, plan in plans.items():
+        assert "SEARCH readings" in plan and "SCAN readings" not in plan, (name, plan)
+    assert "readings_queue" in plans["queued"] and "readings_queue" in plans["corrected"]
+    assert "readings_in_batch" in plans["acked"] and "readings_in_batch" in plans["pruned"]
+
+
+async def test_a_bulk_call_on_a_full_disk_stores_none_of_it_and_leaves_no_gap(
+    tmp_path: Path, keys: GatewayKeys
+) -> None:
+    """A multi-row insert that hits a full disk (SQLITE_FULL) takes the whole call back: none of
+    its readings, no sequence, no count; the board resends and they are numbered on from there."""
     path = tmp_path / "gw" / "gateway.db"
     box = await Outbox.open(path, "gw-1", keys)
     try:
-        await box.add_readings([new_reading(seq) for seq in range(1, 41)])
-        await box.add_reading(new_reading(41))
-        first = await box.form_batch(15)
-        await box.form_batch(15)
-        assert first is not None
-        await box.mark_acked(first.hash)
-        assert counted_by_triggers(path) == counted_directly(path)
-        status = await box.status()
-        assert (status.stored, status.batched, status.synced) == (11, 15, 15)
-        await box.prune_synced(before_ms=2**62)
-        assert counted_by_triggers(path) == counted_directly(path)
-    finally:
-        await box.close()
-    with sqlite3.connect(path) as conn:  # as an older release left it: no counts, no triggers
-        for trigger in ("insert", "delete", "update"):
-            conn.execute(f"DROP TRIGGER reading_counts_{trigger}")
-        conn.execute("DROP TABLE reading_counts")
-        conn.execute("UPDATE readings SET state = 'stored' WHERE state = 'batched'")
-    box = await Outbox.open(path, "gw-1", keys)
-    try:
-        assert counted_by_triggers(path) == counted_directly(path)
-        assert (await box.status()).stored == 26
+        assert await box.add_readings([plain(n) for n in range(1, 11)]) == list(range(1, 11))
+        [(pages,)] = await box._db.execute_fetchall("PRAGMA page_count")
+        await box._db.execute(f"PRAGMA max_page_count = {pages}")  # a full card: the file cannot grow
+        with pytest.raises(StorageFullError, match="outbox cannot store more"):
+            await box.add_readings([plain(n) for n in range(11, 2011)])
+        assert counted_kept(path) == counted_directly(path) == {("stored", 1): 10}
+        await box._db.execute("PRAGMA max_page_count = 1073741823")  # space returns
+        assert await box.add_readings([plain(n) for n in range(11, 2011)]) == list(range(11, 2011))
+        assert counted_kept(path) == counted_directly(path) == {("stored", 1): 2010}
     finally:
         await box.close()
