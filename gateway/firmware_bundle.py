@@ -309,6 +309,40 @@ def pack_bundle(manifest_bytes: bytes, signature: bytes, files: Mapping[str, byt
     return buffer.getvalue()
 
 
+def write_signed_bundle(
+    path: Path, manifest_bytes: bytes, private_key: Ed25519PrivateKey, files: Mapping[str, bytes]
+) -> Path:
+    """Sign `manifest_bytes` and write the bundle (an app bundle or a full image) to `path`
+    whole: it appears under its name only once every byte is written."""
+    data = pack_bundle(manifest_bytes, private_key.sign(manifest_bytes), files)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_bytes(data)
+    temporary.replace(path)  # a technician never finds half a bundle
+    return path
+
+
+def check_manifest_fields(
+    manifest: Any, *, expected_format: str, fields: Mapping[str, type | tuple[type, ...]], other_kind: str
+) -> None:
+    """The checks every signed zip's manifest starts with: a JSON object of `expected_format`
+    (`other_kind` says what it is not) with each of `fields` of its JSON type (a boolean is no
+    number here, though Python counts it as an int)."""
+    if not isinstance(manifest, dict):
+        raise UnknownFormat("manifest.json is not a JSON object: not a firmware bundle")
+    if manifest.get("format") != expected_format:
+        raise UnknownFormat(
+            f"bundle format {manifest.get('format')!r} is not {expected_format!r}: {other_kind}"
+        )
+    for field, kind in fields.items():
+        if (
+            field not in manifest
+            or not isinstance(manifest[field], kind)
+            or isinstance(manifest[field], bool)
+        ):
+            raise UnknownFormat(f"manifest.json: field {field!r} is missing or of the wrong type")
+
+
 def build_bundle(
     app: str,
     *,
@@ -347,29 +381,20 @@ def build_bundle(
         release_key_id=key_id(private_key.public_key()),
         created_at=created_at or datetime.now(UTC),
     )
-    manifest = json.loads(manifest_bytes)
-    data = pack_bundle(manifest_bytes, private_key.sign(manifest_bytes), files)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{app}-{manifest['version']}-{target}.zip"
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_bytes(data)
-    temporary.replace(path)  # a technician never finds half a bundle
-    return path
+    version = json.loads(manifest_bytes)["version"]
+    return write_signed_bundle(out_dir / f"{app}-{version}-{target}.zip", manifest_bytes, private_key, files)
 
 
 # --- reading and verifying ----------------------------------------------------------------------
 
 
 def _check_manifest(manifest: Any) -> None:
-    if not isinstance(manifest, dict):
-        raise UnknownFormat("manifest.json is not a JSON object: not a firmware bundle")
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise UnknownFormat(
-            f"bundle format {manifest.get('format')!r} is not {BUNDLE_FORMAT!r}: not a bundle this tool knows"
-        )
-    for field, kind in MANIFEST_FIELDS.items():
-        if field not in manifest or not isinstance(manifest[field], kind):
-            raise UnknownFormat(f"manifest.json: field {field!r} is missing or of the wrong type")
+    check_manifest_fields(
+        manifest,
+        expected_format=BUNDLE_FORMAT,
+        fields=MANIFEST_FIELDS,
+        other_kind="not a bundle this tool knows",
+    )
     seen: set[str] = set()
     for entry in manifest["files"]:
         if not (

@@ -50,10 +50,11 @@ from gateway.firmware_bundle import (
     FileHashMismatch,
     MissingFile,
     UnknownFormat,
+    check_manifest_fields,
     check_release_signature,
     key_id,
-    pack_bundle,
     read_signed_zip,
+    write_signed_bundle,
 )
 
 __all__ = [
@@ -265,29 +266,21 @@ def build_image_bundle(
         micropython=micropython,
         frozen=frozen_modules(src, CHIPS[chip]),
     )
-    data = pack_bundle(manifest_bytes, private_key.sign(manifest_bytes), {IMAGE_NAME: image})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"image-{chip}-{version}.zip"
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_bytes(data)
-    temporary.replace(path)  # a technician never finds half a bundle
-    return path
+    return write_signed_bundle(
+        out_dir / f"image-{chip}-{version}.zip", manifest_bytes, private_key, {IMAGE_NAME: image}
+    )
 
 
 # --- reading and verifying ----------------------------------------------------------------------
 
 
 def _check_manifest(manifest: Any) -> None:
-    if not isinstance(manifest, dict):
-        raise UnknownFormat("manifest.json is not a JSON object: not a firmware bundle")
-    if manifest.get("format") != IMAGE_BUNDLE_FORMAT:
-        raise UnknownFormat(
-            f"bundle format {manifest.get('format')!r} is not {IMAGE_BUNDLE_FORMAT!r}: "
-            "not a full-image bundle (an application bundle is flashed with `firmware flash`)"
-        )
-    for name, kind in IMAGE_MANIFEST_FIELDS.items():
-        if name not in manifest or not isinstance(manifest[name], kind) or isinstance(manifest[name], bool):
-            raise UnknownFormat(f"manifest.json: field {name!r} is missing or of the wrong type")
+    check_manifest_fields(
+        manifest,
+        expected_format=IMAGE_BUNDLE_FORMAT,
+        fields=IMAGE_MANIFEST_FIELDS,
+        other_kind="not a full-image bundle (an application bundle is flashed with `firmware flash`)",
+    )
     if manifest["chip"] not in CHIPS:
         raise UnknownFormat(f"manifest.json: chip {manifest['chip']!r} is not one this tool writes")
     entry = manifest["image"]
