@@ -323,6 +323,7 @@ def map_questionnaire(
 
     provenance = provenance_resource(
         reading_key,
+        measured_at_ms=reading.measured_at_ms,
         targets=[f"QuestionnaireResponse/{response['id']}"],
         occurred=authored,
         recorded=recorded,

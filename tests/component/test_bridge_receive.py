@@ -184,10 +184,14 @@ def test_a_reading_whose_observation_the_record_holds_already_points_at_the_stor
     assert len(fhir_store.all_of_type(conn, "Provenance")) == 3
 
 
-def test_a_new_sqlite_store_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+def test_a_new_sqlite_store_has_16_kib_pages_an_old_one_its_own_and_writers_a_large_cache(
+    tmp_path: Path,
+) -> None:
     new = store.connect(tmp_path / "new.db")
     try:
         assert new.execute("PRAGMA page_size").fetchone()[0] == 16_384
+        assert new.execute("PRAGMA cache_size").fetchone()[0] == -256 * 1024  # KiB: 256 MiB
+        assert new.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 256 * 1024 // 16  # pages
     finally:
         new.close()
     old_path = tmp_path / "old.db"
@@ -198,6 +202,7 @@ def test_a_new_sqlite_store_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_pa
     reopened = store.connect(old_path)
     try:
         assert reopened.execute("PRAGMA page_size").fetchone()[0] == 4096
+        assert reopened.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 256 * 1024 // 4  # its pages
         assert reopened.execute("SELECT count(*) FROM before_us").fetchone()[0] == 0
     finally:
         reopened.close()

@@ -53,7 +53,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_bridge.fhir_map import READING_SYSTEM, resource_id
+from cloud_bridge.fhir_map import READING_SYSTEM
 from gateway.config import load_config
 from gateway.firmware_bundle import RELEASE_PRIVATE_KEY_FILE, RELEASE_PUBLIC_KEY_FILE
 from gateway.link_update import UPDATE_LOG
@@ -360,8 +360,9 @@ def reaches_bridge(day: Day, chain: Chain, fleet: Any, *, systolic: int, firmwar
     [device] = record["devices"]
     assert (device["device_id"], device["model"], device["firmware"]) == (DEVICE_ID, "KX-BP100", firmware)
     seq = record["last_seq"]
-    reading = f"{GATEWAY_ID}/{seq}/{BP_PANEL}"  # the panel's identifier: its id follows from it
-    panel = chain.bridge_get(f"/fhir/Observation/{resource_id(READING_SYSTEM, reading)}")
+    reading = f"{GATEWAY_ID}/{seq}/{BP_PANEL}"  # the panel's identifier, as a doctor's system searches it
+    [found] = chain.bridge_get("/fhir/Observation", identifier=f"{READING_SYSTEM}|{reading}")["entry"]
+    panel = found["resource"]
     assert panel["identifier"] == [{"system": READING_SYSTEM, "value": reading}]
     values = {c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"] for c in panel["component"]}
     assert values[SYSTOLIC] == systolic

@@ -16,14 +16,8 @@ from hypothesis import strategies as st
 from cloud_bridge import fhir_map
 from cloud_bridge.fhir_map import FhirMappingError, format_token, map_reading, parse_token
 from contract.wire import DeviceRef, Measurement, Reading, ResidentRef
-
-# fhir_map.ID_NAMESPACE, pinned here on purpose: a change would rename every stored resource.
-NAMESPACE = uuid.UUID("b3ef8c0d-e43e-4ee2-9202-5ee2196eca72")
-
-
-def uid(name: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, name))
-
+from tests.unit.fhir_ids import reading_uid as _reading_uid
+from tests.unit.fhir_ids import uid
 
 GATEWAY = "gw-zj-0042"
 SEQ = 1207
@@ -32,12 +26,18 @@ RESIDENT = "330781-2026-000123"
 PATIENT_ID = uid(f"{RESIDENT_SYSTEM}|{RESIDENT}")
 DEVICE_ID = uid("urn:kiosk:device|BP-7A31")
 GATEWAY_DEVICE_ID = uid(f"urn:kiosk:gateway|{GATEWAY}")
-BP_ID = uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/85354-9")
-HR_ID = uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/8867-4")
-PROVENANCE_ID = uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}")
 # 2026-03-14 08:30:15.250 UTC (16:30 in Beijing): 20526 days * 86400 + 30615 s, then 250 ms.
 MEASURED_AT_MS = 1_773_477_015_250
 EFFECTIVE = "2026-03-14T08:30:15.250Z"
+
+
+def reading_uid(name: str) -> str:
+    return _reading_uid(name, MEASURED_AT_MS)
+
+
+BP_ID = reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/85354-9")
+HR_ID = reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/8867-4")
+PROVENANCE_ID = reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}")
 BATCH_HASH = bytes(range(32))
 SIGNATURE = b"\x5a" * 64
 
@@ -409,7 +409,7 @@ def test_ids_are_deterministic() -> None:
     # The same resident, device and gateway from another reading name the same resources.
     other = map_reading(bp_reading(seq=SEQ + 1), batch_hash=BATCH_HASH)
     assert [e.resource["id"] for e in other[:3]] == [PATIENT_ID, DEVICE_ID, GATEWAY_DEVICE_ID]
-    assert other[3].resource["id"] == uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ + 1}/85354-9") != BP_ID
+    assert other[3].resource["id"] == reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ + 1}/85354-9") != BP_ID
     # uuid5 of the namespace and "system|value", pinned from the uuid module itself.
     assert PATIENT_ID == "d64df83a-76ba-5bdb-8a2b-c38e3c801b95"
 
@@ -421,6 +421,29 @@ TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=6
 def test_resource_id_is_uuid5_of_system_and_value(system: str, value: str) -> None:
     expected = str(uuid.uuid5(fhir_map.ID_NAMESPACE, f"{system}|{value}"))
     assert fhir_map.resource_id.__wrapped__(system, value) == expected
+
+
+MS = st.integers(0, 253_402_300_799_999)  # up to 9999-12-31, the last instant FHIR can write
+
+
+@given(TEXT, TEXT, MS)
+def test_reading_resource_id_is_the_digest_behind_the_measurement_time(
+    system: str, value: str, ms: int
+) -> None:
+    made = fhir_map.reading_resource_id(system, value, ms)
+    assert made == _reading_uid(f"{system}|{value}", ms)
+    assert uuid.UUID(made).version == 8
+    assert made == fhir_map.reading_resource_id(system, value, ms)  # the same reading, the same id
+
+
+@given(st.lists(MS, min_size=2, max_size=20, unique=True))
+def test_reading_resource_ids_sort_by_measurement_time(times: list[int]) -> None:
+    """What keeps a store's id index appending: readings measured later sort later."""
+    ids = {
+        fhir_map.reading_resource_id(fhir_map.READING_SYSTEM, f"gw-1/{n}", ms): ms
+        for n, ms in enumerate(times)
+    }
+    assert [ids[made] for made in sorted(ids)] == sorted(times)
 
 
 def test_search_tokens_escape_reserved_characters() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from cloud_bridge.fhir_map import FhirMappingError, map_reading
 from contract.wire import DeviceRef, Reading, ResidentRef, Waveform
-from tests.unit.test_fhir_map import BATCH_HASH, GATEWAY, MEASURED_AT_MS, RESIDENT, uid
+from tests.unit.test_fhir_map import BATCH_HASH, GATEWAY, MEASURED_AT_MS, RESIDENT, reading_uid
 
 STRIP = Waveform(
     sample_rate_hz=500,
@@ -59,7 +59,7 @@ def sampled(code: str, display: str, data: str) -> dict:
 def test_strip_maps_to_sampled_data_per_lead() -> None:
     resource = observation(map_reading(ecg_reading(), batch_hash=BATCH_HASH))
     key = f"{GATEWAY}/3001/11524-6"
-    assert resource["id"] == uid(f"urn:kiosk:reading|{key}")
+    assert resource["id"] == reading_uid(f"urn:kiosk:reading|{key}")
     assert resource["identifier"] == [{"system": "urn:kiosk:reading", "value": key}]
     assert resource["code"] == {
         "coding": [{"system": "http://loinc.org", "code": "11524-6", "display": "EKG study"}]

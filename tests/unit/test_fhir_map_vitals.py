@@ -11,21 +11,14 @@ systems, and Quantity.comparator for a value the device could only bound (HI / L
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from decimal import Decimal
 
 import pytest
 
 from cloud_bridge.fhir_map import FhirMappingError, map_reading
 from contract.wire import DeviceRef, Measurement, Reading, ResidentRef
-
-# fhir_map.ID_NAMESPACE, pinned here on purpose: a change would rename every stored resource.
-NAMESPACE = uuid.UUID("b3ef8c0d-e43e-4ee2-9202-5ee2196eca72")
-
-
-def uid(name: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, name))
-
+from tests.unit.fhir_ids import reading_uid as _reading_uid
+from tests.unit.fhir_ids import uid
 
 GATEWAY = "gw-zj-0042"
 SEQ = 2310
@@ -34,6 +27,12 @@ PATIENT = {"reference": f"Patient/{uid(f'urn:kiosk:sid:resident-health-record|{R
 # 2026-03-14 08:30:15.250 UTC (16:30 in Beijing).
 MEASURED_AT_MS = 1_773_477_015_250
 EFFECTIVE = "2026-03-14T08:30:15.250Z"
+
+
+def reading_uid(name: str) -> str:
+    return _reading_uid(name, MEASURED_AT_MS)
+
+
 BATCH_HASH = bytes(range(32))
 TIME_NTP = {"extension": [{"url": "urn:kiosk:fhir:time-quality", "valueCode": "ntp"}]}
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -91,7 +90,7 @@ VS_DEVICE = {"reference": f"Device/{uid('urn:kiosk:device|VS-0C11')}"}
 
 EXPECTED_SPO2 = {
     "resourceType": "Observation",
-    "id": uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/2708-6"),
+    "id": reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/2708-6"),
     "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/oxygensat"]},
     "identifier": [{"system": "urn:kiosk:reading", "value": "gw-zj-0042/2310/2708-6"}],
     "status": "final",
@@ -115,7 +114,7 @@ EXPECTED_SPO2 = {
 
 EXPECTED_SPO2_HEART_RATE = {
     "resourceType": "Observation",
-    "id": uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/8867-4"),
+    "id": reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/8867-4"),
     "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
     "identifier": [{"system": "urn:kiosk:reading", "value": "gw-zj-0042/2310/8867-4"}],
     "status": "final",
@@ -130,7 +129,7 @@ EXPECTED_SPO2_HEART_RATE = {
 
 EXPECTED_TEMPERATURE = {
     "resourceType": "Observation",
-    "id": uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/8310-5"),
+    "id": reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/8310-5"),
     "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/bodytemp"]},
     "identifier": [{"system": "urn:kiosk:reading", "value": "gw-zj-0042/2310/8310-5"}],
     "status": "final",
@@ -145,7 +144,7 @@ EXPECTED_TEMPERATURE = {
 
 EXPECTED_WEIGHT = {
     "resourceType": "Observation",
-    "id": uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/29463-7"),
+    "id": reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/29463-7"),
     "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/bodyweight"]},
     "identifier": [{"system": "urn:kiosk:reading", "value": "gw-zj-0042/2310/29463-7"}],
     "status": "final",
@@ -161,7 +160,7 @@ EXPECTED_WEIGHT = {
 # Not a vital sign: no profile in meta, category laboratory.
 EXPECTED_GLUCOSE_MOLAR = {
     "resourceType": "Observation",
-    "id": uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/14743-9"),
+    "id": reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/14743-9"),
     "identifier": [{"system": "urn:kiosk:reading", "value": "gw-zj-0042/2310/14743-9"}],
     "status": "final",
     "category": LABORATORY,
@@ -183,7 +182,7 @@ EXPECTED_GLUCOSE_MOLAR = {
 
 EXPECTED_GLUCOSE_MASS = {
     "resourceType": "Observation",
-    "id": uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/41653-7"),
+    "id": reading_uid(f"urn:kiosk:reading|{GATEWAY}/{SEQ}/41653-7"),
     "identifier": [{"system": "urn:kiosk:reading", "value": "gw-zj-0042/2310/41653-7"}],
     "status": "final",
     "category": LABORATORY,
