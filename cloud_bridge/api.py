@@ -79,7 +79,7 @@ ROUTED_TEAM_EXTENSION = "urn:kiosk:fhir:routed-team"
 # Search parameters per resource type -> FHIR parameter type. A reference parameter also takes
 # the `:identifier` modifier (`subject:identifier=system|value`).
 SEARCH_PARAMS: dict[str, dict[str, str]] = {
-    "Observation": {"subject": "reference"},
+    "Observation": {"identifier": "token", "subject": "reference"},
     "Patient": {"identifier": "token"},
     "QuestionnaireResponse": {"subject": "reference"},
 }

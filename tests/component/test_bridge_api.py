@@ -122,6 +122,20 @@ def test_patient_by_identifier(client: TestClient, entries: list[TransactionEntr
     assert body["entry"][0]["fullUrl"] == f"{BASE}/Patient/{entries[0].resource['id']}"
 
 
+def test_an_observation_by_its_identifier(client: TestClient, entries: list[TransactionEntry]) -> None:
+    """How a client finds one reading's Observation: its id has the measurement time in it, its
+    identifier is the gateway, the sequence and the LOINC code."""
+    hr_entry = entries[4]
+    [identifier] = hr_entry.resource["identifier"]
+    body = fhir_body(
+        client.get(
+            "/fhir/Observation", params={"identifier": f"{identifier['system']}|{identifier['value']}"}
+        )
+    )
+    assert body["total"] == 1
+    assert body["entry"][0]["resource"] == stored(hr_entry)
+
+
 def test_search_without_match_is_an_empty_searchset(client: TestClient) -> None:
     response = client.get("/fhir/Observation", params={"subject:identifier": f"{HEALTH_RECORD}|nobody"})
     assert response.status_code == 200
@@ -160,12 +174,12 @@ def test_missing_is_404_with_an_operation_outcome(
         (
             "/fhir/Observation",
             {},
-            "Observation search supports: subject, subject:identifier; got: no parameter",
+            "Observation search supports: identifier, subject, subject:identifier; got: no parameter",
         ),
         (
             "/fhir/Observation",
             {"subject": "Patient/x", "code": "8480-6"},
-            "Observation search supports: subject, subject:identifier; got: code",
+            "Observation search supports: identifier, subject, subject:identifier; got: code",
         ),
         (
             "/fhir/Device",
@@ -193,7 +207,10 @@ def test_capability_statement(client: TestClient) -> None:
         "4.3.0",
     )
     observation = next(r for r in body["rest"][0]["resource"] if r["type"] == "Observation")
-    assert observation["searchParam"] == [{"name": "subject", "type": "reference"}]
+    assert observation["searchParam"] == [
+        {"name": "identifier", "type": "token"},
+        {"name": "subject", "type": "reference"},
+    ]
 
 
 def test_health_and_metrics(client: TestClient) -> None:
