@@ -18,6 +18,7 @@ as a FHIR QuestionnaireResponse. Screenshots go to tests/artifacts/kiosk_ui/.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,8 +132,10 @@ def kiosk(tmp_path: Path, stopped_mosquitto: Mosquitto) -> Iterator[Kiosk]:
         ecg_cable.close()
 
 
-@pytest.fixture
-def page(kiosk: Kiosk) -> Iterator[Page]:
+@contextlib.contextmanager
+def chromium_page(failure_shot: str) -> Iterator[Page]:
+    """A page in headless Chromium as a kiosk's screen shows it (zh-CN); a screenshot of it goes
+    to `failure_shot` in the artifacts if the test fails."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -141,11 +144,17 @@ def page(kiosk: Kiosk) -> Iterator[Page]:
         try:
             yield page
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / failure_shot), full_page=True)
             raise
         finally:
             context.close()
             browser.close()
+
+
+@pytest.fixture
+def page(kiosk: Kiosk) -> Iterator[Page]:
+    with chromium_page("failure.png") as kiosk_page:
+        yield kiosk_page
 
 
 # The trace's pixels (near black; the grid is pink, the paper white) on the ECG canvases that
@@ -286,19 +295,8 @@ def vehicle(tmp_path: Path, stopped_mosquitto: Mosquitto) -> Iterator[Chain]:
 
 @pytest.fixture
 def vehicle_page(vehicle: Chain) -> Iterator[Page]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000}, locale="zh-CN")
-        page = context.new_page()
-        try:
-            yield page
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "vehicle-failure.png"), full_page=True)
-            raise
-        finally:
-            context.close()
-            browser.close()
+    with chromium_page("vehicle-failure.png") as crew_page:
+        yield crew_page
 
 
 def shot(p: Page, name: str) -> None:

@@ -11,44 +11,15 @@ sys.path.insert(0, ROOT + "/firmware")
 sys.path.insert(0, ROOT + "/tests/micropython")
 
 import kiosk_link as link  # noqa: E402
+from board_uart import BoardUart  # noqa: E402
 from link_client import LinkClient  # noqa: E402
 from mp_runner import run_tests  # noqa: E402
-
-
-class Wire:
-    """The board's UART as a list of frames it wrote, plus bytes queued for it to read."""
-
-    def __init__(self):
-        self.sent = []
-        self.inbox = bytearray()
-        self.splitter = link.FrameSplitter()
-
-    def write(self, data):
-        for frame in self.splitter.feed(data):
-            self.sent.append(link.decode_frame(frame))
-        return len(data)
-
-    def readinto(self, buf):
-        count = min(len(buf), len(self.inbox))
-        if not count:
-            return None
-        buf[:count] = self.inbox[:count]
-        self.inbox = self.inbox[count:]
-        return count
-
-    def reply(self, msg_type, seq, payload=b""):
-        self.inbox += link.encode_frame(msg_type, seq, payload)
-
-    def take(self):
-        sent, self.sent = self.sent, []
-        return sent
-
 
 HELLO = link.encode_hello(0, "bp-1", "KX-BP100", "0.1.0")
 
 
 def started_client():
-    wire = Wire()
+    wire = BoardUart()
     client = LinkClient(wire, ring_size=4)
     client.hello(HELLO)
     [(msg_type, seq, payload)] = wire.take()
@@ -59,7 +30,7 @@ def started_client():
 
 
 def test_nothing_before_the_hello_is_acked():
-    wire = Wire()
+    wire = BoardUart()
     client = LinkClient(wire, ring_size=4)
     client.hello(HELLO)
     assert not client.has_room()
@@ -99,7 +70,7 @@ def test_roll_over_waits_for_the_drain_then_a_new_hello():
 
 
 def test_rejected_hello_backs_off():
-    wire = Wire()
+    wire = BoardUart()
     client = LinkClient(wire, ring_size=4)
     client.hello(HELLO)
     [(_, seq, _)] = wire.take()

@@ -26,30 +26,9 @@ import os  # noqa: E402
 import kiosk_link as link  # noqa: E402
 import link_update as lu  # noqa: E402
 import updater  # noqa: E402
+from board_uart import BoardUart  # noqa: E402
 from link_client import LinkClient  # noqa: E402
 from mp_runner import run_tests  # noqa: E402
-
-
-class Uart:
-    """The board's UART: what it wrote, decoded; bytes queued for it to read."""
-
-    def __init__(self):
-        self.sent = []
-        self.inbox = bytearray()
-        self.splitter = link.FrameSplitter()
-
-    def write(self, data):
-        for frame in self.splitter.feed(data):
-            self.sent.append(link.decode_frame(frame))
-        return len(data)
-
-    def readinto(self, buf):
-        count = min(len(buf), len(self.inbox))
-        if not count:
-            return None
-        buf[:count] = self.inbox[:count]
-        self.inbox = self.inbox[count:]
-        return count
 
 
 def sha(data):
@@ -143,7 +122,7 @@ def read(path):
 
 def test_staged_files_are_switched_in_on_trial_and_the_board_resets():
     fresh_flash()
-    uart = Uart()
+    uart = BoardUart()
     board = lu.LinkUpdater(uart, log=lambda line: None)
     stage(board, uart, V2)
     assert read("app.mpy") == V1.files["app.mpy"]  # nothing switched before the commit
@@ -160,7 +139,7 @@ def test_staged_files_are_switched_in_on_trial_and_the_board_resets():
 
 def test_a_file_that_does_not_hash_to_the_manifest_is_refused_at_commit():
     fresh_flash()
-    uart = Uart()
+    uart = BoardUart()
     board = lu.LinkUpdater(uart, log=lambda line: None)
     stage(board, uart, V2, corrupt="extra.mpy")
     (status, _, _, detail), reset = commit(board, uart, V2)
@@ -175,7 +154,7 @@ def test_a_file_that_does_not_hash_to_the_manifest_is_refused_at_commit():
 
 def test_after_a_reboot_the_staged_bytes_are_kept_and_each_file_resumes_where_it_stopped():
     fresh_flash()
-    uart = Uart()
+    uart = BoardUart()
     board = lu.LinkUpdater(uart, log=lambda line: None)
     ask(board, uart, link.MSG_UPDATE_OFFER, lu.encode_offer(V2.digest, V2.total, len(V2.plan), "2.0"))
     name, data = V2.plan[2]
@@ -205,7 +184,7 @@ def test_after_a_reboot_the_staged_bytes_are_kept_and_each_file_resumes_where_it
 
 def test_bad_requests_are_answered_not_obeyed():
     fresh_flash()
-    uart = Uart()
+    uart = BoardUart()
     board = lu.LinkUpdater(uart, log=lambda line: None)
     assert ask(board, uart, link.MSG_UPDATE_FILE, lu.encode_file(V2.id, 0, 10, "x"))[0] == lu.UPDATE_UNKNOWN
     ask(board, uart, link.MSG_UPDATE_OFFER, lu.encode_offer(V2.digest, V2.total, len(V2.plan), "2.0"))
@@ -228,7 +207,7 @@ def test_bad_requests_are_answered_not_obeyed():
 
 def test_boot_counts_trial_boots_then_rolls_back_and_the_hello_says_so():
     fresh_flash()
-    uart = Uart()
+    uart = BoardUart()
     stage(lu.LinkUpdater(uart, log=lambda line: None), uart, V2)
     commit(lu.LinkUpdater(uart, log=lambda line: None), uart, V2)
     log = []
@@ -243,7 +222,7 @@ def test_boot_counts_trial_boots_then_rolls_back_and_the_hello_says_so():
     assert "rolled back to 1.0" in log[-1]
 
     # The next hello carries the news; the gateway's ack clears it, and the next hello is plain.
-    wire = Uart()
+    wire = BoardUart()
     client = LinkClient(wire)
     client.hello(link.encode_hello(1, "bp-1", "KX-BP100", "1.0", link.CAP_STATUS))
     caps = link.decode_hello_capabilities(wire.sent[-1][2])
@@ -257,11 +236,11 @@ def test_boot_counts_trial_boots_then_rolls_back_and_the_hello_says_so():
 
 def test_the_ack_of_a_trial_hello_confirms_the_version():
     fresh_flash()
-    uart = Uart()
+    uart = BoardUart()
     stage(lu.LinkUpdater(uart, log=lambda line: None), uart, V2)
     commit(lu.LinkUpdater(uart, log=lambda line: None), uart, V2)
     assert updater.boot(2, log=lambda line: None) == updater.ON_TRIAL
-    wire = Uart()
+    wire = BoardUart()
     client = LinkClient(wire)
     client.hello(link.encode_hello(1, "bp-1", "KX-BP100", "2.0"))
     assert link.decode_hello_capabilities(wire.sent[-1][2]) == link.CAP_UPDATE | link.CAP_TRIAL
@@ -274,7 +253,7 @@ def test_the_ack_of_a_trial_hello_confirms_the_version():
 def test_update_requests_reach_the_updater_through_the_link_client():
     fresh_flash()
     assert updater.boot(2) == updater.NORMAL  # boot.py ran: updates are guarded, so taken
-    wire = Uart()
+    wire = BoardUart()
     client = LinkClient(wire)
     client.hello(link.encode_hello(1, "bp-1", "KX-BP100", "1.0"))
     offer = lu.encode_offer(V2.digest, V2.total, len(V2.plan), "2.0")
