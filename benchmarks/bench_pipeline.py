@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -34,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import cbor2
@@ -751,15 +754,20 @@ def stage_all(target: Path, total: int, now_ms: int) -> float:
         conn.close()
 
 
-def bench_bridge(
-    sizes: Sizes, rng: random.Random, work: Path, postgres: str | None = None
-) -> tuple[list[Figure], list[str]]:
-    key = Ed25519PrivateKey.generate()
-    public_pem = (
+def public_pem_of(key: Ed25519PrivateKey) -> str:
+    """The gateway public key as the bridge's registry enrols it."""
+    return (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+
+
+def bench_bridge(
+    sizes: Sizes, rng: random.Random, work: Path, postgres: str | None = None
+) -> tuple[list[Figure], list[str]]:
+    key = Ed25519PrivateKey.generate()
+    public_pem = public_pem_of(key)
     messages: list[bytes] = []
     prev = GENESIS_HASH
     for index in range(sizes.bridge_batches):
@@ -892,7 +900,98 @@ def bench_bridge(
             f"Bridge on PostgreSQL: {on_postgres / total * 1e6:.0f} µs per reading against "
             f"{per_reading * 1e6:.0f} µs on SQLite (one client connection, server on this machine)."
         )
+        together, readings = workers_on_postgres(postgres, rng, now_ms, sizes)
+        cores = min(WORKER_COUNT, os.cpu_count() or 1)
+        figures.append(
+            Figure(
+                "4 bridge",
+                f"{WORKER_COUNT} worker processes on one PostgreSQL, together",
+                readings / together,
+                "readings/s",
+                "Ed25519 verify of the same batches",
+                total / verify,
+            )
+        )
+        notes.append(
+            f"{WORKER_COUNT} workers: {readings:,} readings from {WORKER_GATEWAYS} gateways in "
+            f"{together:.2f} s = {readings / together / cores:,.0f} readings/s per core over the "
+            f"{cores} core(s) they share with the PostgreSQL server (each gateway's batches to one "
+            "worker, in chain order: MQTT and the shared subscription are left out, "
+            "tests/e2e/test_bridge_workers.py runs those)."
+        )
     return figures, notes
+
+
+WORKER_COUNT = 3
+WORKER_GATEWAYS = 12
+
+
+def _worker_receives(
+    url: str, chains: list[list[bytes]], gateway_ids: list[str], now_ms: int, start: Any, done: Any
+) -> None:
+    """One worker process: its gateways' batches, each gateway's in chain order, once `start`
+    is set; then the count it stored goes into `done`."""
+    conn = bridge_store.connect(url)
+    try:
+        stored = 0
+        start.wait()
+        for step in range(max(len(chain) for chain in chains)):
+            for gateway_id, chain in zip(gateway_ids, chains, strict=True):
+                if step < len(chain):
+                    outcome = receive_batch(conn, up_topic(gateway_id), chain[step], now_ms=now_ms)
+                    if outcome.refusal is not None:
+                        raise RuntimeError(f"{gateway_id}: {outcome.refusal}")
+                    stored += outcome.stored
+        done.put(stored)
+    finally:
+        conn.close()
+
+
+def workers_on_postgres(url: str, rng: random.Random, now_ms: int, sizes: Sizes) -> tuple[float, int]:
+    """Seconds for WORKER_COUNT processes to receive WORKER_GATEWAYS gateways' batches into one
+    PostgreSQL (the gateways dealt out among them) -> (seconds, readings stored)."""
+    per_gateway = max(1, sizes.bridge_batches // 2)
+    gateway_ids = [f"gw-bench-w{index:02d}" for index in range(WORKER_GATEWAYS)]
+    chains: dict[str, list[bytes]] = {}
+    conn = bridge_store.connect(url)
+    try:
+        for gateway_id in gateway_ids:
+            key = Ed25519PrivateKey.generate()
+            pem = public_pem_of(key)
+            bridge_store.enrol_gateway(conn, gateway_id, pem, site="bench", kind="kiosk", now_ms=now_ms)
+            prev, chain = GENESIS_HASH, []
+            for index in range(per_gateway):
+                readings = [
+                    dataclasses.replace(reading, gateway_id=gateway_id)
+                    for reading in make_readings(BATCH_SIZE, 1 + index * BATCH_SIZE, rng)
+                ]
+                message, prev = encode_batch(readings, prev_hash=prev, signing_key=key, number=index + 1)
+                chain.append(message)
+            chains[gateway_id] = chain
+    finally:
+        conn.close()
+    context = multiprocessing.get_context("spawn")
+    start, done = context.Event(), context.Queue()
+    processes = []
+    for worker in range(WORKER_COUNT):
+        mine = gateway_ids[worker::WORKER_COUNT]
+        process = context.Process(
+            target=_worker_receives, args=(url, [chains[g] for g in mine], mine, now_ms, start, done)
+        )
+        process.start()
+        processes.append(process)
+    time.sleep(2)  # every worker connected and waiting (spawned interpreters import the bridge)
+    began = time.perf_counter()
+    start.set()
+    stored = sum(done.get(timeout=600) for _ in processes)
+    elapsed = time.perf_counter() - began
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"a worker failed (exit code {process.exitcode})")
+    if stored != WORKER_GATEWAYS * per_gateway * BATCH_SIZE:
+        raise RuntimeError(f"workers stored {stored} readings")
+    return elapsed, stored
 
 
 # ---------------------------------------------------------------- report
