@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -341,10 +341,29 @@ def _if_none_exist(param: str, system: str, value: str) -> str:
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~:/|-]*")  # what `quote(..., safe=":/|")` leaves as it is
 
 
-def _instant(ms: int) -> str:
-    """Epoch milliseconds as a FHIR instant in UTC, always with milliseconds."""
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def instant(ms: int) -> str:
+    """Epoch milliseconds as a FHIR instant in UTC, always with milliseconds.
+
+    Two per reading: built from the day's date (cached: a batch's readings share a few days) and
+    integer arithmetic, a third of what datetime arithmetic and isoformat cost. Outside the years
+    1-9999 it raises OverflowError, as datetime does.
+    """
+    seconds, millis = divmod(ms, 1000)
+    day, second_of_day = divmod(seconds, 86_400)
+    hour, second_of_hour = divmod(second_of_day, 3600)
+    minute, second = divmod(second_of_hour, 60)
+    return f"{_day(day)}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _day(days_since_epoch: int) -> str:
+    try:
+        return date.fromordinal(_EPOCH_ORDINAL + days_since_epoch).isoformat()
+    except ValueError:
+        raise OverflowError("date value out of range") from None
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 # Parts every Observation of a concept repeats are built once and shared between resources: no
@@ -777,36 +796,46 @@ def provenance_resource(
     gateway's signature over that batch when given."""
     gateway_ref = {"reference": f"Device/{gateway_id}"}
     signature: dict[str, Any] = {
-        "type": [
-            {"system": SIGNATURE_TYPE, "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
-        ],
+        "type": _SOURCE_SIGNATURE,
         "when": recorded,
         "who": dict(gateway_ref),
         "sigFormat": SIGNATURE_FORMAT,
     }
     if gateway_signature is not None:
-        signature["data"] = base64.b64encode(gateway_signature).decode("ascii")
+        signature["data"] = _base64(gateway_signature)
     return {
         "resourceType": "Provenance",
         "id": reading_resource_id(READING_SYSTEM, reading_key, measured_at_ms),
         "target": [{"reference": target} for target in targets],
         "occurredDateTime": occurred,
         "recorded": recorded,
-        "activity": {"coding": [{"system": DATA_OPERATION, "code": "CREATE", "display": "create"}]},
-        "agent": [
-            {
-                "type": {
-                    "coding": [{"system": PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]
-                },
-                "who": gateway_ref,
-            }
-        ],
+        "activity": _CREATE,
+        "agent": [{"type": _ASSEMBLER, "who": gateway_ref}],
         "entity": [
             {"role": "source", "what": {"identifier": {"system": READING_SYSTEM, "value": reading_key}}},
-            {"role": "source", "what": {"identifier": {"system": BATCH_SYSTEM, "value": batch_hash.hex()}}},
+            _batch_entity(batch_hash),
         ],
         "signature": [signature],
     }
+
+
+# What every reading's Provenance repeats, built once and shared (as `_concept`); the batch's
+# parts once per batch.
+_SOURCE_SIGNATURE = [
+    {"system": SIGNATURE_TYPE, "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}
+]
+_CREATE = {"coding": [{"system": DATA_OPERATION, "code": "CREATE", "display": "create"}]}
+_ASSEMBLER = {"coding": [{"system": PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]}
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_entity(batch_hash: bytes) -> dict[str, Any]:
+    return {"role": "source", "what": {"identifier": {"system": BATCH_SYSTEM, "value": batch_hash.hex()}}}
+
+
+@functools.lru_cache(maxsize=64)
+def _base64(signature: bytes) -> str:
+    return base64.b64encode(signature).decode("ascii")
 
 
 def map_reading(
@@ -839,8 +868,8 @@ def map_reading(
     if len(batch_hash) != 32:
         raise FhirMappingError(f"{where}: batch hash must be 32 bytes, got {len(batch_hash)}")
     try:
-        effective = _instant(reading.measured_at_ms)
-        recorded = _instant(reading.measured_at_ms if recorded_at_ms is None else recorded_at_ms)
+        effective = instant(reading.measured_at_ms)
+        recorded = instant(reading.measured_at_ms if recorded_at_ms is None else recorded_at_ms)
     except OverflowError:
         raise FhirMappingError(f"{where}: time out of range") from None
 

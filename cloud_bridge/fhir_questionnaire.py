@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from cloud_bridge.fhir_map import (
     FhirMappingError,
     TransactionEntry,
     format_token,
+    instant,
     provenance_resource,
     resource_id,
 )
@@ -105,11 +105,6 @@ def known_questionnaires() -> Mapping[tuple[str, str], Questionnaire]:
 def option_system(questionnaire: Questionnaire, item: Item) -> str:
     """The code system of one choice item's options."""
     return f"{questionnaire.url}:{item.link_id}"
-
-
-def _instant(ms: int) -> str:
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _entry(resource: dict[str, Any], system: str, value: str, param: str = "identifier") -> TransactionEntry:
@@ -273,8 +268,8 @@ def map_questionnaire(
     except QuestionnaireError as exc:
         raise FhirMappingError(f"{where}: answers do not fit {questionnaire_id} {version}: {exc}") from None
     try:
-        authored = _instant(reading.measured_at_ms)
-        recorded = _instant(reading.measured_at_ms if recorded_at_ms is None else recorded_at_ms)
+        authored = instant(reading.measured_at_ms)
+        recorded = instant(reading.measured_at_ms if recorded_at_ms is None else recorded_at_ms)
     except OverflowError:
         raise FhirMappingError(f"{where}: time out of range") from None
 

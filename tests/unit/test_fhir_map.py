@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -444,6 +445,24 @@ def test_reading_resource_ids_sort_by_measurement_time(times: list[int]) -> None
         for n, ms in enumerate(times)
     }
     assert [ids[made] for made in sorted(ids)] == sorted(times)
+
+
+def _instant_by_datetime(ms: int) -> str:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@given(st.integers(-62_135_596_800_000, 253_402_300_799_999))  # 0001-01-01 to 9999-12-31
+def test_instant_is_what_datetime_writes(ms: int) -> None:
+    assert fhir_map.instant(ms) == _instant_by_datetime(ms)
+
+
+@pytest.mark.parametrize("ms", [-62_135_596_800_001, 253_402_300_800_000, 10**18, -(10**18)])
+def test_an_instant_outside_years_1_to_9999_overflows_as_datetime_does(ms: int) -> None:
+    with pytest.raises(OverflowError):
+        _instant_by_datetime(ms)
+    with pytest.raises(OverflowError):
+        fhir_map.instant(ms)
 
 
 def test_search_tokens_escape_reserved_characters() -> None:
