@@ -12,12 +12,12 @@ open in another process, and a target changed after the copy are refused with th
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -371,23 +371,22 @@ def test_the_command_says_why_it_refuses_without_a_traceback(
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_copy_rate_of_a_store_of_10000_readings(tmp_path: Path, postgres_url: str) -> None:
-    """A figure for the README (printed), and a floor far below it so a slow machine does not fail."""
+def test_a_store_of_10000_readings_moves_in_several_chunks(tmp_path: Path, postgres_url: str) -> None:
+    """More rows than one chunk (CHUNK_ROWS) in the larger tables: every chunk arrives, and is
+    verified. (How fast: benchmarks/bench_migrate.py.)"""
     gateway, path = Gateway("gw-county-07"), tmp_path / "big.db"
     conn = store.connect(path)
     store.enrol_gateway(conn, gateway.gateway_id, gateway.pem(), site="", kind="kiosk", now_ms=0)
     for start in range(1, 10_001, 500):
         assert receive(conn, gateway, gateway.batch(range(start, start + 500))).stored == 500
     conn.close()
-    started = time.perf_counter()
     report = run_migration_in_default_chunks(path, postgres_url)
-    seconds = time.perf_counter() - started
-    per_table = {c.table: c.rows for c in report.tables}
-    print(
-        f"\nmigrated {report.rows:,} rows {per_table} in {seconds:.2f} s: {report.rows / seconds:,.0f} rows/s"
-    )
-    assert {c.table: c.rows for c in report.tables}["readings"] == 10_000
-    assert report.rows / seconds > 1_000
+    copied = {c.table: c.rows for c in report.tables}
+    assert copied["readings"] == 10_000 > migrate.CHUNK_ROWS
+    assert copied["fhir_resources"] > 2 * migrate.CHUNK_ROWS
+    with psycopg.connect(postgres_url) as db:
+        (stored,) = db.execute("SELECT COUNT(*) FROM readings WHERE gateway_id = 'gw-county-07'").fetchone()
+    assert stored == 10_000
 
 
 def run_migration_in_default_chunks(source_path: Path, url: str) -> migrate.MigrationReport:
