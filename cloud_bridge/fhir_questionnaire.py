@@ -107,9 +107,11 @@ def option_system(questionnaire: Questionnaire, item: Item) -> str:
     return f"{questionnaire.url}:{item.link_id}"
 
 
-def _entry(resource: dict[str, Any], system: str, value: str, param: str = "identifier") -> TransactionEntry:
+def _entry(
+    resource: dict[str, Any], system: str, value: str, param: str = "identifier", *, shared: bool = False
+) -> TransactionEntry:
     search = f"{param}={quote(format_token(system, value), safe=':/|')}"
-    return TransactionEntry(resource["resourceType"], resource, search)
+    return TransactionEntry(resource["resourceType"], resource, search, shared=shared)
 
 
 def _translated(text: Text) -> dict[str, Any]:
@@ -327,9 +329,9 @@ def map_questionnaire(
         gateway_signature=gateway_signature,
     )
     entries = [
-        _entry(patient, system, value),
-        _entry(gateway, GATEWAY_SYSTEM, reading.gateway_id),
-        _entry(form, QUESTIONNAIRE_SYSTEM, f"{questionnaire.id}/{questionnaire.version}"),
+        _entry(patient, system, value, shared=True),  # residents, gateways, forms: many readings
+        _entry(gateway, GATEWAY_SYSTEM, reading.gateway_id, shared=True),
+        _entry(form, QUESTIONNAIRE_SYSTEM, f"{questionnaire.id}/{questionnaire.version}", shared=True),
         _entry(response, READING_SYSTEM, response_key),
         _entry(provenance, READING_SYSTEM, reading_key, param="entity:identifier"),
     ]

@@ -190,6 +190,7 @@ def _apply(
     )
 
     rows: list[tuple[str, str, str, str | None, str, str]] = []
+    shared_rows: list[tuple[str, str, str, str | None, str, str]] = []
     results: list[list[Result]] = []
     for entries in keyed:
         moved: dict[str, str] = {}
@@ -206,10 +207,18 @@ def _apply(
             resource = _rewrite_references(entry.resource, moved) if moved else dict(entry.resource)
             resource["meta"] = {**resource.get("meta", {}), "versionId": "1", "lastUpdated": now_iso}
             subject = resource.get("subject", {}).get("reference")
-            rows.append((resource_type, own_id, key, subject, to_json(resource), now_iso))
+            row = (resource_type, own_id, key, subject, to_json(resource), now_iso)
+            (shared_rows if entry.shared else rows).append(row)
             known[(resource_type, key)] = own_id
             done.append((resource_type, own_id, True))
         results.append(done)
+    # Residents, devices, gateways and forms first, in one order for every transaction: another
+    # worker's batch may be creating some of the same ones right now, and two transactions that
+    # insert two such rows in opposite orders each wait for the other (PostgreSQL aborts one: a
+    # deadlock, the batch not acked). A reading's own resources follow, in the order they came
+    # (a search lists them so); no other transaction creates those.
+    shared_rows.sort(key=lambda row: (row[0], row[1]))
+    rows = shared_rows + rows
     if rows:
         try:
             created = conn.executemany(

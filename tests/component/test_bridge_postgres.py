@@ -10,7 +10,9 @@ consumer whose database connection is cut answers nothing, then stores the resen
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from cloud_bridge.consumer import BridgeConsumer
 from cloud_bridge.db import Database
 from cloud_bridge.fhir_map import map_reading
 from cloud_bridge.receive import Outcome, receive_batch
-from contract.wire import GENESIS_HASH, Reading, encode_batch, up_topic
+from contract.wire import GENESIS_HASH, Reading, ResidentRef, encode_batch, up_topic
 from simulators.chain import wait_for
 from tests.component.bridge_auth import bearer
 from tests.component.bridge_readings import bp_reading
@@ -262,3 +264,54 @@ def test_a_consumer_whose_database_connection_is_cut_stores_the_resend(
     finally:
         gateway.close()
         consumer.stop()
+
+
+def test_workers_storing_the_same_residents_in_other_orders_do_not_deadlock(postgres_url: str) -> None:
+    """Two workers' batches name the same residents (a resident measured at two kiosks) in
+    different orders. Each batch's transaction creates the residents it is first to hold; were they
+    inserted in each batch's own order, two transactions could each wait for a row the other
+    inserted (PostgreSQL then aborts one: a deadlock, a batch not acked). Inserted in one order
+    everywhere, one waits for the other and both commit."""
+    rounds, per_round = 20, 40
+    conns = [store.connect(postgres_url) for _ in range(2)]
+    try:
+        errors: list[BaseException] = []
+        start = threading.Barrier(2, timeout=30)
+
+        def apply_batches(conn: Database, worker: int) -> None:
+            rng = random.Random(worker)
+            try:
+                for round_no in range(rounds):
+                    # Residents new to the record, the same for both workers, each in its own order.
+                    order = [f"330781-2026-{round_no:02d}{n:04d}" for n in range(per_round)]
+                    rng.shuffle(order)
+                    transactions = [
+                        map_reading(
+                            bp_reading(f"gw-{worker}", round_no * 100 + n + 1,
+                                       resident=ResidentRef("health-record", resident)),
+                            batch_hash=bytes(32),
+                        )
+                        for n, resident in enumerate(order)
+                    ]  # fmt: skip
+                    start.wait()
+                    with conn.transaction():
+                        fhir_store.apply_transactions(
+                            conn, transactions, now_iso="2026-11-25T08:00:00+00:00", first_time=True
+                        )
+                        time.sleep(0.01)  # hold the rows a moment, as a batch's other work does
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=apply_batches, args=(conn, n)) for n, conn in enumerate(conns)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        (patients,) = (
+            conns[0].execute("SELECT COUNT(*) FROM fhir_resources WHERE resource_type = 'Patient'").fetchone()
+        )
+        assert patients == rounds * per_round
+    finally:
+        for conn in conns:
+            conn.close()
