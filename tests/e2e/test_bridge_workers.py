@@ -45,6 +45,16 @@ BRIDGE = Path(sys.executable).with_name("kiosk-bridge")
 ZERO_HASH = bytes(32)
 
 
+async def stop_gateways(tasks: list[asyncio.Task[None]], outboxes: dict[str, Outbox]) -> None:
+    """A test's clean-up, however it ended: the gateways' sync tasks cancelled, their outboxes
+    closed (also used by the TLS and dynamic-security worker tests)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for outbox in outboxes.values():
+        await outbox.close()
+
+
 class Worker:
     """One `kiosk-bridge run --worker NAME` process; `start` again after a kill is a restart."""
 
@@ -237,11 +247,7 @@ async def test_three_workers_store_every_reading_once_through_a_worker_kill(
         elapsed = time.monotonic() - started
         metrics = {worker.name: worker.metrics() for worker in workers}
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for outbox in outboxes.values():
-            await outbox.close()
+        await stop_gateways(tasks, outboxes)
         for worker in workers:
             worker.stop()
 

@@ -29,6 +29,7 @@ from contract.wire import UP_TOPIC_FILTER
 from gateway.store import Outbox
 from tests.component.test_broker_dynsec import dynsec_plugin
 from tests.conftest import Mosquitto
+from tests.e2e.test_bridge_workers import stop_gateways
 from tests.e2e.test_bridge_workers_tls import (
     GATEWAYS,
     UNNAMED,
@@ -145,11 +146,7 @@ async def test_a_rogue_shared_subscription_does_not_stall_readings(tmp_path: Pat
         expected = {(g, seq) for g in GATEWAYS for seq in range(1, PER_GATEWAY + 1)}
         assert len(rows) == len(expected) and set(rows) == expected
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for outbox in outboxes.values():
-            await outbox.close()
+        await stop_gateways(tasks, outboxes)
         for subscriber in subscribers:
             subscriber.close()
         for worker in (*workers, unnamed):

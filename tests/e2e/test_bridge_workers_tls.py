@@ -45,6 +45,7 @@ from simulators.chain import free_port
 from tests.component.bridge_readings import bp_reading
 from tests.component.outbox_readings import bp_new_reading as reading
 from tests.conftest import Mosquitto
+from tests.e2e.test_bridge_workers import stop_gateways
 
 pytestmark = pytest.mark.mosquitto
 
@@ -371,11 +372,7 @@ async def test_workers_over_tls_with_the_generated_rules(tmp_path: Path, postgre
         assert not connects(broker, site.ca)
         assert connects(broker, site.ca, forger_tls.cert_file, forger_tls.key_file)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for outbox in outboxes.values():
-            await outbox.close()
+        await stop_gateways(tasks, outboxes)
         for worker in (*workers, unnamed):
             worker.stop()
         broker.stop()
