@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
 import logging
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import typer
+from cryptography import x509
 
 from cloud_bridge import auth, broker_acl, fhir_post, pki, store
 from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
@@ -23,6 +25,11 @@ DB_OPTION = typer.Option(
     "bridge.db",
     "--db",
     help="The bridge's store: a SQLite file (default), or postgresql://user@host/dbname for PostgreSQL.",
+)
+
+
+RevocationReason = enum.StrEnum(  # type: ignore[misc]
+    "RevocationReason", [(name, name) for name in pki.REVOCATION_REASONS]
 )
 
 
@@ -64,17 +71,42 @@ def enrol(
 
 
 @app.command()
-def revoke(gateway_id: str, db: str = DB_OPTION) -> None:
-    """Refuse every further batch from a gateway (lost or stolen device)."""
+def revoke(
+    gateway_id: str,
+    db: str = DB_OPTION,
+    ca_dir: Path | None = typer.Option(
+        None,
+        "--ca-dir",
+        help="The community's CA: also revoke the gateway's TLS certificates and rewrite the revocation "
+        "list (ca.crl), so the broker refuses the gateway's connection once it reloads the list (SIGHUP).",
+    ),
+    reason: RevocationReason = typer.Option(
+        "key-compromise", help="With --ca-dir: the reason the revocation list gives."
+    ),
+) -> None:
+    """Refuse every further batch from a gateway (lost or stolen device); with --ca-dir, its TLS
+    connection to the broker too."""
+    if ca_dir is not None:
+        _check_ca(ca_dir)  # a wrong --ca-dir changes nothing
     conn = store.connect(db)
     try:
         revoked = store.revoke_gateway(conn, gateway_id)
     finally:
         conn.close()
-    if not revoked:
+    if revoked:
+        typer.echo(f"revoked {gateway_id}")
+    else:
         typer.echo(f"no gateway {gateway_id}", err=True)
+    if ca_dir is not None:  # also when the registry never heard of it: a certificate may exist
+        try:
+            count = pki.revoke_identity(ca_dir, gateway_id, reason=pki.REVOCATION_REASONS[reason.value])
+        except pki.PkiError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        _say_revoked(gateway_id, count)
+        _write_crl(ca_dir, pki.CRL_DAYS)
+    if not revoked:
         raise typer.Exit(1)
-    typer.echo(f"revoked {gateway_id}")
 
 
 @app.command("gateways")
@@ -367,7 +399,9 @@ def replay_posts(
 
 ca = typer.Typer(help="The health community's CA for MQTT over TLS.", no_args_is_help=True)
 app.add_typer(ca, name="ca")
-CA_DIR_OPTION = typer.Option(Path("ca"), "--ca-dir", help="Directory of ca.crt and ca.key (0600).")
+CA_DIR_OPTION = typer.Option(
+    Path("ca"), "--ca-dir", help="Directory of ca.crt, ca.key (0600), ca.crl and the register issued.json."
+)
 
 
 @ca.command("init")
@@ -379,6 +413,7 @@ def ca_init(ca_dir: Path = CA_DIR_OPTION, name: str = typer.Option("Kiosk health
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"CA certificate: {cert} (give it to the broker and to every gateway)")
+    typer.echo(f"revocation list: {cert.parent / pki.CA_CRL} (the broker's crlfile)")
 
 
 @ca.command("issue")
@@ -411,6 +446,109 @@ def ca_sign(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"certificate for {gateway_id}: {out}")
+
+
+@ca.command("revoke")
+def ca_revoke(
+    identity: str | None = typer.Argument(
+        None, help="Revoke every unexpired certificate issued to this name (a gateway or a bridge worker)."
+    ),
+    serial: str | None = typer.Option(
+        None,
+        help="Revoke this one certificate instead (hexadecimal, as `openssl x509 -noout -serial` shows): "
+        "the way for a certificate issued before the CA kept its register.",
+    ),
+    reason: RevocationReason = typer.Option("key-compromise", help="The reason the revocation list gives."),
+    days: int = typer.Option(pki.CRL_DAYS, min=1, help="The rewritten list's validity in days."),
+    ca_dir: Path = CA_DIR_OPTION,
+) -> None:
+    """Revoke certificates and rewrite the revocation list (a gateway: prefer `kiosk-bridge revoke GW
+    --ca-dir DIR`, which refuses its batches too)."""
+    if (identity is None) == (serial is None):
+        typer.echo("error: give a name or --serial, not both", err=True)
+        raise typer.Exit(2)
+    flag = pki.REVOCATION_REASONS[reason.value]
+    try:
+        if identity is not None:
+            _say_revoked(identity, pki.revoke_identity(ca_dir, identity, reason=flag))
+        elif pki.revoke_serial(ca_dir, pki.parse_serial(serial or ""), reason=flag):
+            typer.echo(f"revoked certificate {serial}")
+        else:
+            typer.echo(f"certificate {serial} was revoked already")
+    except pki.PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _write_crl(ca_dir, days)
+
+
+@ca.command("crl")
+def ca_crl(
+    days: int = typer.Option(pki.CRL_DAYS, min=1, help="Valid for this many days: rewrite it before then."),
+    ca_dir: Path = CA_DIR_OPTION,
+) -> None:
+    """(Re)write the revocation list, ca.crl (the broker's crlfile), signed by the CA."""
+    _check_ca(ca_dir)
+    _write_crl(ca_dir, days)
+
+
+@ca.command("certificates")
+def ca_certificates(ca_dir: Path = CA_DIR_OPTION) -> None:
+    """Every certificate the CA issued: serial, name, expiry and whether valid, expired or revoked."""
+    _check_ca(ca_dir)
+    try:
+        certificates = pki.issued_certificates(ca_dir)
+        complete = pki.register_is_complete(ca_dir)
+        started = pki.register_started(ca_dir)
+    except pki.PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not complete:
+        typer.echo(
+            f"certificates issued before {started:%Y-%m-%d %H:%M} UTC are not listed (the register began "
+            "then): revoke one of those with `kiosk-bridge ca revoke --serial SERIAL`",
+            err=True,
+        )
+    now = dt.datetime.now(dt.UTC)
+    reason_names = {flag: name for name, flag in pki.REVOCATION_REASONS.items()}
+    for cert in certificates:
+        name = cert.identity or "(issued before the register)"
+        until = "-" if cert.not_after is None else f"{cert.not_after:%Y-%m-%d}"
+        state = cert.state(now)
+        if cert.revoked_at is not None:
+            why = "unspecified" if cert.reason is None else reason_names.get(cert.reason, cert.reason.value)
+            state = f"revoked {cert.revoked_at:%Y-%m-%d %H:%M} UTC ({why})"
+        typer.echo(f"{cert.serial_hex}  {name}  until {until}  {state}")
+
+
+def _check_ca(ca_dir: Path) -> None:
+    try:
+        pki.ca_certificate_pem(ca_dir)
+    except pki.PkiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _say_revoked(identity: str, count: int) -> None:
+    if count:
+        typer.echo(f"revoked {count} certificate(s) of {identity}")
+    else:
+        typer.echo(f"{identity} has no unexpired certificate left to revoke")
+
+
+def _write_crl(ca_dir: Path, days: int) -> None:
+    """Write ca.crl and say what the operator does next."""
+    try:
+        path = pki.write_crl(ca_dir, days=days)
+    except (OSError, pki.PkiError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    typer.echo(
+        f"{path}: revocation list {number}, {len(crl)} revoked, valid until "
+        f"{crl.next_update_utc:%Y-%m-%d} UTC; put it in the broker's crlfile and send the broker SIGHUP "
+        "(a connection open now stays open: restart the broker to cut it)"
+    )
 
 
 tokens = typer.Typer(

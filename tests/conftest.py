@@ -40,11 +40,16 @@ class Mosquitto:
     """A Mosquitto process we can stop and start again on the same port (a broker restart).
 
     With `tls` (CA, broker certificate, broker key) it listens for TLS only and requires a client
-    certificate from that CA, whose common name becomes the client's user name, as in production.
+    certificate from that CA, whose common name becomes the client's user name, as in production;
+    with `crlfile` too, it refuses the certificates that revocation list names.
     """
 
     def __init__(
-        self, workdir: Path, tls: tuple[Path, Path, Path] | None = None, acl_file: Path | None = None
+        self,
+        workdir: Path,
+        tls: tuple[Path, Path, Path] | None = None,
+        acl_file: Path | None = None,
+        crlfile: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.workdir = workdir
@@ -65,6 +70,8 @@ class Mosquitto:
             ]
             if acl_file is not None:
                 lines.append(f"acl_file {acl_file}")
+            if crlfile is not None:
+                lines.append(f"crlfile {crlfile}")
         lines += [
             "persistence false",
             "log_dest stdout",
