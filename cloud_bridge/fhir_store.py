@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
@@ -358,15 +359,21 @@ def to_transaction_bundle(entries: Iterable[TransactionEntry], *, validate: bool
 
 def _full_urls(entries: Sequence[TransactionEntry]) -> dict[str, str]:
     """Each entry's local reference (`Type/id`) -> the name it has in the Bundle (`urn:uuid:id`)."""
-    full_urls: dict[str, str] = {}
-    for entry in entries:
-        try:
-            full_urls[f"{entry.resource_type}/{entry.resource['id']}"] = (
-                f"urn:uuid:{uuid.UUID(entry.resource['id'])}"
-            )
-        except (KeyError, ValueError):
-            raise FhirStoreError(f"{entry.resource_type}: entry id must be a UUID") from None
-    return full_urls
+    return {f"{entry.resource_type}/{entry.resource.get('id')}": _full_url(entry) for entry in entries}
+
+
+def _full_url(entry: TransactionEntry) -> str:
+    """`urn:uuid:` and the entry's id as a UUID's canonical text."""
+    id = entry.resource.get("id")
+    if isinstance(id, str) and _CANONICAL_UUID.fullmatch(id):  # every id the mapper makes
+        return f"urn:uuid:{id}"  # what str(uuid.UUID(id)) gives, without building the UUID
+    try:
+        return f"urn:uuid:{uuid.UUID(id)}"
+    except (TypeError, ValueError, AttributeError):
+        raise FhirStoreError(f"{entry.resource_type}: entry id must be a UUID") from None
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # A `reference` member in FHIR JSON as `to_json` writes it. Inside a string a quote is escaped, so
@@ -390,13 +397,15 @@ def transaction_bundle_json(entries: Iterable[TransactionEntry], *, validate: bo
 
     parts = []
     for entry in entries:
-        resource = entry.resource
-        text = _REFERENCE_MEMBER.sub(
-            renamed, to_json({key: item for key, item in resource.items() if key != "id"})
+        resource_type, id = entry.resource_type, entry.resource["id"]
+        text = _without_id(entry.resource, resource_type, id)
+        if '"reference":' in text:
+            text = _REFERENCE_MEMBER.sub(renamed, text)
+        parts.append(
+            f'{{"fullUrl":"{full_urls[f"{resource_type}/{id}"]}","resource":{text},'
+            f'"request":{{"method":"POST","url":{_json_string(resource_type)},'
+            f'"ifNoneExist":{_json_string(entry.if_none_exist)}}}}}'
         )
-        request = to_json({"method": "POST", "url": entry.resource_type, "ifNoneExist": entry.if_none_exist})
-        full_url = full_urls[f"{entry.resource_type}/{resource['id']}"]
-        parts.append(f'{{"fullUrl":"{full_url}","resource":{text},"request":{request}}}')
     entry_member = f',"entry":[{",".join(parts)}]' if parts else ""  # FHIR JSON has no empty arrays
     bundle = f'{{"resourceType":"Bundle","type":"transaction"{entry_member}}}'
     if validate:
@@ -406,6 +415,20 @@ def transaction_bundle_json(entries: Iterable[TransactionEntry], *, validate: bo
             detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise FhirStoreError(f"invalid transaction Bundle: {detail}") from None
     return bundle
+
+
+def _without_id(resource: dict[str, Any], resource_type: str, id: str) -> str:
+    """The resource's JSON without its `id` member. The mapper writes `resourceType` then `id`
+    first, so the member is cut from the text; any other order is written again without it."""
+    text = to_json(resource)
+    head = f'{{"resourceType":{_json_string(resource_type)},"id":{_json_string(id)},'
+    if text.startswith(head):
+        return f'{{"resourceType":{_json_string(resource_type)},{text[len(head) :]}'
+    return to_json({key: item for key, item in resource.items() if key != "id"})
+
+
+def _json_string(text: str) -> str:
+    return orjson.dumps(text).decode()
 
 
 def from_transaction_bundle(bundle: dict[str, Any]) -> list[TransactionEntry]:

@@ -96,3 +96,26 @@ def test_an_entry_whose_id_is_not_a_uuid_is_refused() -> None:
     entry = _entry({"resourceType": "Patient", "id": "not-a-uuid"})
     with pytest.raises(FhirStoreError, match="entry id must be a UUID"):
         transaction_bundle_json([entry], validate=False)
+
+
+def test_an_id_in_another_form_or_place_is_written_as_the_bundle_would() -> None:
+    """The fast paths assume the mapper's habits (a lower-case UUID, `id` second); anything else
+    takes the slow path and still comes out as `to_transaction_bundle` writes it."""
+    patient_id = resource_id("urn:test", "p")
+    patient = {"resourceType": "Patient", "id": patient_id.upper(), "identifier": [{"value": "p"}]}
+    observation = {
+        "status": "final",
+        "id": "{" + resource_id("urn:test", "o") + "}",  # a form uuid.UUID also reads
+        "resourceType": "Observation",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{patient_id.upper()}"},
+    }
+    only_type_and_id = {"resourceType": "Device", "id": resource_id("urn:test", "d")}
+    entries = [_entry(patient), _entry(observation), _entry(only_type_and_id)]
+    text = transaction_bundle_json(entries, validate=False)
+    assert text == to_json(to_transaction_bundle(entries, validate=False))
+    sent = from_json(text)["entry"]
+    assert sent[0]["fullUrl"] == f"urn:uuid:{patient_id}"
+    assert sent[1]["resource"]["subject"] == {"reference": f"urn:uuid:{patient_id}"}
+    assert all("id" not in entry["resource"] for entry in sent)
+    assert sent[2]["resource"] == {"resourceType": "Device"}
