@@ -159,6 +159,10 @@ class EnrolledGateway(BaseModel):
         description="Signed by the community's CA; null without a request or when the bridge has no CA"
     )
     ca_certificate_pem: str | None
+    bridge_ack_key_pem: str | None = Field(
+        default=None,
+        description="The public key the bridge signs its acks with: the gateway acts on no other ack",
+    )
 
 
 def _fhir(body: dict[str, Any], status_code: int = 200) -> Response:
@@ -238,12 +242,14 @@ def create_app(
     metrics: Callable[[], Mapping[str, Any]] | None = None,
     ca_dir: Path | None = None,
     referral_routes: ReferralRoutes | None = None,
+    ack_public_pem: str | None = None,
 ) -> FastAPI:
     """The API over the store at `db_path`: a SQLite file (created, in WAL mode, if missing) or a
     `postgresql://` URL (schema created if missing). `metrics` gives the consumer's counters for
     `/metrics`; with `ca_dir` (the community's CA, `kiosk-bridge ca init`) an enrolment's TLS
     request is signed; `referral_routes` (the consumer's) gives the care teams `/referrals/teams`
-    lists. Raises `pki.PkiError` when `ca_dir` holds no usable CA."""
+    lists; `ack_public_pem` (the consumer's ack key, cloud_bridge/ack_key.py) goes to each gateway
+    enrolled here. Raises `pki.PkiError` when `ca_dir` holds no usable CA."""
     # WAL is a property of the file: set once here, so readers never block the bridge's writer.
     # The whole bridge schema, not only the FHIR store's: the fleet and figures read the registry
     # and the tokens even before the consumer has run once.
@@ -511,6 +517,7 @@ def create_app(
             enrolled_by=principal.name,
             tls_certificate_pem=certificate,
             ca_certificate_pem=ca_certificate if certificate is not None else None,
+            bridge_ack_key_pem=ack_public_pem,
         )
 
     @app.get(

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from cryptography import x509
 
+from cloud_bridge import ack_key as ack_keys
 from cloud_bridge import auth, broker_acl, fhir_post, pki, store
 from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
 from cloud_bridge.db import is_postgres_url
@@ -179,6 +180,15 @@ def run(
         "drains faster, on another core; the record lags during the drain). See "
         "cloud_bridge/fhir_stage.py.",
     ),
+    ack_key: Path | None = typer.Option(
+        None,
+        "--ack-key",
+        show_default=False,
+        help="The key the bridge signs its acks with (Ed25519, 0600; gateways enrolled over the API get "
+        "its public half). Default: bridge-ack.key beside the SQLite file (the working directory for "
+        "PostgreSQL), made on the first run. Workers do not make one: give every worker the same file "
+        "(kiosk-bridge ack-key init).",
+    ),
 ) -> None:
     """Consume gateway batches and serve the FHIR API until interrupted."""
     import uvicorn
@@ -225,6 +235,21 @@ def run(
         if referral_routes == DEFAULT_ROUTES and not DEFAULT_ROUTES.is_file():  # an installed bridge
             typer.echo("with --alert-rules, give the routing file: --referral-routes FILE", err=True)
         raise typer.Exit(2) from exc
+    ack_key = ack_key if ack_key is not None else _default_ack_key(db)
+    try:
+        if worker is None:
+            signing_key, made = ack_keys.load_or_create_ack_key(ack_key)
+        else:  # a key of its own would make its acks worthless to the gateways
+            signing_key, made = ack_keys.load_ack_key(ack_key), False
+    except ack_keys.AckKeyError as exc:
+        typer.echo(f"error: --ack-key: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if made:
+        logging.getLogger(__name__).warning(
+            "bridge: made the ack key %s; gateways enrolled from now on get its public half "
+            "(kiosk-bridge ack-key show), keep a copy with the database's backups",
+            ack_key,
+        )
     consumer = BridgeConsumer(
         db,
         host=mqtt_host,
@@ -238,6 +263,7 @@ def run(
         share_group=share_group,
         session_expiry_s=session_expiry,
         map_fhir=fhir_stage is FhirStageMode.inline,
+        ack_key=signing_key,
     )
     stage = None
     if fhir_stage is FhirStageMode.separate:
@@ -246,7 +272,13 @@ def run(
     consumer.start()
     try:
         uvicorn.run(
-            create_app(db, metrics=consumer.metrics, ca_dir=ca_dir, referral_routes=routes),
+            create_app(
+                db,
+                metrics=consumer.metrics,
+                ca_dir=ca_dir,
+                referral_routes=routes,
+                ack_public_pem=ack_keys.public_pem(signing_key),
+            ),
             host=http_host,
             port=http_port,
             log_level="warning",
@@ -255,6 +287,40 @@ def run(
         consumer.stop()
         if stage is not None:
             stage.stop()
+
+
+def _default_ack_key(db: str) -> Path:
+    return (
+        Path(ack_keys.DEFAULT_PATH) if is_postgres_url(db) else Path(db).with_name(ack_keys.DEFAULT_PATH.name)
+    )
+
+
+ack_key_commands = typer.Typer(help="The key the bridge signs its acks with.", no_args_is_help=True)
+app.add_typer(ack_key_commands, name="ack-key")
+ACK_KEY_OPTION = typer.Option(ack_keys.DEFAULT_PATH, "--path", help="The key file (0600).")
+
+
+@ack_key_commands.command("init")
+def ack_key_init(path: Path = ACK_KEY_OPTION) -> None:
+    """Make the bridge's ack key (once per bridge: every worker gets a copy of this file)."""
+    try:
+        key = ack_keys.create_ack_key(path)
+    except ack_keys.AckKeyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"made {path}; its public half (give it to gateways provisioned by hand):")
+    typer.echo(ack_keys.public_pem(key), nl=False)
+
+
+@ack_key_commands.command("show")
+def ack_key_show(path: Path = ACK_KEY_OPTION) -> None:
+    """Print the public half, for a gateway's sync.bridge_ack_key_file."""
+    try:
+        key = ack_keys.load_ack_key(path)
+    except ack_keys.AckKeyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(ack_keys.public_pem(key), nl=False)
 
 
 class FhirStageMode(enum.StrEnum):

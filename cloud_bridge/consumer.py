@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -73,6 +74,7 @@ class BridgeConsumer:
         session_expiry_s: int = WORKER_SESSION_EXPIRY_S,
         ahead_retry_delays_s: tuple[float, ...] = AHEAD_RETRY_DELAYS_S,
         map_fhir: bool = True,  # False: readings are queued for the FHIR stage (cloud_bridge/fhir_stage.py)
+        ack_key: Ed25519PrivateKey | None = None,  # signs every ack (cloud_bridge/ack_key.py)
     ) -> None:
         """Without `worker` the bridge is the single consumer (MQTT 3.1.1, `kiosk/+/up`, client id
         `client_id`), as before. With `worker` it is one of several: client id
@@ -85,6 +87,7 @@ class BridgeConsumer:
         self._host = host
         self._port = port
         self._map_fhir = map_fhir
+        self._ack_key = ack_key
         self._conn = store.connect(db_path, shared_across_threads=True)
         self._lock = threading.Lock()
         self.poster = (
@@ -275,7 +278,8 @@ class BridgeConsumer:
             log.exception("bridge: failed to process batch from %s; not acked", topic)
             return
         if outcome.ack is not None and outcome.gateway_id is not None:
-            self._client.publish(ack_topic(outcome.gateway_id), encode_ack(outcome.ack), qos=1)
+            answer = encode_ack(outcome.ack, gateway_id=outcome.gateway_id, signing_key=self._ack_key)
+            self._client.publish(ack_topic(outcome.gateway_id), answer, qos=1)
 
     def _count(self, outcome: Outcome, attempt: int) -> None:
         """Under the lock: retries run on timer threads alongside the network thread."""

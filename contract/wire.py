@@ -22,6 +22,13 @@ The bridge answers on ``kiosk/{gateway_id}/ack`` with ``{"v": 2, "head": hash, "
 "acked": seq, "hash": answered batch, ...}``: ``head`` is the newest batch of the gateway's chain
 it has durably stored, which also vouches for every batch before it. Only that ack lets a
 gateway mark readings synced.
+
+An ack is signed by the bridge (its own Ed25519 key, not a gateway's): the map then also holds
+``"gw"`` (the gateway it answers) and ``"sig"``, Ed25519 over ``ACK_SIGNATURE_CONTEXT`` followed
+by the canonical CBOR of every other member. A gateway that knows the bridge's key acts on no
+other ack: whoever can publish on its ack topic (a broker misconfigured or broken into) can then
+neither make it delete unsynced readings nor move its readings' times. A gateway without the key
+reads the same map and ignores the two members.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
+    "ACK_SIGNATURE_CONTEXT",
     "CONTRACT_VERSION",
     "GENESIS_HASH",
     "KINDS",
@@ -97,7 +105,7 @@ class ContractError(ValueError):
 
 
 class SignatureError(ContractError):
-    """A batch whose signature does not verify against the expected key."""
+    """A batch or an ack whose signature does not verify against the expected key."""
 
 
 def up_topic(gateway_id: str) -> str:
@@ -650,6 +658,21 @@ def decode_batch(message: bytes, public_key: Ed25519PublicKey) -> Batch:
     return Batch(gateway_id, number, ranges, prev, batch_hash(payload), readings, waiting)
 
 
+def _check_ack_signature(raw: Any, bridge_key: Ed25519PublicKey, gateway_id: str | None) -> None:
+    if not isinstance(raw, dict):
+        raise ContractError("malformed ack: not a map")
+    signature = raw.get("sig")
+    if not isinstance(signature, bytes):
+        raise SignatureError("ack is not signed by the bridge")
+    if raw.get("gw") != gateway_id:
+        raise SignatureError(f"ack was signed for gateway {raw.get('gw')!r}, not {gateway_id!r}")
+    signed = cbor2.dumps({key: value for key, value in raw.items() if key != "sig"}, canonical=True)
+    try:
+        bridge_key.verify(signature, ACK_SIGNATURE_CONTEXT + signed)
+    except InvalidSignature:
+        raise SignatureError("ack signature does not verify against the bridge's key") from None
+
+
 def encode_time_probe(gateway_id: str) -> bytes:
     """A gateway that has just connected asks for the bridge's clock (and its chain head).
 
@@ -689,24 +712,41 @@ class Ack:
     server_time_ms: int | None = None
 
 
-def encode_ack(ack: Ack) -> bytes:
-    return cbor2.dumps(
-        {
-            "v": CONTRACT_VERSION,
-            "head": ack.head_hash,
-            "no": ack.head_number,
-            "acked": ack.acked,
-            "hash": ack.batch_hash,
-            "err": ack.error,
-            "now": ack.server_time_ms,
-        },
-        canonical=True,
-    )
+# What an ack's signature covers first: it can never be taken for a signature over anything else.
+ACK_SIGNATURE_CONTEXT = b"kiosk-edge ack v2\x00"
 
 
-def decode_ack(data: bytes) -> Ack:
+def encode_ack(
+    ack: Ack, *, gateway_id: str | None = None, signing_key: Ed25519PrivateKey | None = None
+) -> bytes:
+    """The ack as canonical CBOR; with `signing_key` (the bridge's) signed for `gateway_id`."""
+    fields: dict[str, Any] = {
+        "v": CONTRACT_VERSION,
+        "head": ack.head_hash,
+        "no": ack.head_number,
+        "acked": ack.acked,
+        "hash": ack.batch_hash,
+        "err": ack.error,
+        "now": ack.server_time_ms,
+    }
+    if signing_key is None:
+        return cbor2.dumps(fields, canonical=True)
+    if not gateway_id:
+        raise ValueError("a signed ack names the gateway it answers")
+    fields["gw"] = gateway_id
+    fields["sig"] = signing_key.sign(ACK_SIGNATURE_CONTEXT + cbor2.dumps(fields, canonical=True))
+    return cbor2.dumps(fields, canonical=True)
+
+
+def decode_ack(
+    data: bytes, *, bridge_key: Ed25519PublicKey | None = None, gateway_id: str | None = None
+) -> Ack:
+    """The ack in `data`. With `bridge_key`, only an ack the bridge signed for `gateway_id`:
+    anything else raises SignatureError (an unsigned ack too: a bridge that signs sends none)."""
     try:
         raw = cbor2.loads(data)
+        if bridge_key is not None:
+            _check_ack_signature(raw, bridge_key, gateway_id)
         if raw.get("v") == 1:  # a bridge not yet updated: its "hash" was the newest stored batch
             head = raw.get("hash")
             number = None

@@ -66,6 +66,9 @@ class SyncConfig(_Frozen):
     # A metered link's budget per local day: once spent, plain ECG strips wait (durably) for the
     # next day; readings and flagged strips still go. None: unmetered.
     daily_budget_mb: float | None = Field(default=None, gt=0)
+    # The public key the bridge signs its acks with (written at provisioning): given, the gateway
+    # acts on no other ack (contract/wire.py). None: acks are taken on the broker's word alone.
+    bridge_ack_key_file: Path | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from contract.wire import ResidentRef
+from gateway.errors import ConfigError
 
 SIGNING_KEY_FILE = "gateway-signing.pem"
 STORAGE_KEY_FILE = "storage.key"
@@ -56,6 +58,7 @@ TLS_KEY_FILE = "mqtt-tls.key"
 TLS_REQUEST_FILE = "mqtt-tls.csr"
 TLS_CERT_FILE = "mqtt-tls.crt"  # the CA's answer to the request, put here at enrolment
 TLS_CA_FILE = "mqtt-ca.crt"  # the health community's CA: the broker must show a cert it issued
+BRIDGE_ACK_KEY_FILE = "bridge-ack.pub.pem"  # the bridge's ack key (public), from the enrolment answer
 
 
 def create_tls_request(data_dir: Path, gateway_id: str) -> Path:
@@ -76,6 +79,19 @@ def create_tls_request(data_dir: Path, gateway_id: str) -> Path:
     )
     (data_dir / TLS_REQUEST_FILE).write_bytes(request.public_bytes(serialization.Encoding.PEM))
     return data_dir / TLS_REQUEST_FILE
+
+
+def load_bridge_ack_key(path: Path) -> Ed25519PublicKey:
+    """The bridge's public ack key; ConfigError naming the file when it cannot be used."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"sync.bridge_ack_key_file {path}: {exc.strerror}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"sync.bridge_ack_key_file {path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"sync.bridge_ack_key_file {path}: a {type(key).__name__}, not an Ed25519 key")
+    return key
 
 
 @dataclass(frozen=True)

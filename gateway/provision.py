@@ -41,6 +41,7 @@ from rich.table import Table
 from gateway.config import load_config
 from gateway.errors import GatewayError
 from gateway.keys import (
+    BRIDGE_ACK_KEY_FILE,
     PUBLIC_KEY_FILE,
     SIGNING_KEY_FILE,
     STORAGE_KEY_FILE,
@@ -57,7 +58,15 @@ __all__ = ["GatewayKind", "ProvisionError", "Provisioned", "provision", "provisi
 GATEWAY_DB = "gateway.db"
 # What provisioning writes, and what shows a data directory belongs to a gateway already.
 _KEY_FILES = (SIGNING_KEY_FILE, STORAGE_KEY_FILE, PUBLIC_KEY_FILE, TLS_KEY_FILE, TLS_REQUEST_FILE)
-_STATE_FILES = (*_KEY_FILES, TLS_CERT_FILE, TLS_CA_FILE, GATEWAY_DB, f"{GATEWAY_DB}-wal", f"{GATEWAY_DB}-shm")
+_STATE_FILES = (
+    *_KEY_FILES,
+    TLS_CERT_FILE,
+    TLS_CA_FILE,
+    BRIDGE_ACK_KEY_FILE,
+    GATEWAY_DB,
+    f"{GATEWAY_DB}-wal",
+    f"{GATEWAY_DB}-shm",
+)
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as gateway/config.py and the bridge's CA take it
 
 
@@ -150,6 +159,9 @@ def provision(
         if tls_signed:
             (staging / TLS_CERT_FILE).write_text(str(certificate))
             (staging / TLS_CA_FILE).write_text(str(ca_certificate))
+        ack_key = answer.get("bridge_ack_key_pem")
+        if ack_key:  # the bridge signs its acks: from now on the gateway believes no other
+            (staging / BRIDGE_ACK_KEY_FILE).write_text(str(ack_key))
         host = mqtt_host or str(urlsplit(bridge_url).hostname)
         port = mqtt_port or (8883 if tls_signed else 1883)
         staged_config = staging / "gateway.toml"
@@ -162,6 +174,7 @@ def provision(
                 serial_ports=serial_ports,
                 mqtt=(host, port),
                 tls_signed=tls_signed,
+                bridge_ack_key=bool(ack_key),
                 provenance=f"enrolled at {bridge_url} by {answer.get('enrolled_by', '?')}",
             )
         )
@@ -269,6 +282,7 @@ def render_config(
     mqtt: tuple[str, int],
     tls_signed: bool,
     provenance: str,
+    bridge_ack_key: bool = False,
 ) -> str:
     """The gateway's TOML configuration (deploy/gateway.example.toml, with this gateway's values)."""
     lines = [
@@ -307,6 +321,15 @@ def render_config(
             f"# --out {TLS_CERT_FILE}) and {TLS_CA_FILE} is beside it, set port = 8883 and uncomment:",
             *(f"# {line}" for line in tls),
         ]
+    if bridge_ack_key:
+        lines += [
+            "",
+            "[sync]",
+            "# Acks count only when signed with the bridge's key (given at enrolment).",
+            f"bridge_ack_key_file = {_toml(str(data_dir / BRIDGE_ACK_KEY_FILE))}",
+        ]
+    else:
+        lines += ["", "# The bridge gave no ack key: acks are believed on the broker's word alone."]
     lines += [
         "",
         "[api]",

@@ -22,8 +22,17 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from contract.wire import Ack, ContractError, ack_topic, decode_ack, encode_time_probe, up_topic
+from contract.wire import (
+    Ack,
+    ContractError,
+    SignatureError,
+    ack_topic,
+    decode_ack,
+    encode_time_probe,
+    up_topic,
+)
 from gateway.config import MqttConfig, SyncConfig
+from gateway.keys import load_bridge_ack_key
 from gateway.store import Outbox, PendingBatch
 from gateway.sync_policy import (
     PRIORITY_FLAGGED,
@@ -53,6 +62,7 @@ class SyncState:
     clock_offset_ms: int | None = None  # the bridge's clock minus ours, as last measured
     clock_rtt_ms: int | None = None  # the round trip of that measurement (its uncertainty x2)
     times_corrected: int = 0  # unsynced readings given the bridge's time
+    acks_refused: int = 0  # acks not signed with the bridge's key (sync.bridge_ack_key_file): ignored
 
 
 @dataclass
@@ -68,6 +78,14 @@ class MqttSync:
         self._in_flight: dict[int, tuple[float, bytes]] = {}  # batch id -> (sent, hash)
         self._loop = asyncio.get_running_loop()
         self._topic = up_topic(self.gateway_id)
+        key_file = self.sync_config.bridge_ack_key_file
+        self._bridge_key = None if key_file is None else load_bridge_ack_key(key_file)
+        if self._bridge_key is None:
+            log.warning(
+                "sync: no sync.bridge_ack_key_file: acks are believed on the broker's word alone "
+                "(whoever may publish on %s could mark readings synced)",
+                ack_topic(self.gateway_id),
+            )
         self.sizer = BatchSizer(
             self.sync_config.batch_min_readings,
             self.sync_config.batch_max_readings,
@@ -197,7 +215,13 @@ class MqttSync:
 
     async def _on_ack(self, payload: bytes) -> None:
         try:
-            ack: Ack = decode_ack(payload)
+            ack: Ack = decode_ack(payload, bridge_key=self._bridge_key, gateway_id=self.gateway_id)
+        except SignatureError as exc:
+            # Not the bridge's word: nothing is marked synced, no clock is learnt from it.
+            self.state.acks_refused += 1
+            await self._count_usage(publish_cost(ack_topic(self.gateway_id), len(payload)))
+            log.warning("sync: ignoring an ack the bridge did not sign: %s", exc)
+            return
         except ContractError as exc:
             log.warning("sync: ignoring malformed ack: %s", exc)
             return

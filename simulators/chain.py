@@ -109,6 +109,13 @@ class Chain:
         self.bridge_token = self._run_cli(
             "cloud_bridge.cli", "token", "add", "demo", "--role", "admin", "--db", str(self.bridge_db)
         ).strip()
+        # The bridge signs its acks; the gateway is given the public half and believes no other.
+        ack_key = self.bridge_db.with_name("bridge-ack.key")
+        self._run_cli("cloud_bridge.cli", "ack-key", "init", "--path", str(ack_key))
+        self.bridge_ack_key_pem = self.gateway_dir / "bridge-ack.pub.pem"
+        self.bridge_ack_key_pem.write_text(
+            self._run_cli("cloud_bridge.cli", "ack-key", "show", "--path", str(ack_key))
+        )
         self.gateway_config.write_text(
             f"""gateway_id = "{self.gateway_id}"
 data_dir = "{self.gateway_dir}"
@@ -128,6 +135,7 @@ reconnect_max_s = 2
 [sync]
 ack_timeout_s = 5
 idle_poll_s = 0.5
+bridge_ack_key_file = "{self.bridge_ack_key_pem}"
 
 [api]
 port = {self.gateway_api_port}

@@ -26,12 +26,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
-from cloud_bridge import pki, store
+from cloud_bridge import ack_key, pki, store
 from cloud_bridge.api import create_app
 from cloud_bridge.cli import app as bridge_cli
 from gateway.cli import app as gateway_cli
 from gateway.config import load_config
 from gateway.keys import (
+    BRIDGE_ACK_KEY_FILE,
     PUBLIC_KEY_FILE,
     SIGNING_KEY_FILE,
     STORAGE_KEY_FILE,
@@ -49,17 +50,23 @@ PROFILES = REPO_ROOT / "device_profiles"
 class RunningBridge:
     """The bridge's HTTP API (`create_app`, as `kiosk-bridge run` serves it) on a free port."""
 
-    def __init__(self, workdir: Path, *, with_ca: bool) -> None:
+    def __init__(self, workdir: Path, *, with_ca: bool, with_ack_key: bool = True) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = workdir / "bridge.db"
         self.ca_dir = workdir / "ca" if with_ca else None
         if self.ca_dir is not None:
             pki.create_ca(self.ca_dir)
+        # `kiosk-bridge run` always has one; without it, a bridge of an older release.
+        self.ack_key = ack_key.create_ack_key(workdir / "bridge-ack.key") if with_ack_key else None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                create_app(str(self.db), ca_dir=self.ca_dir),
+                create_app(
+                    str(self.db),
+                    ca_dir=self.ca_dir,
+                    ack_public_pem=None if self.ack_key is None else ack_key.public_pem(self.ack_key),
+                ),
                 host="127.0.0.1",
                 port=self.port,
                 log_level="warning",
@@ -149,8 +156,13 @@ def test_a_technician_provisions_a_gateway_in_one_command(bridge: RunningBridge,
             TLS_REQUEST_FILE,
             TLS_CERT_FILE,
             TLS_CA_FILE,
+            BRIDGE_ACK_KEY_FILE,
         ]
     )  # fmt: skip  (and no staging folder left)
+    # It believes only acks signed with the bridge's key.
+    assert config.sync.bridge_ack_key_file == data / BRIDGE_ACK_KEY_FILE
+    assert bridge.ack_key is not None
+    assert (data / BRIDGE_ACK_KEY_FILE).read_text() == ack_key.public_pem(bridge.ack_key)
     for secret in (SIGNING_KEY_FILE, STORAGE_KEY_FILE, TLS_KEY_FILE):
         assert stat.S_IMODE((data / secret).stat().st_mode) == 0o600, secret
 
@@ -194,14 +206,16 @@ def test_a_technician_provisions_a_gateway_in_one_command(bridge: RunningBridge,
 
 
 def test_without_a_ca_at_the_bridge_the_gateway_is_enrolled_for_plain_mqtt(tmp_path: Path) -> None:
-    with RunningBridge(tmp_path / "bridge", with_ca=False) as bridge:
+    with RunningBridge(tmp_path / "bridge", with_ca=False, with_ack_key=False) as bridge:
         result = provision(bridge.url, bridge.token("li.tech", "technician"), "gw-plain-01", tmp_path / "gw")
         assert result.exit_code == 0, result.output
         assert "plain: the bridge has no CA" in result.output
         assert bridge.enrolled() == ["gw-plain-01"]
     config = load_config(tmp_path / "gw" / "etc" / "gateway.toml")
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("127.0.0.1", 1883, None)
+    assert config.sync.bridge_ack_key_file is None  # that bridge signs no acks
     text = (tmp_path / "gw" / "etc" / "gateway.toml").read_text()
+    assert "# The bridge gave no ack key" in text
     assert "(kiosk-bridge ca sign gw-plain-01 --request mqtt-tls.csr" in text
     assert "\n# [mqtt.tls]\n" in text  # ready to uncomment once the CA has signed
     assert not (tmp_path / "gw" / "data" / TLS_CERT_FILE).exists()

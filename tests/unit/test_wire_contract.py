@@ -222,6 +222,67 @@ def test_ack_round_trip() -> None:
     assert decode_ack(encode_ack(refusal)) == refusal
 
 
+ACK_VECTOR = json.loads((VECTORS / "ack_v2_signed.json").read_text())
+VECTOR_ACK = Ack(
+    bytes.fromhex(ACK_VECTOR["head"]),
+    ACK_VECTOR["number"],
+    ACK_VECTOR["acked"],
+    bytes.fromhex(ACK_VECTOR["answers"]),
+    None,
+    ACK_VECTOR["server_time_ms"],
+)
+
+
+def test_signed_ack_matches_the_vector_byte_for_byte() -> None:
+    gateway = ACK_VECTOR["gateway_id"]
+    assert encode_ack(VECTOR_ACK, gateway_id=gateway, signing_key=KEY).hex() == ACK_VECTOR["message"]
+    # What is signed, written out by hand: the context, then the canonical map without "sig".
+    members = {
+        "v": 2, "gw": gateway, "no": 3, "err": None, "now": ACK_VECTOR["server_time_ms"], "hash":
+        bytes.fromhex(ACK_VECTOR["answers"]), "head": bytes.fromhex(ACK_VECTOR["head"]), "acked": 5,
+    }  # fmt: skip
+    signed = bytes.fromhex(ACK_VECTOR["signed_bytes"])
+    assert signed == b"kiosk-edge ack v2\x00" + cbor2.dumps(members, canonical=True)
+    PUBLIC.verify(bytes.fromhex(ACK_VECTOR["signature"]), signed)  # raises if it does not verify
+    message = bytes.fromhex(ACK_VECTOR["message"])
+    assert decode_ack(message, bridge_key=PUBLIC, gateway_id=gateway) == VECTOR_ACK
+    assert decode_ack(message) == VECTOR_ACK  # a gateway without the bridge's key reads it too
+
+
+def _changed_after_signing(message: bytes, **changes: object) -> bytes:
+    """The signed ack with members changed and the old signature kept."""
+    return cbor2.dumps({**cbor2.loads(message), **changes}, canonical=True)
+
+
+def test_an_ack_changed_after_signing_is_refused() -> None:
+    message = bytes.fromhex(ACK_VECTOR["message"])
+    gateway = ACK_VECTOR["gateway_id"]
+    for change in ({"acked": 6}, {"head": bytes(32)}, {"now": 0}, {"err": "x"}, {"v": 1}):
+        with pytest.raises(SignatureError, match="does not verify"):
+            decode_ack(_changed_after_signing(message, **change), bridge_key=PUBLIC, gateway_id=gateway)
+
+
+def test_a_gateway_that_knows_the_bridge_key_refuses_any_other_ack() -> None:
+    gateway = ACK_VECTOR["gateway_id"]
+    message = bytes.fromhex(ACK_VECTOR["message"])
+    with pytest.raises(SignatureError, match="not signed"):
+        decode_ack(encode_ack(VECTOR_ACK), bridge_key=PUBLIC, gateway_id=gateway)
+    with pytest.raises(SignatureError, match="signed for gateway 'gw-vector', not 'gw-other'"):
+        decode_ack(message, bridge_key=PUBLIC, gateway_id="gw-other")
+    forged = encode_ack(VECTOR_ACK, gateway_id=gateway, signing_key=Ed25519PrivateKey.generate())
+    with pytest.raises(SignatureError, match="does not verify"):
+        decode_ack(forged, bridge_key=PUBLIC, gateway_id=gateway)
+    with pytest.raises(SignatureError, match="not signed"):
+        decode_ack(_changed_after_signing(message, sig="text"), bridge_key=PUBLIC, gateway_id=gateway)
+    with pytest.raises(ContractError, match="not a map"):
+        decode_ack(cbor2.dumps([1, 2]), bridge_key=PUBLIC, gateway_id=gateway)
+
+
+def test_a_signed_ack_names_its_gateway() -> None:
+    with pytest.raises(ValueError, match="names the gateway"):
+        encode_ack(VECTOR_ACK, signing_key=KEY)
+
+
 def test_a_v1_ack_names_its_batch_as_the_head() -> None:
     v1 = cbor2.dumps({"v": 1, "acked": 2, "hash": bytes(range(32)), "err": None, "now": 5})
     assert decode_ack(v1) == Ack(bytes(range(32)), None, 2, bytes(range(32)), None, 5)
