@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloud_bridge import store
+from cloud_bridge import ack_key, store
 from cloud_bridge.receive import Outcome, receive_batch
 from contract.wire import GENESIS_HASH, encode_batch, up_topic
 from gateway.config import MqttConfig, SyncConfig
@@ -58,8 +58,9 @@ async def stop_gateways(tasks: list[asyncio.Task[None]], outboxes: dict[str, Out
 class Worker:
     """One `kiosk-bridge run --worker NAME` process; `start` again after a kill is a restart."""
 
-    def __init__(self, name: str, db_url: str, mqtt_port: int, workdir: Path) -> None:
+    def __init__(self, name: str, db_url: str, mqtt_port: int, workdir: Path, ack_key: Path) -> None:
         self.name = name
+        self.ack_key = ack_key  # the bridge's one ack key: every worker is given the same file
         self.db_url = db_url
         self.mqtt_port = mqtt_port
         self.http_port = free_port()
@@ -71,7 +72,7 @@ class Worker:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(BRIDGE), "run", "--db", self.db_url, "--mqtt-port", str(self.mqtt_port),
-                 "--http-port", str(self.http_port), "--worker", self.name],
+                 "--http-port", str(self.http_port), "--worker", self.name, "--ack-key", str(self.ack_key)],
                 stdout=log, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -168,6 +169,18 @@ def test_bridge_refuses_workers_on_sqlite(tmp_path: Path) -> None:
     assert "PostgreSQL" in result.stderr
 
 
+def test_a_worker_does_not_make_an_ack_key_of_its_own(tmp_path: Path, postgres_url: str) -> None:
+    """Its acks would be refused by every gateway that knows the bridge's key."""
+    missing = tmp_path / "bridge-ack.key"
+    result = subprocess.run(
+        [str(BRIDGE), "run", "--db", postgres_url, "--worker", "w1", "--ack-key", str(missing)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not exist: make it once with `kiosk-bridge ack-key init`" in result.stderr
+    assert not missing.exists()
+
+
 async def test_three_workers_store_every_reading_once_through_a_worker_kill(
     tmp_path: Path, mosquitto: Mosquitto, postgres_url: str
 ) -> None:
@@ -186,7 +199,11 @@ async def test_three_workers_store_every_reading_once_through_a_worker_kill(
         store.enrol_gateway(conn, gateway_id, public.decode(), site="test", kind="kiosk", now_ms=0)
     conn.close()
 
-    workers = [Worker(name, postgres_url, mosquitto.port, tmp_path) for name in WORKERS]
+    bridge_key = ack_key.create_ack_key(tmp_path / "bridge-ack.key")
+    (tmp_path / "bridge-ack.pub.pem").write_text(ack_key.public_pem(bridge_key))
+    workers = [
+        Worker(name, postgres_url, mosquitto.port, tmp_path, tmp_path / "bridge-ack.key") for name in WORKERS
+    ]
     outboxes: dict[str, Outbox] = {}
     syncs: dict[str, MqttSync] = {}
     tasks: list[asyncio.Task[None]] = []
@@ -207,6 +224,7 @@ async def test_three_workers_store_every_reading_once_through_a_worker_kill(
                     ack_timeout_s=3.0,
                     idle_poll_s=0.2,
                     time_probe_wait_s=0.5,
+                    bridge_ack_key_file=tmp_path / "bridge-ack.pub.pem",  # acks from any worker count
                 ),
             )
             tasks.append(asyncio.create_task(syncs[gateway_id].run()))

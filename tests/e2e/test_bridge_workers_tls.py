@@ -72,6 +72,17 @@ class Site:
     bridge_dir: Path  # bridge-<worker>.crt/.key
     gateway_dirs: dict[str, Path]
     acl: Path
+    ack_key: Path  # the one key every worker signs its acks with
+    ack_public: Path  # its public half, which every gateway is given
+
+    def worker_argv(self, name: str) -> list[str]:
+        """The options a worker named `name` is run with: its certificate and the ack key."""
+        return [
+            "--mqtt-ca", str(self.ca),
+            "--mqtt-cert", str(self.bridge_dir / f"bridge-{name}.crt"),
+            "--mqtt-key", str(self.bridge_dir / f"bridge-{name}.key"),
+            "--ack-key", str(self.ack_key),
+        ]  # fmt: skip
 
     def gateway_tls(self, gateway_id: str) -> TlsConfig:
         data = self.gateway_dirs[gateway_id]
@@ -84,6 +95,9 @@ def set_up(workdir: Path, db_url: str) -> Site:
 
     ca_dir = str(workdir / "ca")
     _cli(bridge, "ca", "init", "--ca-dir", ca_dir)
+    ack_key, ack_public = workdir / "bridge-ack.key", workdir / "bridge-ack.pub.pem"
+    _cli(bridge, "ack-key", "init", "--path", str(ack_key))
+    ack_public.write_text(_cli(bridge, "ack-key", "show", "--path", str(ack_key)))
     _cli(bridge, "ca", "issue", "broker", "--server-name", "127.0.0.1", "--out-dir", str(workdir / "broker"),
          "--ca-dir", ca_dir)  # fmt: skip
     for worker in (*WORKERS, UNNAMED):
@@ -104,7 +118,7 @@ def set_up(workdir: Path, db_url: str) -> Site:
     ca = workdir / "ca" / "ca.crt"
     return Site(
         ca, (ca, workdir / "broker" / "broker.crt", workdir / "broker" / "broker.key"),
-        workdir / "bridge", gateway_dirs, acl,
+        workdir / "bridge", gateway_dirs, acl, ack_key, ack_public,
     )  # fmt: skip
 
 
@@ -117,10 +131,7 @@ class TlsWorker:
         self.log = workdir / f"bridge-{name}.log"
         self.argv = [
             str(BRIDGE), "run", "--db", db_url, "--mqtt-port", str(broker.port),
-            "--http-port", str(self.http_port), "--worker", name,
-            "--mqtt-ca", str(site.ca),
-            "--mqtt-cert", str(site.bridge_dir / f"bridge-{name}.crt"),
-            "--mqtt-key", str(site.bridge_dir / f"bridge-{name}.key"),
+            "--http-port", str(self.http_port), "--worker", name, *site.worker_argv(name),
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -260,7 +271,7 @@ async def send_until_acked(
             MqttConfig(port=broker.port, tls=site.gateway_tls(gateway_id), keepalive_s=5,
                        reconnect_min_s=0.5, reconnect_max_s=2),
             SyncConfig(batch_min_readings=10, batch_max_readings=30, ack_timeout_s=2.0,
-                       idle_poll_s=0.2, time_probe_wait_s=0.5),
+                       idle_poll_s=0.2, time_probe_wait_s=0.5, bridge_ack_key_file=site.ack_public),
         )  # fmt: skip
         tasks.append(asyncio.create_task(syncs[gateway_id].run()))
 
