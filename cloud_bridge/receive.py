@@ -188,6 +188,7 @@ def _receive(
             batch_hash=batch.hash,
             now_ms=now_ms,
             fhir_pending=[not here for here in map_here],
+            bodies=batch.reading_bytes,
         )
         stored = sum(new)
         fresh = [

@@ -231,6 +231,7 @@ def insert_readings(
     batch_hash: bytes,
     now_ms: int,
     fhir_pending: Sequence[bool] | None = None,
+    bodies: Sequence[bytes] = (),
 ) -> list[bool]:
     """Store one gateway's readings (a batch) -> for each, whether it is new.
 
@@ -239,6 +240,9 @@ def insert_readings(
 
     Runs inside the transaction that holds the gateway's row, so no other writer stores this
     gateway's readings meanwhile and the look-up of the sequences already held is exact.
+
+    `bodies` are the readings' CBOR as the gateway signed it (`Batch.reading_bytes`), stored as
+    they are; without them each reading is encoded again.
     """
     if not readings:
         return []
@@ -255,10 +259,14 @@ def insert_readings(
     }
     new = [reading.seq not in held for reading in readings]
     pending = fhir_pending if fhir_pending is not None else [False] * len(readings)
+    if bodies and len(bodies) != len(readings):
+        raise ValueError("insert_readings takes one body per reading")
+    encoded = bodies or [encode_reading(reading) for reading in readings]
     rows = [
-        (gateway_id, reading.seq, reading.kind, encode_reading(reading), batch_hash, now_ms,
+        (gateway_id, reading.seq, reading.kind, body, batch_hash, now_ms,
          "pending" if later else "dead_letter" if error else "stored", error)
-        for reading, error, is_new, later in zip(readings, fhir_errors, new, pending, strict=True)
+        for reading, body, error, is_new, later
+        in zip(readings, encoded, fhir_errors, new, pending, strict=True)
         if is_new
     ]  # fmt: skip
     if not rows:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import array
 import functools
 import hashlib
+import io
 import itertools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -507,6 +508,9 @@ class Batch:
     hash: bytes
     readings: tuple[Reading, ...]
     waiting: int | None = None
+    # Each reading's CBOR exactly as the gateway signed it (empty if the body was not a
+    # definite-length list): the bridge stores these bytes rather than encoding the reading again.
+    reading_bytes: tuple[bytes, ...] = ()
 
     @property
     def first_seq(self) -> int:
@@ -643,7 +647,9 @@ def decode_batch(message: bytes, public_key: Ed25519PublicKey) -> Batch:
     if len(body) > _MAX_DECOMPRESSED:
         raise ContractError("batch body too large")
     try:
-        raw_readings = cbor2.loads(body)
+        raw_readings, reading_bytes = _items_with_bytes(body)
+    except ContractError:
+        raise
     except Exception as exc:
         raise ContractError(f"batch body is not CBOR: {exc}") from exc
     if not isinstance(raw_readings, list):
@@ -655,7 +661,7 @@ def decode_batch(message: bytes, public_key: Ed25519PublicKey) -> Batch:
         raise ContractError("batch holds readings of another gateway")
     if not isinstance(prev, bytes) or len(prev) != 32:
         raise ContractError("batch prev hash must be 32 bytes")
-    return Batch(gateway_id, number, ranges, prev, batch_hash(payload), readings, waiting)
+    return Batch(gateway_id, number, ranges, prev, batch_hash(payload), readings, waiting, reading_bytes)
 
 
 def _check_ack_signature(raw: Any, bridge_key: Ed25519PublicKey, gateway_id: str | None) -> None:
@@ -671,6 +677,37 @@ def _check_ack_signature(raw: Any, bridge_key: Ed25519PublicKey, gateway_id: str
         bridge_key.verify(signature, ACK_SIGNATURE_CONTEXT + signed)
     except InvalidSignature:
         raise SignatureError("ack signature does not verify against the bridge's key") from None
+
+
+def _items_with_bytes(body: bytes) -> tuple[Any, tuple[bytes, ...]]:
+    """The body's items, each with its own bytes: decoded one at a time, each by a decoder of its
+    own (so an item can never lean on another's shared values), and cut where the decoder
+    stopped. A body that is not a definite-length list is decoded whole, without the bytes."""
+    count, start = _list_header(body)
+    if count is None:
+        return cbor2.loads(body), ()
+    stream = io.BytesIO(body)
+    stream.seek(start)
+    items, cuts = [], []
+    for _ in range(count):
+        items.append(cbor2.CBORDecoder(stream).decode())
+        end = stream.tell()
+        cuts.append(body[start:end])
+        start = end
+    return items, tuple(cuts)
+
+
+def _list_header(body: bytes) -> tuple[int | None, int]:
+    """(item count, where the first item starts) of a CBOR array; (None, 0) for anything else."""
+    if not body or body[0] >> 5 != 4:
+        return None, 0
+    info = body[0] & 0x1F
+    if info < 24:
+        return info, 1
+    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    if size is None or len(body) < 1 + size:
+        return None, 0  # indefinite length (or broken): the whole decode says what is wrong
+    return int.from_bytes(body[1 : 1 + size], "big"), 1 + size
 
 
 def encode_time_probe(gateway_id: str) -> bytes:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
+import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import given
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ from contract.wire import (
     ack_topic,
     decode_ack,
     decode_batch,
+    decode_reading,
     encode_ack,
     encode_batch,
     encode_batch_of_encoded,
@@ -406,7 +408,44 @@ def test_a_batch_of_many_readings_has_a_long_array_header() -> None:
     key = Ed25519PrivateKey.from_private_bytes(bytes(32))
     readings = [dataclasses.replace(READING_1, seq=seq) for seq in range(1, 301)]
     message, _ = encode_batch(readings, prev_hash=bytes(32), signing_key=key, number=1)
-    assert decode_batch(message, key.public_key()).readings == tuple(readings)
+    batch = decode_batch(message, key.public_key())
+    assert batch.readings == tuple(readings)
+    assert batch.reading_bytes == tuple(encode_reading(r) for r in readings)
+
+
+@given(st.lists(any_reading(), min_size=1, max_size=30))
+def test_each_readings_bytes_are_what_the_gateway_signed(readings: list[Reading]) -> None:
+    """The bridge stores these instead of encoding again: they must be each reading's own CBOR,
+    cut exactly (a decoder that read ahead would cut them wrong)."""
+    readings = [dataclasses.replace(r, gateway_id="gw-1", seq=i) for i, r in enumerate(readings, start=1)]
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    message, _ = encode_batch(readings, prev_hash=bytes(32), signing_key=key, number=1)
+    batch = decode_batch(message, key.public_key())
+    assert batch.reading_bytes == tuple(encode_reading(r) for r in readings)
+    assert tuple(decode_reading(body) for body in batch.reading_bytes) == batch.readings
+
+
+def _batch_with_body(body: bytes, count: int) -> bytes:
+    """A v2 batch of gw-1 whose compressed body is `body`, signed with the all-zero key."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    payload = cbor2.dumps(
+        {"v": 2, "gw": "gw-1", "no": 1, "prev": bytes(32), "seqs": [[1, count]], "n": count, "q": 0,
+         "z": zstandard.ZstdCompressor().compress(body)},
+        canonical=True,
+    )  # fmt: skip
+    return cbor2.dumps({"p": payload, "s": key.sign(payload)}, canonical=True)
+
+
+def test_a_body_that_is_not_a_definite_list_is_read_whole_without_bytes() -> None:
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    readings = [dataclasses.replace(READING_1, gateway_id="gw-1", seq=seq) for seq in (1, 2)]
+    indefinite = b"\x9f" + b"".join(encode_reading(r) for r in readings) + b"\xff"
+    batch = decode_batch(_batch_with_body(indefinite, 2), key.public_key())
+    assert (batch.readings, batch.reading_bytes) == (tuple(readings), ())
+    with pytest.raises(ContractError, match="not a list"):
+        decode_batch(_batch_with_body(cbor2.dumps({"a": 1}), 1), key.public_key())
+    with pytest.raises(ContractError, match="not CBOR"):
+        decode_batch(_batch_with_body(b"\x82" + encode_reading(readings[0]), 2), key.public_key())
 
 
 @given(st.lists(any_reading(), min_size=1, max_size=5))
