@@ -9,7 +9,10 @@ is the common name of the TLS certificate the community's CA issued it, `cloud_b
   and subscribe to and receive `kiosk/gw-X/ack`; each bridge identity may subscribe to
   `kiosk/+/up` (one bridge process) and `$share/<group>/kiosk/+/up` (workers), receive every
   `up` and publish every `ack`; the defaults deny the rest, unsubscribing too (so each client may
-  unsubscribe exactly the filters it may subscribe to). Restart the broker after writing it.
+  unsubscribe exactly the filters it may subscribe to). A broker reads the file when it starts;
+  a running one gets the same rules live, with no restart, over the plugin's control topic
+  (`kiosk-bridge acl --format dynsec --apply-to HOST:PORT`, cloud_bridge/broker_control.py), as
+  the plugin's admin: the certificate name `dynsec_config(admin_identity=…)` grants `ADMIN_ROLE`.
 - `render_acl`, an `acl_file`. Mosquitto never checks a SUBSCRIBE against it, so any certificate
   from the CA can join the workers' shared subscription (below). Send a SIGHUP after writing it.
 
@@ -27,7 +30,9 @@ a refused filter gets SUBACK 0x87 and the client never joins the group. Delivere
 checked on their own topic (`publishClientReceive kiosk/+/up`). A certificate name the file does
 not list still connects (with `use_identity_as_username` the plugin sees no password to check)
 but every publish and subscribe is refused. The plugin reads its file when the broker starts; a
-SIGHUP does not reload it; a missing or broken file denies everything.
+SIGHUP does not reload it; a missing or broken file denies everything. Its control topic changes
+the rules of the running broker instead (what 2.0.11 does then: cloud_bridge/broker_control.py,
+tests/component/test_broker_dynsec_live.py); the plugin writes each change back to its file.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ BRIDGE_IDENTITY = "kiosk-bridge"
 SHARE_GROUP = "bridge"  # the workers' default (`kiosk-bridge run --share-group`)
 BRIDGE_ROLE = "kiosk-bridge"
 GATEWAY_ROLE_PREFIX = "kiosk-gateway-"
+# The plugin's admin: sends commands to its control topic and reads the answers, nothing else.
+ADMIN_ROLE = "kiosk-broker-admin"
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+CONTROL_RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 # A certificate common name as the community's CA issues it (cloud_bridge.pki): one rule each.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -72,14 +81,15 @@ def is_certificate_name(name: str) -> bool:
 
 
 def _checked_names(
-    gateway_ids: Iterable[str], bridge_identities: str | Sequence[str]
+    gateway_ids: Iterable[str], bridge_identities: str | Sequence[str], admin_identity: str | None = None
 ) -> tuple[list[str], list[str]]:
     """(bridge identities, gateway ids) to write rules for, each once and in order.
 
     A gateway id that cannot be a certificate name is left out (no certificate could carry it, so
     it cannot connect; written out, a `+` or `#` in it would be a wildcard). Refuses a bridge
     identity that is not a certificate name, and one that is also a gateway's id (the two would
-    be one broker user: that gateway would read every gateway's batches)."""
+    be one broker user: that gateway would read every gateway's batches); likewise an admin
+    identity that is also a gateway's or a bridge's (that device could rewrite every rule)."""
     bridges = [bridge_identities] if isinstance(bridge_identities, str) else list(bridge_identities)
     bridges = list(dict.fromkeys(bridges))
     gateways = [gateway_id for gateway_id in dict.fromkeys(gateway_ids) if is_certificate_name(gateway_id)]
@@ -91,6 +101,13 @@ def _checked_names(
     clash = sorted(set(bridges) & set(gateways))
     if clash:
         raise AclError(f"{clash[0]!r} is both a bridge identity and an enrolled gateway")
+    if admin_identity is not None:
+        if not is_certificate_name(admin_identity):
+            raise AclError(f"admin identity {admin_identity!r}: 1-64 letters, digits, '_', '.' or '-'")
+        if admin_identity in gateways:
+            raise AclError(f"{admin_identity!r} is both the broker's admin and an enrolled gateway")
+        if admin_identity in bridges:
+            raise AclError(f"{admin_identity!r} is both the broker's admin and a bridge identity")
     return bridges, gateways
 
 
@@ -136,12 +153,15 @@ def dynsec_config(
     gateway_ids: Iterable[str],
     bridge_identities: str | Sequence[str] = (BRIDGE_IDENTITY,),
     share_groups: Sequence[str] = (SHARE_GROUP,),
+    admin_identity: str | None = None,
 ) -> DynsecConfig:
     """The dynamic-security plugin's configuration (its JSON file, as a dict): one client per
     bridge identity with the bridge's role, one client and one role per gateway, defaults that
-    deny. Clients have no password: their certificate is their identity. Names are checked as
-    `_checked_names` says; a share group may not be empty or hold '/', '+' or '#'."""
-    bridges, gateways = _checked_names(gateway_ids, bridge_identities)
+    deny. Clients have no password: their certificate is their identity. With `admin_identity`,
+    that certificate name also gets `ADMIN_ROLE`, the plugin's control topic and its answers, so
+    it can change the rules of the running broker. Names are checked as `_checked_names` says; a
+    share group may not be empty or hold '/', '+' or '#'."""
+    bridges, gateways = _checked_names(gateway_ids, bridge_identities, admin_identity)
     groups = list(dict.fromkeys(share_groups))
     for group in groups:
         if not group or any(c in group for c in "/+#"):
@@ -166,6 +186,20 @@ def dynsec_config(
         }
         for gateway_id in gateways
     ]
+    admin_clients: list[dict[str, Any]] = []
+    admin_roles: list[dict[str, Any]] = []
+    if admin_identity is not None:
+        admin_clients = [{"username": admin_identity, "roles": [{"rolename": ADMIN_ROLE}]}]
+        admin_roles = [
+            {
+                "rolename": ADMIN_ROLE,
+                "acls": [
+                    _allow("publishClientSend", CONTROL_TOPIC),
+                    *_subscription(CONTROL_RESPONSE_TOPIC),
+                    _allow("publishClientReceive", CONTROL_RESPONSE_TOPIC),
+                ],
+            }
+        ]
     return {
         "defaultACLAccess": {
             "publishClientSend": False,
@@ -174,6 +208,7 @@ def dynsec_config(
             "unsubscribe": False,
         },
         "clients": [
+            *admin_clients,
             *({"username": name, "roles": [{"rolename": BRIDGE_ROLE}]} for name in bridges),
             *(
                 {"username": gateway_id, "roles": [{"rolename": GATEWAY_ROLE_PREFIX + gateway_id}]}
@@ -181,5 +216,5 @@ def dynsec_config(
             ),
         ],
         "groups": [],
-        "roles": [bridge_role, *gateway_roles],
+        "roles": [*admin_roles, bridge_role, *gateway_roles],
     }

@@ -9,13 +9,15 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import typer
 from cryptography import x509
 
 from cloud_bridge import ack_key as ack_keys
-from cloud_bridge import auth, broker_acl, fhir_post, pki, store
+from cloud_bridge import auth, broker_acl, broker_control, fhir_post, pki, store
 from cloud_bridge.alert_rules import AlertRulesError, load_rule_texts
 from cloud_bridge.db import is_postgres_url
 from cloud_bridge.referral_routes import DEFAULT_ROUTES, ReferralRoutesError, check_rules, load_routes
@@ -26,6 +28,31 @@ DB_OPTION = typer.Option(
     "bridge.db",
     "--db",
     help="The bridge's store: a SQLite file (default), or postgresql://user@host/dbname for PostgreSQL.",
+)
+
+
+APPLY_TO_OPTION = typer.Option(
+    None,
+    "--apply-to",
+    metavar="HOST:PORT",
+    help="A running Mosquitto with the dynamic-security plugin: change its rules now, over the plugin's "
+    "control topic, without a restart (with --tls-cert, --tls-key and --ca-file).",
+)
+TLS_CERT_OPTION = typer.Option(
+    None,
+    "--tls-cert",
+    help="With --apply-to: the certificate of the plugin's admin (its name is granted the admin role: "
+    "`acl --admin-identity`).",
+)
+TLS_KEY_OPTION = typer.Option(None, "--tls-key", help="With --apply-to: the admin certificate's key.")
+CA_FILE_OPTION = typer.Option(
+    None, "--ca-file", help="With --apply-to: the CA certificate that signed the broker's (ca.crt)."
+)
+TIMEOUT_OPTION = typer.Option(
+    10.0, "--timeout", min=0.1, help="With --apply-to: seconds to wait for each answer."
+)
+DRY_RUN_OPTION = typer.Option(
+    False, "--dry-run", help="With --apply-to: print what would change on the broker, change nothing."
 )
 
 
@@ -84,9 +111,16 @@ def revoke(
     reason: RevocationReason = typer.Option(
         "key-compromise", help="With --ca-dir: the reason the revocation list gives."
     ),
+    apply_to: str | None = APPLY_TO_OPTION,
+    tls_cert: Path | None = TLS_CERT_OPTION,
+    tls_key: Path | None = TLS_KEY_OPTION,
+    ca_file: Path | None = CA_FILE_OPTION,
+    timeout: float = TIMEOUT_OPTION,
 ) -> None:
     """Refuse every further batch from a gateway (lost or stolen device); with --ca-dir, its TLS
-    connection to the broker too."""
+    connection to the broker too; with --apply-to, every right on the running broker at once
+    (its connection is cut; it may reconnect, and is refused every publish and subscribe)."""
+    broker = _broker_target(apply_to, tls_cert, tls_key, ca_file)
     if ca_dir is not None:
         _check_ca(ca_dir)  # a wrong --ca-dir changes nothing
     conn = store.connect(db)
@@ -106,6 +140,14 @@ def revoke(
             raise typer.Exit(1) from exc
         _say_revoked(gateway_id, count)
         _write_crl(ca_dir, pki.CRL_DAYS)
+    if broker is not None:  # also when the registry never heard of it: the broker may still know it
+        _apply(
+            broker,
+            timeout,
+            lambda admin: broker_control.revoke(admin, gateway_id),
+            retry="the registry refuses its batches already; take its broker rights with `kiosk-bridge acl "
+            "--format dynsec --apply-to ...` (or this command again) once the broker answers",
+        )
     if not revoked:
         raise typer.Exit(1)
 
@@ -368,8 +410,10 @@ class _StageSupervisor:
 @app.command("acl")
 def acl(
     db: str = DB_OPTION,
-    out: Path = typer.Option(
-        ..., help="The file to write: Mosquitto's acl_file, or the dynamic-security plugin's config file."
+    out: Path | None = typer.Option(
+        None,
+        help="The file to write: Mosquitto's acl_file, or the dynamic-security plugin's config file "
+        "(read when the broker starts). Needed unless --apply-to is given.",
     ),
     bridge_user: list[str] = typer.Option(
         [],
@@ -394,22 +438,52 @@ def acl(
         help="With --format dynsec: a workers' shared-subscription group (`run --share-group`) the "
         f"bridge identities may subscribe in. Repeatable. Default: {broker_acl.SHARE_GROUP}.",
     ),
+    admin_identity: str | None = typer.Option(
+        None,
+        "--admin-identity",
+        help="With --format dynsec: the certificate name (CN) the file makes the plugin's admin, so "
+        "--apply-to can change the running broker's rules. Default with --apply-to: --tls-cert's name.",
+    ),
+    apply_to: str | None = APPLY_TO_OPTION,
+    tls_cert: Path | None = TLS_CERT_OPTION,
+    tls_key: Path | None = TLS_KEY_OPTION,
+    ca_file: Path | None = CA_FILE_OPTION,
+    timeout: float = TIMEOUT_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
 ) -> None:
-    """Write the broker's access rules from the registry: each gateway its own topics only."""
+    """Write the broker's access rules from the registry (each gateway its own topics only), or,
+    with --apply-to, bring a running broker's rules in step with it (only what differs)."""
     identities = bridge_user or [broker_acl.BRIDGE_IDENTITY]
     dynsec = rules_format is broker_acl.RulesFormat.dynsec
     if share_group and not dynsec:
         typer.echo("error: --share-group is for --format dynsec (an acl_file has no rules for it)", err=True)
         raise typer.Exit(2)
+    if (admin_identity is not None or apply_to is not None) and not dynsec:
+        typer.echo("error: --admin-identity and --apply-to are for --format dynsec", err=True)
+        raise typer.Exit(2)
+    if out is None and apply_to is None:
+        typer.echo("error: give --out FILE, --apply-to HOST:PORT, or both", err=True)
+        raise typer.Exit(2)
+    broker = _broker_target(apply_to, tls_cert, tls_key, ca_file)
+    if broker is not None:
+        if admin_identity is not None and admin_identity != broker.admin:
+            typer.echo(
+                f"error: --admin-identity {admin_identity} differs from --tls-cert's name {broker.admin}",
+                err=True,
+            )
+            raise typer.Exit(2)
+        admin_identity = broker.admin
     conn = store.connect(db)
     try:
         gateway_ids = broker_acl.active_gateway_ids(conn)
     finally:
         conn.close()
+    rules: broker_acl.DynsecConfig = {}
     try:
         if dynsec:
             groups = share_group or [broker_acl.SHARE_GROUP]
-            text = json.dumps(broker_acl.dynsec_config(gateway_ids, identities, groups), indent=2) + "\n"
+            rules = broker_acl.dynsec_config(gateway_ids, identities, groups, admin_identity)
+            text = json.dumps(rules, indent=2) + "\n"
         else:
             text = broker_acl.render_acl(gateway_ids, identities)
     except broker_acl.AclError as exc:
@@ -418,18 +492,100 @@ def acl(
     left_out = [gateway_id for gateway_id in gateway_ids if not broker_acl.is_certificate_name(gateway_id)]
     for gateway_id in left_out:
         typer.echo(f"left out gateway {gateway_id!r}: not a certificate name, it cannot connect", err=True)
-    partial = out.with_suffix(out.suffix + ".new")
-    partial.write_text(text)
-    partial.replace(out)  # the broker never reads half a file
-    apply = (
-        "restart the broker to apply (a SIGHUP does not reload the plugin's file)"
-        if dynsec
-        else "send the broker SIGHUP to apply"
-    )
-    typer.echo(
-        f"{out}: rules for {len(gateway_ids) - len(left_out)} gateway(s) and bridge "
-        f"{', '.join(dict.fromkeys(identities))}; {apply}"
-    )
+    bridges = ", ".join(dict.fromkeys(identities))
+    summary = f"rules for {len(gateway_ids) - len(left_out)} gateway(s) and bridge {bridges}"
+    if out is not None:
+        partial = out.with_suffix(out.suffix + ".new")
+        partial.write_text(text)
+        partial.replace(out)  # the broker never reads half a file
+        if broker is not None:
+            apply = "the running broker gets them below"
+        elif dynsec:
+            apply = (
+                "restart the broker to apply (a SIGHUP does not reload the plugin's file), or use --apply-to"
+            )
+        else:
+            apply = "send the broker SIGHUP to apply"
+        typer.echo(f"{out}: {summary}; {apply}")
+    if broker is not None:
+        typer.echo(f"{broker.where}: {summary}")
+        _apply(
+            broker,
+            timeout,
+            lambda admin: broker_control.sync(admin, rules, dry_run=dry_run),
+            dry_run=dry_run,
+            retry="fix the cause and run the command again: it sends only what still differs",
+        )
+
+
+class BrokerTarget(NamedTuple):
+    """A running broker to change, and the plugin admin's TLS files and certificate name."""
+
+    host: str
+    port: int
+    tls: broker_control.AdminTls
+    admin: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _broker_target(
+    apply_to: str | None, tls_cert: Path | None, tls_key: Path | None, ca_file: Path | None
+) -> BrokerTarget | None:
+    """HOST:PORT and the admin's TLS files, checked before anything changes; None without --apply-to."""
+    if apply_to is None:
+        if tls_cert or tls_key or ca_file:
+            typer.echo("error: --tls-cert, --tls-key and --ca-file go with --apply-to HOST:PORT", err=True)
+            raise typer.Exit(2)
+        return None
+    host, _, port = apply_to.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:8883
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        typer.echo(f"error: --apply-to {apply_to}: give HOST:PORT, e.g. broker.example.org:8883", err=True)
+        raise typer.Exit(2)
+    if tls_cert is None or tls_key is None or ca_file is None:
+        typer.echo(
+            "error: --apply-to needs --tls-cert, --tls-key and --ca-file (the plugin's admin)", err=True
+        )
+        raise typer.Exit(2)
+    tls = broker_control.AdminTls(ca_file=ca_file, cert_file=tls_cert, key_file=tls_key)
+    try:
+        admin = broker_control.certificate_name(tls_cert)
+    except broker_control.BrokerControlError as exc:
+        typer.echo(f"error: --tls-cert {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return BrokerTarget(host, int(port), tls, admin)
+
+
+def _apply(
+    broker: BrokerTarget,
+    timeout: float,
+    change: Callable[[broker_control.DynsecAdmin], list[broker_control.Command]],
+    *,
+    dry_run: bool = False,
+    retry: str,
+) -> None:
+    """Run `change` as the plugin's admin and print each command it sent; `retry` says what to do
+    when the broker cannot be reached or refuses a command."""
+    try:
+        with broker_control.DynsecAdmin(broker.host, broker.port, broker.tls, timeout=timeout) as admin:
+            commands = change(admin)
+    except broker_control.BrokerControlError as exc:
+        typer.echo(f"error: {broker.where}: {exc}", err=True)
+        if isinstance(exc, broker_control.CommandError):
+            typer.echo("the commands before that one were applied", err=True)
+        typer.echo(retry, err=True)
+        raise typer.Exit(1) from exc
+    verb = "would " if dry_run else ""
+    for command in commands:
+        typer.echo(f"{broker.where}: {verb}{broker_control.describe(command)}")
+    if not commands:
+        typer.echo(f"{broker.where}: the broker holds these rules already, nothing to change")
+    else:
+        done = "not applied (--dry-run)" if dry_run else "applied"
+        typer.echo(f"{broker.where}: {len(commands)} change(s) {done}")
 
 
 posts = typer.Typer(help="Readings queued for the health community's FHIR server.", no_args_is_help=True)
