@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_bridge import ack_key as ack_keys
 from cloud_bridge import auth, broker_acl, broker_control, fhir_post, pki, store
@@ -342,14 +343,19 @@ app.add_typer(ack_key_commands, name="ack-key")
 ACK_KEY_OPTION = typer.Option(ack_keys.DEFAULT_PATH, "--path", help="The key file (0600).")
 
 
-@ack_key_commands.command("init")
-def ack_key_init(path: Path = ACK_KEY_OPTION) -> None:
-    """Make the bridge's ack key (once per bridge: every worker gets a copy of this file)."""
+def _ack_key_or_exit(open_key: Callable[[Path], Ed25519PrivateKey], path: Path) -> Ed25519PrivateKey:
+    """`open_key(path)`, or its reason on stderr and exit status 1."""
     try:
-        key = ack_keys.create_ack_key(path)
+        return open_key(path)
     except ack_keys.AckKeyError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+@ack_key_commands.command("init")
+def ack_key_init(path: Path = ACK_KEY_OPTION) -> None:
+    """Make the bridge's ack key (once per bridge: every worker gets a copy of this file)."""
+    key = _ack_key_or_exit(ack_keys.create_ack_key, path)
     typer.echo(f"made {path}; its public half (give it to gateways provisioned by hand):")
     typer.echo(ack_keys.public_pem(key), nl=False)
 
@@ -357,12 +363,7 @@ def ack_key_init(path: Path = ACK_KEY_OPTION) -> None:
 @ack_key_commands.command("show")
 def ack_key_show(path: Path = ACK_KEY_OPTION) -> None:
     """Print the public half, for a gateway's sync.bridge_ack_key_file."""
-    try:
-        key = ack_keys.load_ack_key(path)
-    except ack_keys.AckKeyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(ack_keys.public_pem(key), nl=False)
+    typer.echo(ack_keys.public_pem(_ack_key_or_exit(ack_keys.load_ack_key, path)), nl=False)
 
 
 class FhirStageMode(enum.StrEnum):

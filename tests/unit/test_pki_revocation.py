@@ -31,6 +31,9 @@ from cloud_bridge.pki import (
     write_crl,
 )
 
+# What a CA directory holds once it keeps a register: nothing half-written is left beside it.
+CA_FILES = [".issued.lock", "ca.crl", "ca.crt", "ca.key", "issued.json"]
+
 
 def csr(identity: str) -> bytes:
     """A gateway's certificate request, as `gateway.keys.create_tls_request` makes it."""
@@ -112,13 +115,7 @@ def test_every_issue_and_sign_path_records_the_certificate(ca_dir: Path, tmp_pat
         json.loads((ca_dir / pki.REGISTER).read_text())["certificates"][2]["serial"]
         == f"{signed.serial_number:X}"
     )
-    assert sorted(p.name for p in ca_dir.iterdir()) == [
-        ".issued.lock",
-        "ca.crl",
-        "ca.crt",
-        "ca.key",
-        "issued.json",
-    ]
+    assert sorted(p.name for p in ca_dir.iterdir()) == CA_FILES
 
 
 def test_revoking_a_name_revokes_each_unexpired_certificate_of_it(ca_dir: Path, tmp_path: Path) -> None:
@@ -255,13 +252,7 @@ def test_a_failed_write_leaves_the_register_as_it_was(
         revoke_identity(ca_dir, "gw-a")
     monkeypatch.undo()
     assert (ca_dir / pki.REGISTER).read_bytes() == before
-    assert sorted(p.name for p in ca_dir.iterdir()) == [
-        ".issued.lock",
-        "ca.crl",
-        "ca.crt",
-        "ca.key",
-        "issued.json",
-    ]
+    assert sorted(p.name for p in ca_dir.iterdir()) == CA_FILES
     assert revoke_identity(ca_dir, "gw-a") == 1
 
 
