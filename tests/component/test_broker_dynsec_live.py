@@ -15,6 +15,7 @@ right. What the bridge does when the broker refuses or does not answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -229,15 +230,25 @@ def test_enrolment_and_revocation_reach_the_running_broker(live: Live) -> None:
     assert live.changes() == []
 
 
-def test_a_disabled_certificate_identity_keeps_every_right(live: Live) -> None:
-    """Why a revocation deletes the gateway's client: Mosquitto 2.0.11 checks `disabled` only
-    with a password, which `use_identity_as_username` never gives. The next apply enables it
-    again (the registry says it is active)."""
+@contextlib.contextmanager
+def enrolled_gateway_and_worker(live: Live) -> Iterator[tuple[Watched, Watched]]:
+    """Gateway A enrolled and applied, then connected, with a bridge worker; both closed after."""
     live.site.enrol(GW_A)
     live.changes()
     worker = Watched(live.site, WORKER, "kiosk-bridge-w1")
     gateway = Watched(live.site, GW_A, "gateway-a")
     try:
+        yield worker, gateway
+    finally:
+        for client in (worker, gateway):
+            client.close()
+
+
+def test_a_disabled_certificate_identity_keeps_every_right(live: Live) -> None:
+    """Why a revocation deletes the gateway's client: Mosquitto 2.0.11 checks `disabled` only
+    with a password, which `use_identity_as_username` never gives. The next apply enables it
+    again (the registry says it is active)."""
+    with enrolled_gateway_and_worker(live) as (worker, gateway):
         assert worker.subscribe("kiosk/+/up") == GRANTED_QOS_1
         with live.admin() as admin:
             admin.run([{"command": "disableClient", "username": GW_A}])
@@ -247,19 +258,12 @@ def test_a_disabled_certificate_identity_keeps_every_right(live: Live) -> None:
         settle(worker, expected=1)
         assert worker.received == [(f"kiosk/{GW_A}/up", b"while disabled")]
         assert live.changes() == [f"enableClient {GW_A}"]
-    finally:
-        for client in (worker, gateway):
-            client.close()
 
 
 def test_a_gateway_that_lost_its_role_gets_it_back(live: Live) -> None:
     """removeClientRole and addClientRole each disconnect the gateway (2.0.11); without its role
     it is refused, with it back it publishes again."""
-    live.site.enrol(GW_A)
-    live.changes()
-    worker = Watched(live.site, WORKER, "kiosk-bridge-w1")
-    gateway = Watched(live.site, GW_A, "gateway-a")
-    try:
+    with enrolled_gateway_and_worker(live) as (worker, gateway):
         assert worker.subscribe("kiosk/+/up") == GRANTED_QOS_1
         with live.admin() as admin:
             admin.run(
@@ -273,19 +277,12 @@ def test_a_gateway_that_lost_its_role_gets_it_back(live: Live) -> None:
         assert gateway.publish(f"kiosk/{GW_A}/up", b"with its role") < 0x80
         settle(worker, expected=1)
         assert worker.received == [(f"kiosk/{GW_A}/up", b"with its role")]
-    finally:
-        for client in (worker, gateway):
-            client.close()
 
 
 def test_a_changed_role_applies_to_connected_clients(live: Live) -> None:
     """A new workers' group: the bridge's role gains two ACLs, its connected workers may join the
     group at once, without being disconnected; dropped again, a new subscription is refused."""
-    live.site.enrol(GW_A)
-    live.changes()
-    worker = Watched(live.site, WORKER, "kiosk-bridge-w1")
-    gateway = Watched(live.site, GW_A, "gateway-a")
-    try:
+    with enrolled_gateway_and_worker(live) as (worker, gateway):
         assert worker.subscribe("$share/g2/kiosk/+/up") == NOT_AUTHORIZED
         assert live.changes("--share-group", "bridge", "--share-group", "g2") == [
             "addRoleACL kiosk-bridge subscribeLiteral $share/g2/kiosk/+/up allow",
@@ -301,9 +298,6 @@ def test_a_changed_role_applies_to_connected_clients(live: Live) -> None:
         ]
         assert worker.subscribe("$share/g2/kiosk/+/up") == NOT_AUTHORIZED
         assert worker.disconnects == gateway.disconnects == []
-    finally:
-        for client in (worker, gateway):
-            client.close()
 
 
 def test_the_acl_command_writes_the_admin_into_the_file_it_applies(live: Live, tmp_path: Path) -> None:
