@@ -333,9 +333,7 @@ def run(
 
 
 def _default_ack_key(db: str) -> Path:
-    return (
-        Path(ack_keys.DEFAULT_PATH) if is_postgres_url(db) else Path(db).with_name(ack_keys.DEFAULT_PATH.name)
-    )
+    return ack_keys.DEFAULT_PATH if is_postgres_url(db) else Path(db).with_name(ack_keys.DEFAULT_PATH.name)
 
 
 ack_key_commands = typer.Typer(help="The key the bridge signs its acks with.", no_args_is_help=True)

@@ -648,8 +648,6 @@ def decode_batch(message: bytes, public_key: Ed25519PublicKey) -> Batch:
         raise ContractError("batch body too large")
     try:
         raw_readings, reading_bytes = _items_with_bytes(body)
-    except ContractError:
-        raise
     except Exception as exc:
         raise ContractError(f"batch body is not CBOR: {exc}") from exc
     if not isinstance(raw_readings, list):
